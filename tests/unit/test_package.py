@@ -1,0 +1,5 @@
+import visalign
+
+
+def test_version_is_set():
+    assert visalign.__version__.count(".") >= 2

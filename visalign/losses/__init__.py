@@ -1,0 +1,1 @@
+"""The shared preference-loss core."""
