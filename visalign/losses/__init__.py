@@ -1,1 +1,24 @@
-"""The shared preference-loss core."""
+"""The shared preference-loss core: pure tensor maths over per-sample log-likelihoods, no model code.
+
+Paired data goes through ``preference_loss(loss_type, policy, ref, beta=..., loss_weights=..., **hparams)``; unpaired
+(KTO) data through ``kto_loss``. ``LOSSES`` lists every loss with its hparams, reference-freeness and a one-line doc.
+"""
+
+from visalign.losses.kto import kto_loss, kto_reference_point
+from visalign.losses.registry import LOSSES, LossPlan, LossSpec, needs_reference, plan_losses, preference_loss
+from visalign.losses.types import LossOutput, LossTerms, PairLogLik, UnpairedLogLik
+
+__all__ = [
+    "LOSSES",
+    "LossOutput",
+    "LossPlan",
+    "LossSpec",
+    "LossTerms",
+    "PairLogLik",
+    "UnpairedLogLik",
+    "kto_loss",
+    "kto_reference_point",
+    "needs_reference",
+    "plan_losses",
+    "preference_loss",
+]
