@@ -1,4 +1,4 @@
-"""Test-session setup: offline hub, quiet logs, one torch thread per xdist worker."""
+"""Test-session setup: offline hub, quiet logs, one torch thread (tiny models run faster single-threaded)."""
 
 import os
 
@@ -11,8 +11,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
@@ -47,6 +47,29 @@ def word_level_tokenizer(
         tok.add_special_tokens({"additional_special_tokens": extras})
     if chat_template is not None:
         tok.chat_template = chat_template
+    return tok
+
+
+def clip_style_tokenizer(
+    words: Iterable[str] = DEFAULT_WORDS, *, model_max_length: int = 77
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer that frames text the way CLIP's tokenizer does, for CLIP text encoders.
+
+    Like CLIP's BPE tokenizer it lowercases, splits punctuation off words and wraps every text as
+    ``<s> ... </s>``; truncation to ``model_max_length`` (77, CLIP's context) keeps the closing ``</s>``. A
+    ``CLIPTextModel`` whose ``eos_token_id`` is this tokenizer's ``eos_token_id`` therefore pools the hidden state at
+    the end of the text, whatever the padding (pad id 0, as in SD2/SDXL's second tokenizer and open_clip).
+    """
+    tok = word_level_tokenizer(words, model_max_length=model_max_length)
+    backend = tok.backend_tokenizer
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    bos, eos = tok.bos_token, tok.eos_token
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} $B {eos}",
+        special_tokens=[(bos, tok.bos_token_id), (eos, tok.eos_token_id)],
+    )
     return tok
 
 

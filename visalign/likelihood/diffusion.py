@@ -1,0 +1,166 @@
+"""Diffusion ELBO surrogate log-likelihood of preference pairs (the scoring step).
+
+Diffusion-DPO (Wallace et al. 2023, arXiv 2311.12908, Eq. 14 and Supp. S4 Eq. 46) replaces the intractable image
+log-likelihood by the per-sample denoising error at one noised point ``(x_t, t, eps)``. We report
+
+    loglik = -0.5 * mean_{c,h,w} (target - pred)^2        (fp32)
+
+so that the plain DPO sigmoid of the loss core, ``-logsigma(beta * ((ll_c - ref_c) - (ll_r - ref_r)))``, is exactly
+the paper's ``-logsigma(-beta/2 * (Delta_theta - Delta_ref))`` with ``Delta = MSE(chosen) - MSE(rejected)``. beta
+therefore carries the Salesforce/paper convention (2000-5000); the diffusers SD1.5 port drops the 1/2, so its
+``--beta_dpo 2500`` is our beta 5000 (reference ``diffusion-methods.md`` §4.1).
+
+Noising is a separate step (``visalign.likelihood.noise``): it returns a :class:`NoisedLatents` that the policy and
+the reference both score, so they see exactly the same ``x_t``, ``t`` and ``eps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from visalign.losses.types import PairLogLik
+
+SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass
+class UNetCond:
+    """Conditioning of a ``UNet2DConditionModel`` for a batch of N samples.
+
+    Attributes:
+        encoder_hidden_states: ``[N, L, D]`` prompt token embeddings.
+        text_embeds: SDXL only, ``[N, D_pooled]`` pooled embedding (``added_cond_kwargs["text_embeds"]``).
+        time_ids: SDXL only, ``[N, 6]`` micro-conditioning (``added_cond_kwargs["time_ids"]``).
+    """
+
+    encoder_hidden_states: torch.Tensor
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text_embeds is None) != (self.time_ids is None):
+            raise ValueError("UNetCond: SDXL conditioning needs both text_embeds and time_ids (or neither)")
+        n = self.encoder_hidden_states.shape[0]
+        for name in ("text_embeds", "time_ids"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(
+                    f"UNetCond.{name} has {value.shape[0]} rows but encoder_hidden_states has {n}"
+                )
+
+    def __len__(self) -> int:
+        return self.encoder_hidden_states.shape[0]
+
+    def select(self, index: torch.Tensor) -> "UNetCond":
+        """The rows ``index`` (an index or boolean tensor over the N samples)."""
+
+        def pick(t):
+            return None if t is None else t[index.to(t.device)]
+
+        return UNetCond(pick(self.encoder_hidden_states), pick(self.text_embeds), pick(self.time_ids))
+
+    def unet_kwargs(self, dtype: torch.dtype, device: torch.device) -> dict:
+        """Keyword arguments for ``unet(sample, t, **kwargs)``, cast to the UNet's dtype and device."""
+        kwargs = {"encoder_hidden_states": self.encoder_hidden_states.to(device=device, dtype=dtype)}
+        if self.text_embeds is not None:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": self.text_embeds.to(device=device, dtype=dtype),
+                "time_ids": self.time_ids.to(device=device, dtype=dtype),
+            }
+        return kwargs
+
+
+def pair_cond(chosen: UNetCond, rejected: UNetCond | None = None) -> UNetCond:
+    """``[chosen; rejected]`` conditioning for B pairs: ``2B`` rows.
+
+    Diffusion-DPO, MaPO, InPO: pass the caption's conditioning once; it is used for both images of each pair. DCPO
+    (arXiv 2502.06023, ``src/dcpo_trainer.py``): pass ``rejected`` built from the rejected side's caption, so the
+    chosen image is scored given ``caption_chosen`` and the rejected one given ``caption_rejected``. SDXL time ids
+    are per image, so for SDXL pass ``rejected`` with the rejected images' own time ids even when captions match.
+    """
+    rejected = chosen if rejected is None else rejected
+    if len(chosen) != len(rejected):
+        raise ValueError(f"pair_cond: {len(chosen)} chosen rows but {len(rejected)} rejected rows")
+
+    def cat(a, b):
+        return None if a is None else torch.cat([a, b.to(a.device)])
+
+    return UNetCond(
+        cat(chosen.encoder_hidden_states, rejected.encoder_hidden_states),
+        cat(chosen.text_embeds, rejected.text_embeds),
+        cat(chosen.time_ids, rejected.time_ids),
+    )
+
+
+@dataclass
+class NoisedLatents:
+    """One noised point per sample, ``[chosen; rejected]`` along dim 0, all fp32 except ``timesteps`` (long).
+
+    Invariant: ``noisy_latents = sqrt(abar_t) * latents + sqrt(1 - abar_t) * noise`` (up to fp32 rounding).
+    """
+
+    latents: torch.Tensor
+    noisy_latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def check_prediction_type(scheduler) -> str:
+    """The scheduler's ``prediction_type``, or a ValueError naming the config key if we cannot score it."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type not in SUPPORTED_PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler.config.prediction_type={prediction_type!r} is not supported; expected one of "
+            f"{SUPPORTED_PREDICTION_TYPES}"
+        )
+    return prediction_type
+
+
+def unet_input_spec(unet) -> tuple[torch.dtype, torch.device]:
+    """dtype and device the (possibly DDP-wrapped) UNet expects its inputs in."""
+    module = getattr(unet, "module", unet)
+    return module.dtype, module.device
+
+
+def unet_predict(unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: UNetCond) -> torch.Tensor:
+    """The UNet's raw output (eps or v) for each sample, upcast to fp32."""
+    dtype, device = unet_input_spec(unet)
+    out = unet(
+        noisy_latents.to(device=device, dtype=dtype),
+        timesteps.to(device),
+        **cond.unet_kwargs(dtype, device),
+        return_dict=False,
+    )[0]
+    return out.float()
+
+
+def diffusion_target(noised: NoisedLatents, scheduler) -> torch.Tensor:
+    """Regression target in fp32: eps, or ``v = sqrt(abar)*eps - sqrt(1-abar)*x0`` via ``scheduler.get_velocity``."""
+    if check_prediction_type(scheduler) == "epsilon":
+        return noised.noise.float()
+    return scheduler.get_velocity(noised.latents.float(), noised.noise.float(), noised.timesteps).float()
+
+
+def diffusion_loglik(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample ELBO surrogate ``-0.5 * mean over all non-batch dims of (target - pred)^2`` in fp32, ``[N]``."""
+    return -0.5 * (target.float() - pred.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, scheduler) -> PairLogLik:
+    """ONE UNet forward over ``[chosen; rejected]`` (2B samples) and the per-sample log-likelihoods of the pairs.
+
+    Call it with the policy (with grad) and with the reference (under ``torch.no_grad()``) on the same ``noised``
+    and ``cond``. ``cond`` has 2B rows (see :func:`pair_cond`).
+    """
+    n = noised.noisy_latents.shape[0]
+    if n % 2 or len(cond) != n:
+        raise ValueError(
+            f"diffusion_pair_loglik: expected an even batch [chosen; rejected] with as many conditioning rows; got "
+            f"{n} latents and {len(cond)} conditioning rows"
+        )
+    pred = unet_predict(unet, noised.noisy_latents, noised.timesteps, cond)
+    target = diffusion_target(noised, scheduler).to(pred.device)
+    chosen, rejected = diffusion_loglik(pred, target).chunk(2)
+    return PairLogLik(chosen=chosen, rejected=rejected)
