@@ -1,0 +1,99 @@
+"""`visalign score` and `visalign relabel` in-process on a tiny PickScore saved to disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+
+from reward_models import load_scorer
+from visalign.cli import relabel, score
+from visalign.testing.clip import save_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(save_tiny_clip(tmp_path_factory.mktemp("pickscore"), image_size=32, patch_size=8))
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i, (h, w) in enumerate([(40, 56), (32, 32), (64, 48)]):
+        pixels = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_score_writes_jsonl_rows_with_scores_and_provenance(model_dir, image_dir, tmp_path, capsys):
+    out = tmp_path / "scores.jsonl"
+    code = score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir),
+                       "--prompt", "a red circle", "--out", str(out), "--batch-size", "2"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    paths = sorted(image_dir.glob("*.png"))
+    assert [r["image"] for r in rows] == [str(p) for p in paths]
+    expected = load_scorer("pickscore", model=model_dir).score(paths, "a red circle").scores
+    torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), expected, rtol=1e-5, atol=1e-5)
+    assert {"cosine", "model_id", "weights_sha256", "preprocessing", "dtype", "variant"} <= set(rows[0])
+    printed = capsys.readouterr().out
+    assert "scorer pickscore" in printed and "a red circle" in printed
+    best = paths[int(expected.argmax())].name
+    assert printed.strip().splitlines()[-1].endswith(best)
+
+
+def test_score_reads_prompts_files_and_writes_csv(model_dir, image_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na cat\n")
+    out = tmp_path / "scores.csv"
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir / "*.png"),
+                       "--prompts", str(prompts), "--out", str(out)]) == 0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["prompt"] for r in rows] == ["a cat", "a dog", "a cat"]
+    mapping = tmp_path / "prompts.jsonl"
+    mapping.write_text(json.dumps({"image": "img0.png", "prompt": "a cat"}) + "\n")
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir),
+                       "--prompts", str(mapping)]) == 2
+
+
+def test_score_errors_name_the_problem(model_dir, tmp_path, image_dir, capsys):
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(tmp_path / "none"),
+                       "--prompt", "x"]) == 2
+    assert "no images" in capsys.readouterr().err
+    lines = tmp_path / "two.txt"
+    lines.write_text("a\nb\n")
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir),
+                       "--prompts", str(lines)]) == 2
+    assert "2 prompts for 3 images" in capsys.readouterr().err
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir),
+                       "--prompt", "x", "--scorer-arg", "resize"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_relabel_adds_scores_probabilities_and_labels(model_dir, image_dir, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"caption": "a red circle", "a": "images/img0.png", "b": "images/img1.png"},
+            {"caption": "a cat", "a": "images/img2.png", "b": "images/img0.png"}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "relabelled"
+    assert relabel.main(["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs), "--out", str(out),
+                         "--prompt-column", "caption", "--image-columns", "a", "b"]) == 0
+    data = datasets.load_from_disk(str(out))
+    scorer = load_scorer("pickscore", model=model_dir)
+    s0 = scorer.score([image_dir / "img0.png", image_dir / "img2.png"], ["a red circle", "a cat"]).scores
+    s1 = scorer.score([image_dir / "img1.png", image_dir / "img0.png"], ["a red circle", "a cat"]).scores
+    torch.testing.assert_close(torch.tensor(data["score_0"]).float(), s0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(data["prob_0"]).float(), torch.sigmoid(s0 - s1), rtol=1e-4, atol=1e-5)
+    assert list(data["label_0"]) == [1.0 if p > 0.5 else 0.0 for p in data["prob_0"]]
+    assert json.loads((out / "relabel.json").read_text())["provenance"]["pickscore"]["model_id"] == model_dir
+    assert relabel.main(["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs),
+                         "--out", str(tmp_path / "x")]) == 2
+    assert "no column(s) ['prompt', 'image_0', 'image_1']" in capsys.readouterr().err
