@@ -31,6 +31,9 @@ DEFAULT_RECIPE = "quickstart"
 METHODS: dict[str, tuple[str, str]] = {
     "dpo": ("visalign.trainers.text:DPOConfig", "visalign.trainers.text:run"),
     "kto": ("visalign.trainers.text:KTOConfig", "visalign.trainers.text:run"),
+    "vlm-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
+    "dense-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
+    "mia-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
 }
 
 

@@ -1,0 +1,216 @@
+"""Text DPO/KTO trainers end to end on the tiny built-in Llama: learning, recipes, resume, non-finite steps,
+bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from visalign.cli.recipes import recipe_file
+from visalign.config_io import ConfigError, load_config, read_yaml_mapping
+from visalign.testing.text_data import synthetic_preferences
+from visalign.testing.tokenizers import word_level_tokenizer
+from visalign.trainers._loop import NonFiniteTrainingError
+from visalign.trainers.text import DPOConfig, DPOTrainer, KTOConfig, run
+
+MODEL = "builtin:tiny-llama"
+TEXT_RECIPES = ("quickstart", "llm-dpo", "llm-ipo", "llm-simpo", "llm-kto", "llm-mpo")
+
+
+def _config(tmp_path, **overrides) -> DPOConfig:
+    values = dict(model=MODEL, output_dir=str(tmp_path / "run"), per_device_batch_size=4, learning_rate=1e-2,
+                  lr_scheduler="constant", max_length=64, logging_steps=1, save_steps=0)
+    return DPOConfig(**{**values, **overrides})
+
+
+def _train_rows(n: int = 16) -> Dataset:
+    return synthetic_preferences("train").select(range(n))
+
+
+def _weights(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+def test_quickstart_recipe_learns_held_out_pairs(tmp_path):
+    with recipe_file("quickstart") as path:
+        config = load_config(DPOConfig, path, {"output_dir": str(tmp_path / "qs")}, ignore_keys=("method",))
+    result = run(config)
+    assert result["initial_eval_rewards/accuracies"] == 0.0  # policy == reference: every reward is exactly 0
+    assert result["eval_rewards/accuracies"] >= 0.9
+    assert result["eval_loss"] < result["initial_eval_loss"]
+    final = tmp_path / "qs"
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    assert read_yaml_mapping(final / "config.yaml")["reference"] == "frozen_copy"  # resolved default recorded
+    logged = [json.loads(line) for line in (final / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "grad_norm", "learning_rate"} <= set(
+        logged[1]
+    )
+
+
+@pytest.mark.parametrize("name", TEXT_RECIPES)
+def test_every_text_recipe_runs_two_steps(tmp_path, name):
+    with recipe_file(name) as path:
+        method = read_yaml_mapping(path)["method"]
+        cls = KTOConfig if method == "kto" else DPOConfig
+        dataset = "builtin:synthetic-kto" if method == "kto" else "builtin:synthetic-preferences"
+        config = load_config(
+            cls, path,
+            {"model": MODEL, "dataset": dataset, "eval_dataset": "none", "output_dir": str(tmp_path / name),
+             "max_steps": "2", "per_device_batch_size": "2", "gradient_accumulation_steps": "1",
+             "mixed_precision": "no", "max_length": "64", "report_to": "none"},
+            ignore_keys=("method",),
+        )
+    result = run(config)
+    assert result["train_steps"] == 2 and result["nonfinite_steps"] == 0
+    assert torch.isfinite(torch.tensor(result["train_loss"]))
+    assert (tmp_path / name / "model.safetensors").is_file()
+
+
+def test_lora_run_saves_a_peft_adapter(tmp_path):
+    config = _config(tmp_path, use_lora=True, lora_r=4, lora_alpha=8, max_steps=2)
+    trainer = DPOTrainer(args=config, train_dataset=_train_rows(8))
+    assert trainer.reference_strategy == "disable_adapter"
+    trainer.train()
+    out = tmp_path / "run"
+    assert (out / "adapter_config.json").is_file()
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved and all("lora_" in key for key in saved)
+    assert read_yaml_mapping(out / "config.yaml")["reference"] == "disable_adapter"
+
+
+def test_reference_free_loss_builds_no_reference(tmp_path):
+    trainer = DPOTrainer(args=_config(tmp_path, loss_type="simpo", beta=2.0, max_steps=1),
+                         train_dataset=_train_rows(4))
+    assert trainer.reference_strategy == "none" and trainer.reference is None
+    assert trainer.train()["train_steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+class _Interrupted(DPOTrainer):
+    """Dies (like a killed job) when it reaches ``stop_at`` completed steps."""
+
+    stop_at = -1
+
+    def compute_loss(self, batch):
+        if self.global_step == self.stop_at:
+            raise KeyboardInterrupt
+        return super().compute_loss(batch)
+
+
+def test_resume_latest_ends_where_an_uninterrupted_run_ends(tmp_path):
+    data = _train_rows(12)  # 3 batches per epoch: the stop falls mid-epoch, the run spans 2+ epochs
+    common = dict(max_steps=7, save_steps=2, gradient_accumulation_steps=1)
+    straight = DPOTrainer(args=_config(tmp_path / "a", **common), train_dataset=data)
+    straight.train()
+
+    first = _Interrupted(args=_config(tmp_path / "b", **common), train_dataset=data)
+    first.stop_at = 5
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    # A save killed half-way leaves a temporary folder; it must never be resumed from.
+    (checkpoints / "checkpoint-6.tmp").mkdir()
+    (checkpoints / "checkpoint-6.tmp" / "trainer_state.json").write_text('{"step": 6}')
+
+    resumed = DPOTrainer(args=_config(tmp_path / "b", resume_from="latest", **common), train_dataset=data)
+    resumed.train()
+    a, b = _weights(straight), _weights(resumed)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0, msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))  # steps 5.. logged once, after the resume at 4
+
+
+# ------------------------------------------------------------------------------------------------ non-finite
+
+
+class _NaNAt(DPOTrainer):
+    nan_steps: tuple[int, ...] = ()
+
+    def compute_loss(self, batch):
+        loss, metrics = super().compute_loss(batch)
+        if self.global_step + 1 in self.nan_steps:
+            loss = loss * float("nan")
+        return loss, metrics
+
+
+def test_a_nan_step_is_skipped_and_counted(tmp_path):
+    trainer = _NaNAt(args=_config(tmp_path, max_steps=3), train_dataset=_train_rows(12))
+    trainer.nan_steps = (2,)
+    before = _weights(trainer)
+    trainer.train()
+    assert trainer.nonfinite_total == 1
+    after = _weights(trainer)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["nonfinite_steps"] for rec in logged] == [0.0, 1.0, 1.0]
+    assert "loss" not in logged[1]  # the skipped step contributes no metrics
+
+
+def test_repeated_nans_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    trainer = _NaNAt(args=_config(tmp_path, max_steps=10, save_steps=2, max_nonfinite_steps=2),
+                     train_dataset=_train_rows(12))
+    trainer.nan_steps = (3, 4, 5, 6)
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive optimizer steps.*max_nonfinite_steps=2"):
+        trainer.train()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2"]
+    state = json.loads((checkpoints / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    saved = load_file(checkpoints / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+NO_SUCH_MODEL = "/nonexistent/visalign-model"  # loading it would fail: errors below prove no model was loaded
+
+
+def _trainer_error(tmp_path, rows: dict, **overrides):
+    return DPOTrainer(model=NO_SUCH_MODEL, args=_config(tmp_path, **overrides), train_dataset=Dataset.from_dict(rows),
+                      processing_class=word_level_tokenizer())
+
+
+def test_missing_column_is_named_before_the_model_loads(tmp_path):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['rejected'\]"):
+        _trainer_error(tmp_path, {"prompt": ["a ?"], "chosen": [" yes ."]})
+
+
+def test_empty_completion_names_the_row_before_the_model_loads(tmp_path):
+    rows = {"prompt": ["a ?", "b ?"], "chosen": [" yes .", " no ."], "rejected": [" no .", "  "]}
+    with pytest.raises(ValueError, match=r"row 1: column 'rejected' is an empty completion"):
+        _trainer_error(tmp_path, rows)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"loss_type": "sigmoidd"}, r"unknown loss 'sigmoidd'"),
+        ({"beta": "0"}, r"beta must be > 0"),
+        ({"beta": "-0.1"}, r"beta must be > 0"),
+        ({"loss_type": "simpo", "reference": "frozen_copy"}, r"'frozen_copy' but every loss .* reference-free"),
+        ({"loss_type": "sigmoid", "reference": "none"}, r"reference 'none' is impossible"),
+        ({"label_smoothing": "0.1"}, r"hparam 'label_smoothing' is not read by any selected loss"),
+        ({"loss_type": "sigmoid,sft", "loss_weights": "1.0"}, r"loss_weights has 1 entries"),
+        ({"loss_type": "kto"}, r"use KTOConfig"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DPOConfig, None, {"model": NO_SUCH_MODEL, **overrides})
+
+
+def test_kto_config_needs_two_rows_per_batch():
+    with pytest.raises(ValueError, match="per_device_batch_size must be >= 2"):
+        KTOConfig(per_device_batch_size=1)

@@ -1,0 +1,106 @@
+"""MIA-DPO augmentation geometry (§B.2), the attention ratio on constructed maps, the perplexity filter and the
+thresholds (§B.3), and the generate -> select -> JSON -> train pipeline on a tiny LLaVA."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from visalign.data import mia_dpo
+from visalign.data.mia_dpo_select import (
+    MIASelectConfig, SourceSample, attention_ratio, build_mia_dpo, greedy_perplexity, image_spans, keep_pair,
+    passes_threshold,
+)
+
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+def test_sequence_prompt():
+    aug = mia_dpo.sequence_sample(Image.new("RGB", (8, 8), RED), [Image.new("RGB", (8, 8), BLUE)] * 2,
+                                  "<image>\nWhat colour is it?", 2)
+    assert aug.question == "Image1:<image>\nImage2:<image>\nImage3:<image>\nIn Image2, what colour is it?"
+    assert [im.getpixel((0, 0)) for im in aug.images] == [BLUE, RED, BLUE] and aug.target == 2
+
+
+def test_grid_geometry():
+    assert mia_dpo.grid_cell_boxes(4) == [(0, 40, 448, 488), (488, 40, 936, 488), (0, 528, 448, 976),
+                                          (488, 528, 936, 976)]
+    assert mia_dpo.grid_canvas_size(4) == (936, 976)
+    assert mia_dpo.grid_canvas_size(3) == (3 * 448 + 2 * 40, 488)
+    assert mia_dpo.grid_canvas_size(9) == (3 * 448 + 2 * 40, 3 * 488)
+    aug = mia_dpo.grid_collage(Image.new("RGB", (100, 50), RED), [Image.new("RGB", (60, 60), BLUE)] * 3,
+                               "What is it?", 2)
+    canvas = aug.images[0]
+    assert canvas.size == (936, 976) and aug.question == "<image>\nIn Image2, what is it?"
+    assert canvas.getpixel((488 + 5, 40 + 5)) == RED  # true image, top-left of cell 2, aspect kept: 448 x 224
+    assert canvas.getpixel((488 + 5, 40 + 230)) == (255, 255, 255)  # white padding under it
+    assert canvas.getpixel((5, 45)) == BLUE and canvas.getpixel((460, 300)) == (255, 255, 255)  # margin
+    label = canvas.crop((488 + 20, 0, 488 + 200, 40))
+    assert min(label.convert("L").getdata()) < 100  # "Image2" drawn above cell 2
+    with pytest.raises(ValueError, match="grid collage holds"):
+        mia_dpo.grid_cell_boxes(5)
+
+
+def test_picture_in_picture_geometry():
+    assert mia_dpo.pip_box((100, 80), (50, 50)) == (22, 12, 78, 68)  # fits 70x56, square -> 56x56, centred
+    aug = mia_dpo.picture_in_picture(Image.new("RGB", (50, 50), RED), Image.new("RGB", (100, 80), BLUE),
+                                     "What colour?", rng=random.Random(0))
+    assert aug.images[0].getpixel((50, 40)) == RED and aug.images[0].getpixel((10, 5)) == BLUE
+    assert aug.question.startswith("<image>\n") and aug.question.endswith(", what colour?")
+
+
+def test_attention_ratio_on_constructed_maps():
+    rows = torch.zeros(2, 12)
+    rows[:, 1:5], rows[:, 6:10] = 0.1, 0.3
+    spans = image_spans([0, 9, 9, 9, 9, 0, 9, 9, 9, 9, 0, 0], 9)
+    assert spans == [(1, 4), (6, 4)]
+    assert attention_ratio(rows, spans, "sequence", 1) == pytest.approx(0.25)
+    grid = torch.full((1, 17), 0.5)
+    amap = grid[0, 1:].view(4, 4)
+    amap[:2, :2] = 1.0
+    assert attention_ratio(grid, [(1, 16)], "grid", 1, grid=(2, 2)) == pytest.approx(4 / 10)
+    assert attention_ratio(grid, [(1, 16)], "grid", 4, grid=(2, 2)) == pytest.approx(2 / 10)
+    pip = torch.ones(3, 36)
+    assert attention_ratio(pip, [(0, 36)], "pip", 1, pip_fraction=2 / 3) == pytest.approx(16 / 36)
+
+
+def test_perplexity_thresholds_and_filters():
+    scores = [torch.log(torch.tensor([[0.5, 0.25, 0.25]])), torch.log(torch.tensor([[0.1, 0.8, 0.1]]))]
+    assert greedy_perplexity(scores) == pytest.approx(1 / math.sqrt(0.4))
+    thresholds = MIASelectConfig().thresholds
+    assert passes_threshold(0.8, "sequence", 2, thresholds) and not passes_threshold(0.7, "grid", 2, thresholds)
+    assert passes_threshold(0.29, "grid", 9, thresholds) and not passes_threshold(0.8, "pip", 1, thresholds)
+    with pytest.raises(ValueError, match="no grid threshold for 5 images"):
+        passes_threshold(0.1, "grid", 5, thresholds)
+    config = MIASelectConfig()
+    assert keep_pair("red", "blue", 1.5, True, config)
+    assert not keep_pair("red", "red", 1.5, True, config) and not keep_pair("red", "", 1.5, True, config)
+    assert not keep_pair("red", "blue", 1.05, True, config) and not keep_pair("x" * 512, "blue", 2, True, config)
+
+
+def test_pipeline_writes_data_the_trainer_reads(tmp_path):
+    from visalign.testing.vlm import save_tiny_llava
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer
+
+    path = save_tiny_llava(tmp_path / "m")
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(path)
+    samples = [SourceSample(Image.new("RGB", (40, 40), c), "what colour is the square ?", f"it is {n} .", str(i))
+               for i, (c, n) in enumerate(((RED, "red"), (BLUE, "blue"), (GREEN, "green")))]
+    keep_all = {k: {n: 1.01 for n in v} for k, v in MIASelectConfig().thresholds.items()}
+    config = MIASelectConfig(layer=1, max_new_tokens=3, min_perplexity=1.0, thresholds=keep_all)
+    out = build_mia_dpo(model, processor, samples, tmp_path / "mia", kinds=(("sequence", 2), ("grid", 2), ("pip", 1)),
+                       config=config)
+    rows = json.loads(out.read_text())
+    assert [r["kind"] for r in rows] == ["sequence", "grid", "pip"]
+    assert isinstance(rows[0]["image"], list) and len(rows[0]["image"]) == 2
+    assert all(0.0 <= r["attention_ratio"] <= 1.0 for r in rows)
+    args = VLMDPOConfig(output_dir=str(tmp_path / "o"), per_device_batch_size=3, max_steps=1, save_steps=0,
+                        image_folder=str(tmp_path / "mia"), use_lora=True, lora_r=2, learning_rate=1e-3)
+    trainer = VLMDPOTrainer(model=str(path), args=args, train_dataset=str(out))
+    assert trainer.train_dataset.schema == "mia_dpo"
+    assert math.isfinite(trainer.train()["train_loss"])

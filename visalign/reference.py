@@ -1,0 +1,160 @@
+"""How the reference model is obtained, shared by every model family (reference §C.4).
+
+``make_reference(strategy, policy, dtype=None) -> Reference``; then, every step::
+
+    with torch.no_grad(), reference.active(policy) as ref_model:
+        ref = pair_loglik(ref_model, batch)
+
+``active`` runs the block in eval mode (no dropout; transformers' gradient checkpointing is off outside training)
+and restores every module's train/eval flag afterwards. ``policy`` may be the accelerate-wrapped model; the
+strategies act on the unwrapped module.
+
+Strategies (``REFERENCE_STRATEGIES``):
+
+- ``frozen_copy``: a deep copy of the policy taken at construction, in eval mode with ``requires_grad_(False)``,
+  optionally cast to ``dtype``. Costs a second set of weights; works for any model.
+- ``disable_adapter``: the policy with every adapter disabled, i.e. the base model (peft's ``disable_adapter()``
+  context for a ``PeftModel``; ``disable_adapters()``/``enable_adapters()`` for transformers/diffusers models with
+  peft adapters). With a fresh LoRA (``B = 0``) this equals ``frozen_copy`` at step 0, at no memory cost.
+- ``ref_adapter``: for a ``PeftModel`` that already carries a trained adapter (DPO on top of an SFT LoRA): a frozen
+  copy of the active adapter named ``"ref"`` is added at construction and activated with ``set_adapter`` during
+  the reference forward (TRL 1.16's rule for a ``PeftModel`` passed without ``peft_config``).
+- ``precomputed``: no forward during training; reference log-probs are columns of the dataset
+  (``visalign.data.ref_cache``), read back with ``visalign.likelihood.text.cached_pair_loglik``.
+- ``none``: reference-free losses; no reference at all.
+
+``precomputed`` and ``none`` run no forward, so their ``active`` raises.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+REFERENCE_STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
+REF_ADAPTER_NAME = "ref"
+
+
+@contextmanager
+def reference_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``torch.no_grad()`` and eval mode for the block; every submodule's train/eval flag is restored after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+@dataclass
+class Reference:
+    """A reference strategy bound to one policy; ``active(policy)`` yields the module to run as the reference.
+
+    Attributes:
+        strategy: one of ``REFERENCE_STRATEGIES``.
+        model: the frozen copy for ``frozen_copy`` (e.g. to prepare it with accelerate), else ``None``.
+    """
+
+    strategy: str
+    model: torch.nn.Module | None = None
+    _switch: Callable[[torch.nn.Module], object] | None = None
+
+    @property
+    def needs_forward(self) -> bool:
+        """Whether the strategy runs a reference forward during training."""
+        return self.strategy not in ("precomputed", "none")
+
+    @contextmanager
+    def active(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Yield the module whose forward is the reference forward, under ``reference_mode``."""
+        if not self.needs_forward:
+            raise ValueError(f"reference strategy {self.strategy!r} runs no reference forward")
+        if self.model is not None:
+            with reference_mode(self.model) as module:
+                yield module
+            return
+        module = extract_model_from_parallel(policy)
+        with reference_mode(module), self._switch(module):
+            yield module
+
+
+def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype | None = None) -> Reference:
+    """Bind ``strategy`` to ``policy`` (module docstring). ``dtype`` applies to ``frozen_copy`` only."""
+    if strategy not in REFERENCE_STRATEGIES:
+        raise ValueError(f"unknown reference strategy {strategy!r}; use one of {list(REFERENCE_STRATEGIES)}")
+    if dtype is not None and strategy != "frozen_copy":
+        raise ValueError(f"reference_dtype applies to reference 'frozen_copy' only, not {strategy!r}")
+    module = extract_model_from_parallel(policy)
+    if strategy == "frozen_copy":
+        ref = copy.deepcopy(module).eval().requires_grad_(False)
+        return Reference(strategy, model=ref if dtype is None else ref.to(dtype))
+    if strategy == "disable_adapter":
+        if not (_is_peft_model(module) or hasattr(module, "disable_adapters")):
+            raise ValueError(
+                "reference 'disable_adapter' needs a model with peft adapters (use_lora); use 'frozen_copy' for "
+                "full fine-tuning"
+            )
+        return Reference(strategy, _switch=_adapters_disabled)
+    if strategy == "ref_adapter":
+        _add_frozen_ref_adapter(module)
+        return Reference(strategy, _switch=_ref_adapter_active)
+    return Reference(strategy)
+
+
+def _is_peft_model(module: torch.nn.Module) -> bool:
+    return hasattr(module, "peft_config") and hasattr(module, "disable_adapter")
+
+
+@contextmanager
+def _adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    if _is_peft_model(module):
+        with module.disable_adapter():
+            yield
+        return
+    module.disable_adapters()
+    try:
+        yield
+    finally:
+        module.enable_adapters()
+
+
+def _add_frozen_ref_adapter(module: torch.nn.Module) -> None:
+    """Add adapter ``"ref"``: the active adapter's config and current weights, frozen (TRL 1.16 §C.4)."""
+    if not _is_peft_model(module):
+        raise ValueError("reference 'ref_adapter' needs a peft PeftModel carrying the adapter to copy")
+    if REF_ADAPTER_NAME in module.peft_config:
+        return
+    source = module.active_adapter
+    module.add_adapter(REF_ADAPTER_NAME, module.peft_config[source])
+    params = dict(module.named_parameters())
+    copied = 0
+    for name, param in params.items():
+        if f".{source}." in name:
+            ref_param = params[name.replace(f".{source}.", f".{REF_ADAPTER_NAME}.")]
+            ref_param.data.copy_(param.data)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"adapter {source!r} has no parameters to copy into the reference adapter")
+    for name, param in module.named_parameters():
+        if f".{REF_ADAPTER_NAME}." in name:
+            param.requires_grad_(False)
+
+
+@contextmanager
+def _ref_adapter_active(module: torch.nn.Module) -> Iterator[None]:
+    previous = module.active_adapter
+    grads = {name: p.requires_grad for name, p in module.named_parameters()}
+    module.set_adapter(REF_ADAPTER_NAME, inference_mode=True)
+    try:
+        yield
+    finally:
+        module.set_adapter(previous)
+        for name, p in module.named_parameters():
+            p.requires_grad_(grads[name])

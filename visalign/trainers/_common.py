@@ -1,0 +1,210 @@
+"""Private helpers shared by every trainer: optimizer and schedule factories, checkpoint I/O, metrics logging.
+
+Checkpoint layout under ``<output_dir>/checkpoints/``: ``checkpoint-<step>/`` holds ``accelerator.save_state``
+output (model, optimizer, scheduler, RNG states), ``trainer_state.json`` and the resolved ``config.yaml``. A
+checkpoint is written as ``checkpoint-<step>.tmp`` and renamed when complete, so an interrupted save leaves only a
+``.tmp`` folder, which is never picked up and is removed by the next save of that step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from visalign.config_io import save_config
+from visalign.trainers.config import TrainingConfig
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# Parameter names never weight-decayed (as transformers' Trainer): biases and normalisation weights.
+_NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimisation
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` over the trainable parameters.
+
+    Weight decay skips biases and norm weights (transformers' ``Trainer`` rule); ``adafactor`` uses a fixed
+    learning rate (``relative_step=False``) so the schedule applies.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters")
+    groups = [
+        {"params": [p for n, p in named if not _NO_DECAY.search(n)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in named if _NO_DECAY.search(n)], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    betas = (config.adam_beta1, config.adam_beta2)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
+    if config.optimizer == "adamw_8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, lr=config.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int):
+    """transformers' ``get_scheduler(config.lr_scheduler)``: ``warmup_steps`` of warmup over ``total_steps``."""
+    return get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
+    )
+
+
+def total_optimizer_steps(config: TrainingConfig, micro_batches_per_epoch: int) -> int:
+    """``max_steps``, or enough optimizer steps for ``num_epochs`` passes (the last may be partial)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    if micro_batches_per_epoch == 0:
+        raise ValueError("the training dataset yields no batch")
+    return math.ceil(config.num_epochs * micro_batches_per_epoch / config.gradient_accumulation_steps)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoints_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete checkpoint, oldest first (``.tmp`` folders are ignored)."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | None:
+    """The checkpoint folder to resume from: ``None``, the newest complete one for ``"latest"`` (``None`` if there is
+    none yet, so a preempted job can always pass ``latest``), or an explicit folder (must be complete)."""
+    if resume_from is None:
+        return None
+    if resume_from == "latest":
+        found = complete_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume_from)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(
+            f"resume_from={resume_from!r}: not a complete visalign checkpoint (no {TRAINER_STATE} in it)"
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], config: Any
+) -> Path:
+    """Write checkpoint ``step`` atomically: ``save_state`` into ``checkpoint-<step>.tmp``, add the trainer state and
+    the resolved config, then rename. Every process must call it (``save_state`` gathers sharded states)."""
+    root = checkpoints_root(output_dir)
+    final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        save_config(config, tmp / CONFIG_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (nothing when ``keep`` is ``None``)."""
+    if keep is None:
+        return
+    for _, path in complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(path)
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics
+
+
+class MetricsLog:
+    """Averages per-step metrics over a logging window, then writes them to ``metrics.jsonl`` and the trackers.
+
+    ``add`` takes one optimizer step's metrics (already averaged over its micro-batches); ``flush`` reduces the
+    window's means across processes (one all-reduce), appends a JSON line (main process) and calls
+    ``accelerator.log``.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path) -> None:
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / METRICS_FILE
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (a resumed run re-does those steps)."""
+        if not (self.accelerator.is_main_process and self.path.is_file()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Log the window's means plus ``extra`` (taken as is) at ``step``; returns what was logged."""
+        keys = sorted(self._sums)
+        means = {k: self._sums[k] / self._counts[k] for k in keys}
+        if keys and self.accelerator.num_processes > 1:
+            values = torch.tensor([means[k] for k in keys], device=self.accelerator.device, dtype=torch.float64)
+            means = dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
+        self._sums.clear()
+        self._counts.clear()
+        return self.write(step, {**means, **(extra or {})})
+
+    def write(self, step: int, record: dict[str, float]) -> dict[str, float]:
+        """Append ``record`` at ``step`` to ``metrics.jsonl`` (main process) and the trackers, as is."""
+        if self.accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+        self.accelerator.log(record, step=step)
+        return record
+
+
+def weighted_means(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Weighted mean per key of ``(weight, metrics)`` rows (keys missing from a row do not count there)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for weight, metrics in rows:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + weight * float(value)
+            weights[key] = weights.get(key, 0.0) + weight
+    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}

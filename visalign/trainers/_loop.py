@@ -1,0 +1,319 @@
+"""The one accelerate training loop every visalign trainer subclasses (text, VLM, diffusion).
+
+A subclass supplies the method through hooks; the loop owns everything else:
+
+- ``build_datasets()``: train (and eval) datasets, validated; runs first, before any model loads;
+- ``build_model()``: the trainable policy (LoRA already applied);
+- ``enable_gradient_checkpointing(model)``: when ``gradient_checkpointing`` is set (default: transformers models);
+- ``build_collator()``: ``examples -> batch``;
+- ``prepare_reference()``: after ``accelerator.prepare``, set up the reference (may precompute it);
+- ``compute_loss(batch)``: ``(scalar loss, {metric name: float})`` for one micro-batch;
+- ``num_examples(batch)``: weight of a batch when averaging evaluation metrics;
+- ``resolved_config()``: the config with resolved defaults, written beside checkpoints and the final model;
+- ``save_final(output_dir)``: the final model folder (``save_pretrained`` + resolved config).
+
+Per optimizer step the loop runs ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the last),
+clips the global gradient norm, and skips the update when the loss or the gradient norm is non-finite on any process
+(counted; more than ``max_nonfinite_steps`` in a row raises ``NonFiniteTrainingError`` and leaves the last good
+checkpoint in place). The data stream is deterministic: epoch ``e`` is shuffled with seed ``seed + e`` and the
+micro-batch position is ``step · gradient_accumulation_steps``, so ``resume_from`` restores model, optimizer,
+scheduler and RNG states with ``accelerator.load_state`` and skips to the same position with
+``accelerator.skip_first_batches`` — a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from tqdm.auto import tqdm
+
+from visalign.config_io import config_to_dict, save_config
+from visalign.trainers._common import (
+    CONFIG_FILE,
+    MetricsLog,
+    make_optimizer,
+    make_scheduler,
+    prune_checkpoints,
+    read_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+    total_optimizer_steps,
+    weighted_means,
+)
+from visalign.trainers.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Raised when more than ``max_nonfinite_steps`` consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+class Trainer:
+    """Base accelerate trainer; see the module docstring for the hooks a subclass implements.
+
+    Attributes after construction: ``args``, ``accelerator``, ``model`` (prepared), ``optimizer``, ``lr_scheduler``,
+    ``train_dataset``, ``eval_dataset``, ``collator``, ``global_step``.
+    """
+
+    def __init__(self, args: TrainingConfig) -> None:
+        self.args = args
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=args.trackers or None,
+            project_dir=args.output_dir,
+            step_scheduler_with_optimizer=False,
+        )
+        set_seed(args.seed)
+        self.train_dataset, self.eval_dataset = self.build_datasets()
+        model = self.build_model()
+        if args.gradient_checkpointing:
+            self.enable_gradient_checkpointing(model)
+        self.collator = self.build_collator()
+        self.model, self.optimizer = self.accelerator.prepare(model, make_optimizer(model, args))
+        self.prepare_reference()  # may add columns (a precomputed reference) before the loader is built
+        self._data_generator = torch.Generator()
+        self._train_loader = self.accelerator.prepare(
+            self._dataloader(self.train_dataset, args.per_device_batch_size, shuffle=True)
+        )
+        self.total_steps = total_optimizer_steps(args, len(self._train_loader))
+        self.lr_scheduler = self.accelerator.prepare(make_scheduler(self.optimizer, args, self.total_steps))
+        self.global_step = 0
+        self.nonfinite_total = 0
+        self._nonfinite_streak = 0
+        self._metrics = MetricsLog(self.accelerator, args.output_dir)
+
+    # ------------------------------------------------------------------------------------------------------
+    # hooks
+
+    def build_datasets(self) -> tuple[Any, Any | None]:
+        """Return ``(train_dataset, eval_dataset or None)``, validated (runs before the model loads)."""
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        """Return the trainable policy."""
+        raise NotImplementedError
+
+    def build_collator(self) -> Callable[[list[dict]], dict]:
+        raise NotImplementedError
+
+    def enable_gradient_checkpointing(self, model: torch.nn.Module) -> None:
+        """Non-reentrant activation checkpointing of a transformers model (diffusers trainers override this)."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def prepare_reference(self) -> None:
+        """Set up the reference once the policy is prepared (default: nothing)."""
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss of one micro-batch and its metrics (floats, TRL names)."""
+        raise NotImplementedError
+
+    def num_examples(self, batch: dict) -> int:
+        """Examples in ``batch``: the weight of its metrics in ``evaluate`` averages."""
+        return 1
+
+    def resolved_config(self) -> TrainingConfig:
+        """The config written beside checkpoints and the final model (subclasses fill in resolved defaults)."""
+        return self.args
+
+    def save_final(self, output_dir: Path) -> None:
+        """``save_pretrained`` the unwrapped policy (a PEFT adapter for LoRA) and the resolved config."""
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
+            save_config(self.resolved_config(), output_dir / CONFIG_FILE)
+
+    # ------------------------------------------------------------------------------------------------------
+    # data
+
+    def _dataloader(self, dataset, batch_size: int, *, shuffle: bool) -> DataLoader:
+        sampler = RandomSampler(dataset, generator=self._data_generator) if shuffle else SequentialSampler(dataset)
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
+            num_workers=self.args.dataloader_num_workers, generator=self._data_generator if shuffle else None,
+        )
+
+    def _micro_batches(self, start: int) -> Iterator[dict]:
+        """Training micro-batches from stream position ``start`` on, across epochs (epoch e shuffled with seed+e)."""
+        per_epoch = len(self._train_loader)
+        epoch, skip = divmod(start, per_epoch)
+        while True:
+            self._data_generator.manual_seed(self.args.seed + epoch)
+            loader = self.accelerator.skip_first_batches(self._train_loader, skip) if skip else self._train_loader
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    # ------------------------------------------------------------------------------------------------------
+    # training
+
+    def train(self) -> dict[str, float]:
+        """Run to ``total_steps`` optimizer steps (resuming if asked), save the final model, return final metrics."""
+        args, acc = self.args, self.accelerator
+        if args.trackers:
+            acc.init_trackers("visalign", config=_tracker_config(self.resolved_config()))
+        self._resume()
+        self._metrics.truncate_after(self.global_step)
+        ga = args.gradient_accumulation_steps
+        stream = self._micro_batches(self.global_step * ga)
+        losses = []
+        progress = tqdm(
+            total=self.total_steps, initial=self.global_step, desc="training", disable=not acc.is_local_main_process
+        )
+        while self.global_step < self.total_steps:
+            loss, metrics, finite = self._optimizer_step(stream)
+            self.global_step += 1
+            progress.update(1)
+            if finite:
+                losses.append(loss)
+                self._metrics.add({"loss": loss, **metrics})
+                progress.set_postfix(loss=f"{loss:.4g}")
+            if self.global_step % args.logging_steps == 0 or self.global_step == self.total_steps:
+                self._metrics.flush(self.global_step, self._progress_metrics())
+            if args.save_steps and self.global_step % args.save_steps == 0 and self._nonfinite_streak == 0:
+                self.save_checkpoint()
+        progress.close()
+        output_dir = Path(args.output_dir)
+        acc.wait_for_everyone()
+        self.save_final(output_dir)
+        acc.wait_for_everyone()
+        result = {"train_loss": sum(losses) / len(losses) if losses else math.nan,
+                  "train_steps": float(self.global_step), "nonfinite_steps": float(self.nonfinite_total)}
+        if self.eval_dataset is not None:
+            result.update(self.evaluate())
+        if args.trackers:
+            acc.end_training()
+        return result
+
+    def _optimizer_step(self, stream: Iterator[dict]) -> tuple[float, dict[str, float], bool]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches -> ``(loss, metrics, finite)``."""
+        acc, args = self.accelerator, self.args
+        ga = args.gradient_accumulation_steps
+        self.model.train()
+        losses, rows = [], []
+        for i in range(ga):
+            batch = next(stream)
+            sync = contextlib.nullcontext() if i == ga - 1 else acc.no_sync(self.model)
+            with sync:
+                with acc.autocast():
+                    loss, metrics = self.compute_loss(batch)
+                # Scaled here, not by accelerate: its gradient-accumulation setting is process-global state shared
+                # by every Accelerator, so two trainers alive in one process would see each other's value.
+                acc.backward(loss / ga)
+            losses.append(loss.detach().float())
+            rows.append((1.0, metrics))
+        loss = torch.stack(losses).mean()
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+        bad = (~torch.isfinite(loss)).float()
+        if grad_norm is not None and acc.scaler is None:  # with fp16 the grad scaler owns overflow handling
+            bad = torch.maximum(bad, (~torch.isfinite(grad_norm)).float().to(bad.device))
+        finite = acc.reduce(bad, reduction="sum").item() == 0
+        if finite or acc.scaler is not None:
+            self.optimizer.step()  # with fp16 the scaler skips a step whose gradients are not finite
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            self._nonfinite_streak = 0
+            metrics = weighted_means(rows)
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+            return loss.item(), metrics, True
+        self.nonfinite_total += 1
+        self._nonfinite_streak += 1
+        logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                       self.global_step + 1, self._nonfinite_streak)
+        if self._nonfinite_streak > args.max_nonfinite_steps:
+            raise NonFiniteTrainingError(
+                f"{self._nonfinite_streak} consecutive optimizer steps (up to step {self.global_step + 1}) had a "
+                f"non-finite loss or gradient, more than max_nonfinite_steps={args.max_nonfinite_steps}; stopping. "
+                f"Checkpoints written so far are intact under {Path(args.output_dir) / 'checkpoints'}; lower the "
+                "learning rate or check the data, then resume with resume_from=latest."
+            )
+        return math.nan, {}, False
+
+    def _progress_metrics(self) -> dict[str, float]:
+        micro = self.global_step * self.args.gradient_accumulation_steps
+        return {
+            "learning_rate": self.lr_scheduler.get_last_lr()[0],
+            "epoch": micro / len(self._train_loader),
+            "nonfinite_steps": float(self.nonfinite_total),
+        }
+
+    # ------------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.global_step, "total_steps": self.total_steps, "nonfinite_total": self.nonfinite_total,
+                "nonfinite_streak": self._nonfinite_streak}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/checkpoint-<step>`` atomically, then prune to ``save_total_limit``."""
+        path = save_checkpoint(self.accelerator, self.args.output_dir, self.global_step, self._state(),
+                               self.resolved_config())
+        if self.accelerator.is_main_process:
+            prune_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _resume(self) -> None:
+        checkpoint = resolve_resume(self.args.output_dir, self.args.resume_from)
+        if checkpoint is None:
+            if self.args.resume_from == "latest":
+                logger.info("resume_from=latest: no checkpoint in %s yet, starting from step 0", self.args.output_dir)
+            return
+        self.accelerator.load_state(str(checkpoint))
+        state = read_trainer_state(checkpoint)
+        self.global_step = state["step"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self._nonfinite_streak = state["nonfinite_streak"]
+        logger.info("resumed from %s at step %d", checkpoint, self.global_step)
+
+    # ------------------------------------------------------------------------------------------------------
+    # evaluation
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None, *, prefix: str = "eval") -> dict[str, float]:
+        """Metrics averaged over ``dataset`` (a prepared dataset; default the eval dataset), prefixed ``<prefix>_``."""
+        dataset = self.eval_dataset if dataset is None else dataset
+        if dataset is None:
+            raise ValueError("evaluate() needs an eval dataset: pass one or set eval_dataset in the config")
+        acc = self.accelerator
+        loader = acc.prepare(self._dataloader(dataset, self.args.eval_batch_size or self.args.per_device_batch_size,
+                                              shuffle=False))
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = {}
+        weight = 0.0
+        for batch in loader:
+            with acc.autocast():
+                loss, metrics = self.compute_loss(batch)
+            n = float(self.num_examples(batch))
+            for key, value in {"loss": loss.item(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + n * float(value)
+            weight += n
+        self.model.train(was_training)
+        keys = sorted(sums)
+        totals = torch.tensor([weight] + [sums[k] for k in keys], dtype=torch.float64, device=acc.device)
+        totals = acc.reduce(totals, reduction="sum").tolist()
+        result = {f"{prefix}_{k}": v / totals[0] for k, v in zip(keys, totals[1:])}
+        self._metrics.write(self.global_step, result)
+        return result
+
+
+def _tracker_config(config: TrainingConfig) -> dict[str, Any]:
+    """Config values trackers accept (tensorboard hparams take scalars only: lists become strings)."""
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in config_to_dict(config).items()
+            if v is not None}
+

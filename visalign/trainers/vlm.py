@@ -1,0 +1,286 @@
+"""Vision-language preference training: ``VLMDPOConfig``/``VLMDPOTrainer`` and ``run(config)`` for ``visalign train``
+(methods ``vlm-dpo``, ``dense-dpo``, ``mia-dpo``).
+
+The text ``DPOTrainer``'s loop, losses and reference strategies, for LLaVA-1.5, LLaVA-NeXT and Qwen2-VL (any
+``AutoModelForImageTextToText`` model with a ``ProcessorMixin``): images are collated on the fly
+(``visalign.data.vlm_collator``), one forward over ``[chosen; rejected]`` carries every model-specific input, and the
+per-token log-probs are scored with ``visalign.likelihood.text`` (reference §C.5–C.6).
+
+Methods on top: RLHF-V dense DPO (``dense_dpo: true``; Yu et al. 2024, eq. 5: γ-weighted token scores for policy and
+reference alike, ``visalign.data.dense_dpo``) and MIA-DPO (Liu et al. 2024: plain DPO on the multi-image data that
+``visalign.data.mia_dpo_select`` writes; its recipe is LoRA on the language model with the adapter-disabled reference).
+
+Where it differs from TRL 1.16: ``reference: precomputed`` works for VLMs and stores per-token reference log-probs
+(TRL refuses precompute with vision data), the vision tower is frozen by default (``freeze_vision_tower``; TRL trains
+everything), LoRA targets only the language model's linear layers, and ``max_length`` cuts only completions (see the
+collator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from visalign.data.dense_dpo import DENSE_DPO_SCORES
+from visalign.data.sources import load_source
+from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
+from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
+from visalign.likelihood.text import cached_pair_loglik, scored_mask, sequence_scores, token_logps
+from visalign.losses import PairLogLik, preference_loss
+from visalign.models.lora import apply_lora
+from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft
+
+#: Batch keys that are not model inputs.
+NON_MODEL_KEYS = ("completion_mask", "token_weights", "ref_chosen_logps", "ref_rejected_logps",
+                  "ref_chosen_token_logps", "ref_rejected_token_logps")
+#: Attribute names of the parts of a transformers VLM (``model.model.<name>``), first match wins.
+VISION_TOWERS = ("vision_tower", "visual")
+PROJECTORS = ("multi_modal_projector",)
+LANGUAGE_MODELS = ("language_model",)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class VLMDPOConfig(DPOConfig):
+    """VLM preference training: ``DPOConfig`` plus image data, freezing and dense-DPO options."""
+
+    method: str = field(default="vlm-dpo", metadata=_help("trainer family (`visalign train` picks the trainer)"))
+    max_length: int | None = field(
+        default=None,
+        metadata=_help("max prompt + completion tokens per row (image tokens included); only the completion end is "
+                       "cut; none (recommended for VLMs) = no cap"),
+    )
+    image_folder: str | None = field(default=None, metadata=_help("base folder of relative image paths (MIA-DPO)"))
+    dataset_schema: str | None = field(
+        default=None, metadata=_help(f"row schema: {' | '.join(SCHEMAS)}; none = detect from the columns")
+    )
+    chat_template_for_plain: bool = field(
+        default=True, metadata=_help("render plain-string rows with the processor's chat template (false: raw text)")
+    )
+    freeze_vision_tower: bool = field(default=True, metadata=_help("keep the vision encoder's weights fixed"))
+    freeze_projector: bool = field(default=False, metadata=_help("keep the vision-to-text projector fixed"))
+    dense_dpo: bool = field(
+        default=False, metadata=_help("RLHF-V dense DPO: weight corrected tokens by dense_dpo_gamma (both sides)")
+    )
+    dense_dpo_gamma: float = field(default=1.1, metadata=_help("γ on corrected tokens (RLHF-V README 1.1, paper 5)"))
+    dense_dpo_min_match_size: int = field(
+        default=3, metadata=_help("diff matches shorter than this many tokens count as changed")
+    )
+    dense_dpo_mark_insertions_deletions: bool = field(
+        default=False, metadata=_help("also up-weight pure insertions/deletions (RLHF-V marks replacements only)")
+    )
+    dense_dpo_score: str = field(
+        default="weighted_sum",
+        metadata=_help("weighted_sum (RLHF-V code: Σ w·logp) | normalized (paper eq. 5: Σ w·logp / Σ w)"),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = type(self).__name__
+        if self.drop_long_prompts:
+            raise ValueError(f"{c}.drop_long_prompts is not supported for VLMs; raise max_length or set it to none")
+        if self.dataset_schema is not None and self.dataset_schema not in SCHEMAS:
+            raise ValueError(f"{c}.dataset_schema must be one of {', '.join(SCHEMAS)}; got {self.dataset_schema!r}")
+        if self.dense_dpo_score not in DENSE_DPO_SCORES:
+            raise ValueError(f"{c}.dense_dpo_score must be one of {', '.join(DENSE_DPO_SCORES)}; "
+                             f"got {self.dense_dpo_score!r}")
+        if not (isinstance(self.dense_dpo_gamma, (int, float)) and self.dense_dpo_gamma > 0):
+            raise ValueError(f"{c}.dense_dpo_gamma must be > 0; got {self.dense_dpo_gamma!r}")
+        if self.dense_dpo_min_match_size < 1:
+            raise ValueError(f"{c}.dense_dpo_min_match_size must be >= 1; got {self.dense_dpo_min_match_size}")
+
+    @property
+    def reduction(self) -> str:
+        """The ``likelihood.text`` sequence score: ``sum``, or the dense-DPO weighted form."""
+        return DENSE_DPO_SCORES[self.dense_dpo_score] if self.dense_dpo else "sum"
+
+
+def vlm_part(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module | None:
+    """The first of ``names`` found on the VLM's inner model (``model.model``) or on the model itself."""
+    for owner in (getattr(model, "model", None), model):
+        for name in names:
+            part = getattr(owner, name, None) if owner is not None else None
+            if isinstance(part, torch.nn.Module):
+                return part
+    return None
+
+
+def language_lora_targets(model: torch.nn.Module) -> list[str]:
+    """Full names of the language model's ``nn.Linear`` layers (LoRA on the language model only; never ``lm_head``)."""
+    language = vlm_part(model, LANGUAGE_MODELS)
+    if language is None:
+        raise ValueError(f"{type(model).__name__}: cannot find the language model ({', '.join(LANGUAGE_MODELS)})")
+    ids = {id(m) for m in language.modules() if isinstance(m, torch.nn.Linear)}
+    return [name for name, module in model.named_modules() if id(module) in ids]
+
+
+def vlm_pair_loglik(model: torch.nn.Module, batch: Mapping[str, Any], *, reduction: str = "sum",
+                    return_token_logps: bool = False) -> PairLogLik:
+    """One forward of a VLM over a ``VisionPreferenceCollator`` batch -> ``PairLogLik`` (``likelihood.text`` scoring).
+
+    A forward that fails with transformers' "Image features and image tokens do not match" is re-raised with the
+    likely causes.
+    """
+    device = next(model.parameters()).device
+    inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k not in NON_MODEL_KEYS}
+    try:
+        logits = model(**inputs, use_cache=False).logits
+    except ValueError as exc:
+        if "Image features and image tokens do not match" in str(exc):
+            raise ValueError(f"{exc}. The prompt's image tokens disagree with the processed images: the processor and "
+                             "the model configs differ, or the text contains image tokens itself") from exc
+        raise
+    mask = scored_mask(batch["completion_mask"].to(device), inputs["attention_mask"])
+    logps = token_logps(logits, inputs["input_ids"]) * mask
+    scores = sequence_scores(logps, mask, reduction=reduction, weights=batch.get("token_weights")).chunk(2)
+    counts = mask.sum(-1).chunk(2)
+    tokens = logps.chunk(2) if return_token_logps else (None, None)
+    return PairLogLik(scores[0], scores[1], counts[0], counts[1], tokens[0], tokens[1])
+
+
+class VLMDPOTrainer(DPOTrainer):
+    """Preference training of a VLM with any paired loss (module docstring).
+
+    Args:
+        model: hub id or local folder (``AutoModelForImageTextToText.from_pretrained``) or a loaded model /
+            ``PeftModel``; ``None`` takes ``args.model``.
+        args: a ``VLMDPOConfig``.
+        train_dataset, eval_dataset: ``datasets.Dataset`` / list of dicts in any schema of ``visalign.data.vlm``, or a
+            ``load_source`` spec.
+        processor: the model's processor; ``None`` loads it with ``AutoProcessor.from_pretrained``.
+    """
+
+    config_class = VLMDPOConfig
+    required_columns = ()
+
+    def __init__(self, model: str | PreTrainedModel | None = None, args: VLMDPOConfig | None = None,
+                 train_dataset: datasets.Dataset | list | str | None = None,
+                 eval_dataset: datasets.Dataset | list | str | None = None,
+                 processor: ProcessorMixin | None = None) -> None:
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processor)
+
+    @property
+    def processor(self) -> ProcessorMixin:
+        return self.tokenizer
+
+    # ---------------------------------------------------------------------------------------------- data
+
+    def _vision_dataset(self, data, split: str, name: str) -> VisionPreferenceDataset:
+        if isinstance(data, str):
+            name = data
+            data = load_source(data, split=split)
+        return VisionPreferenceDataset(data, name=name, image_folder=self.args.image_folder,
+                                       schema=self.args.dataset_schema)
+
+    def build_datasets(self) -> tuple[VisionPreferenceDataset, VisionPreferenceDataset | None]:
+        train = self._vision_dataset(self._raw_train, self.args.dataset_split, "train_dataset")
+        held_out = None if self._raw_eval is None else self._vision_dataset(self._raw_eval, self.args.eval_split,
+                                                                             "eval_dataset")
+        if self.tokenizer is None:
+            source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
+            self.tokenizer = AutoProcessor.from_pretrained(source, trust_remote_code=self.args.trust_remote_code)
+        if not isinstance(self.tokenizer, ProcessorMixin):
+            raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got {type(self.tokenizer).__name__}")
+        if self.args.chat_template is not None:
+            template = Path(self.args.chat_template)
+            self.tokenizer.chat_template = template.read_text() if template.is_file() else self.args.chat_template
+        return train, held_out
+
+    def build_collator(self) -> VisionPreferenceCollator:
+        args = self.args
+        dense = DenseDPOWeights(args.dense_dpo_gamma, args.dense_dpo_min_match_size,
+                                args.dense_dpo_mark_insertions_deletions) if args.dense_dpo else None
+        return VisionPreferenceCollator(self.processor, max_length=args.max_length,
+                                        chat_template_for_plain=args.chat_template_for_plain, dense_dpo=dense)
+
+    # ---------------------------------------------------------------------------------------------- model
+
+    def build_model(self) -> torch.nn.Module:
+        args = self.args
+        if isinstance(self._model_spec, str):
+            dtype = "auto" if args.model_dtype == "auto" else getattr(torch, args.model_dtype)
+            kwargs = {"dtype": dtype, "trust_remote_code": args.trust_remote_code}
+            if args.attn_implementation is not None:
+                kwargs["attn_implementation"] = args.attn_implementation
+            model = AutoModelForImageTextToText.from_pretrained(self._model_spec, **kwargs)
+        else:
+            model = self._model_spec
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        for flag, names in ((args.freeze_vision_tower, VISION_TOWERS), (args.freeze_projector, PROJECTORS)):
+            part = vlm_part(model, names) if flag else None
+            if part is not None:
+                part.requires_grad_(False)
+        if args.use_lora:
+            targets = args.lora_target_modules or language_lora_targets(model)
+            model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                               target_modules=targets)
+        self.reference_strategy = args.resolved_reference(lora=_is_peft(model))
+        return model
+
+    # ---------------------------------------------------------------------------------------------- reference
+
+    @torch.no_grad()
+    def _attach_reference(self, dataset: VisionPreferenceDataset, name: str) -> VisionPreferenceDataset:
+        """Run the reference once over ``dataset`` (in order) and return it with per-row ``ref_*`` columns: summed
+        and per-completion-token log-probs, so weighted (dense-DPO) and per-token losses can use them. The reference
+        is the policy before training, with LoRA adapters disabled."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        size = self.args.precompute_ref_batch_size or self.args.eval_batch_size or self.args.per_device_batch_size
+        loader = torch.utils.data.DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=self.collator,
+                                             num_workers=self.args.dataloader_num_workers)
+        columns: dict[str, list] = {f"ref_{s}_{k}": [] for s in ("chosen", "rejected") for k in ("logps", "token_logps")}
+        context = model.disable_adapter() if _is_peft(model) else contextlib.nullcontext()
+        with context, self.accelerator.autocast():
+            for batch in loader:
+                pair = vlm_pair_loglik(model, batch, return_token_logps=True)
+                mask = scored_mask(batch["completion_mask"], batch["attention_mask"]).chunk(2)
+                for side, tokens, side_mask in (("chosen", pair.chosen_token_logps, mask[0]),
+                                                ("rejected", pair.rejected_token_logps, mask[1])):
+                    columns[f"ref_{side}_logps"] += (tokens.float() * side_mask.to(tokens.device)).sum(-1).tolist()
+                    for row, row_mask in zip(tokens.float().cpu(), side_mask.bool()):
+                        columns[f"ref_{side}_token_logps"].append(row[row_mask].tolist())
+        model.train(was_training)
+        return dataset.with_columns(columns)
+
+    # ---------------------------------------------------------------------------------------------- loss
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        args = self.args
+        policy = vlm_pair_loglik(self.model, batch, reduction=args.reduction)
+        if self.reference_strategy == "none":
+            ref = None
+        elif self.reference_strategy == "precomputed":
+            ref = cached_pair_loglik(batch, reduction=args.reduction)
+        else:
+            with torch.no_grad(), self.reference.active(self.model) as ref_model:
+                ref = vlm_pair_loglik(ref_model, batch, reduction=args.reduction)
+        out = preference_loss(args.loss_type, policy, ref, beta=args.beta, loss_weights=args.loss_weights,
+                              **args.loss_hparams)
+        return out.loss, out.metrics
+
+
+def run(config: VLMDPOConfig) -> dict[str, float]:
+    """Train as ``config`` says (``visalign train`` with method vlm-dpo, dense-dpo or mia-dpo); with an eval data set,
+    evaluate before and after training."""
+    trainer = VLMDPOTrainer(args=config)
+    result: dict[str, Any] = {}
+    if trainer.eval_dataset is not None and trainer.global_step == 0 and config.resume_from is None:
+        result.update({f"initial_{k}": v for k, v in trainer.evaluate().items()})
+    result.update(trainer.train())
+    return result
