@@ -18,7 +18,7 @@ Factory = Union[str, Callable[..., Scorer]]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.\-]*$")
 
-#: Built-in scorers. ``imagereward``/``unifiedreward`` are implemented in their own modules of this package.
+#: Built-in scorers, each implemented in its own module of this package.
 _REGISTRY: dict[str, Factory] = {
     "pickscore": "reward_models.pickscore:PickScore",
     "hps": "reward_models.hps:HPSv2",
@@ -26,6 +26,7 @@ _REGISTRY: dict[str, Factory] = {
     "aesthetic": "reward_models.aesthetic:LaionAesthetic",
     "imagereward": "reward_models.image_reward:ImageReward",
     "unifiedreward": "reward_models.unified_reward:UnifiedReward",
+    "shapes": "reward_models.shapes:ShapesScorer",
 }
 
 

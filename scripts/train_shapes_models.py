@@ -1,0 +1,280 @@
+"""Train the shapes world's small text-to-image model (Stable Diffusion architecture), seeded and reproducible.
+
+    python scripts/train_shapes_models.py --out visalign/assets/shapes-sd          # the shipped model
+    python scripts/train_shapes_models.py --out /tmp/shapes-sd --quick             # ~1 min smoke run
+
+Stages, after ``shared/reference/shapes-world-probe.md``:
+
+1. render ``num_images`` seeded scenes with prompts (``visalign.shapes``; colour and shape always named, the other
+   attributes each with probability 0.75) at 32 px;
+2. train an ``AutoencoderKL`` (2 blocks (32, 64), 4 latent channels, 32 px -> 16x16 latents) on MSE + a tiny KL;
+   its ``scaling_factor`` is set to 1 / std of the cached latents (SD's convention);
+3. cache every image's posterior mean and std once: the denoiser stage never runs the VAE encoder;
+4. train ``UNet2DConditionModel`` (48, 96) and ``CLIPTextModel`` (hidden 64, 2 layers) jointly on the ε-loss with
+   10% caption dropout (the empty prompt, as classifier-free guidance uses it). A frozen random text encoder cannot
+   carry the colour words (probe), hence the joint training;
+5. save a ``StableDiffusionPipeline`` (``save_pretrained``, safetensors; DDIM sampling scheduler with SD's
+   ``scaled_linear`` betas; word-level CLIP-style tokenizer from ``visalign.testing.tokenizers``) that loads with
+   ``StableDiffusionPipeline.from_pretrained(out)``; ``train_config.json`` beside it;
+6. reload it, sample fixed held-out prompts (DDIM, low guidance) and score them with the ``shapes`` scorer:
+   ``metrics.json`` (mean reward, per-component accuracy, stage timings) and ``samples.png``.
+
+The model is meant to draw recognisable shapes while following the prompt only partly, which leaves alignment room.
+
+Run time on a 2-core CPU (torch 2.14 CPU; measured on a machine shared with other jobs, so per-step costs swung
+2-4x with the load): ``--quick`` ran end to end in 68-76 s (rendering 0.2 s, VAE 0.28 s/step at batch 16, latent cache
+1.1 s, UNet + text encoder 0.33 s/step at batch 16 when idle and 1.4 s/step when contended, reload + sampling + scoring
+8 prompts 1.3 s). Full settings: VAE 0.54 s/step at batch 32 idle (2.2 contended) -> 500 steps ≈ 4.5 min; UNet + text
+encoder (2.4M + 74k parameters) 0.67 s/step at batch 32 -> 2,000 steps ≈ 22 min; rendering 8,000 scenes ≈ 7 s, cache
+≈ 15 s, evaluation of 60 prompts x 25 DDIM steps ≈ 20 s. Full run ≈ 27 min on an idle 2-core CPU. Two runs with the
+same seed write byte-identical weights (checked with ``--quick``). The saved folder is 13 MB (fp32 safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from reward_models.shapes import ShapesScorer
+from visalign.shapes.render import render_batch
+from visalign.shapes.world import SHAPES, VOCABULARY, describe, sample_scene
+from visalign.testing.clip import clip_text_config, seeded
+from visalign.testing.tokenizers import clip_style_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = field(default=0, metadata={"help": "seeds rendering, initialisation, batches and sampling"})
+    resolution: int = field(default=32, metadata={"help": "image side in pixels"})
+    num_images: int = field(default=8000, metadata={"help": "rendered training scenes"})
+    mention_probability: float = field(default=0.75, metadata={"help": "P(prompt names size / position / background)"})
+    vae_steps: int = field(default=500, metadata={"help": "VAE optimiser steps"})
+    vae_batch_size: int = field(default=32, metadata={"help": "VAE batch size"})
+    vae_lr: float = field(default=1e-3, metadata={"help": "VAE AdamW learning rate"})
+    kl_weight: float = field(default=1e-6, metadata={"help": "weight of the VAE's KL term (SD-style, tiny)"})
+    unet_steps: int = field(default=2000, metadata={"help": "UNet + text encoder optimiser steps"})
+    unet_batch_size: int = field(default=32, metadata={"help": "UNet batch size"})
+    unet_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the UNet and the text encoder"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up of both stages"})
+    caption_dropout: float = field(default=0.1, metadata={"help": "P(caption replaced by the empty prompt)"})
+    eval_prompts: int = field(default=60, metadata={"help": "held-out prompts sampled and scored at the end"})
+    eval_steps: int = field(default=25, metadata={"help": "DDIM steps when sampling for the evaluation"})
+    eval_guidance: float = field(default=1.5, metadata={"help": "classifier-free guidance scale of the evaluation"})
+
+
+QUICK = {"num_images": 512, "vae_steps": 30, "vae_batch_size": 16, "unet_steps": 40, "unet_batch_size": 16,
+         "warmup_steps": 5, "eval_prompts": 8, "eval_steps": 10}
+
+
+def build_models(config: TrainConfig):
+    """Tokenizer, text encoder, VAE, UNet and the sampling scheduler, freshly initialised from ``config.seed``."""
+    tokenizer = clip_style_tokenizer(VOCABULARY)
+    with seeded(config.seed):
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer, hidden_size=64, num_layers=2, num_heads=4,
+                                                      projection_dim=64))
+    with seeded(config.seed + 1):
+        vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                            norm_num_groups=32, sample_size=config.resolution)
+    with seeded(config.seed + 2):
+        unet = UNet2DConditionModel(
+            sample_size=config.resolution // 2, in_channels=4, out_channels=4, block_out_channels=(48, 96),
+            layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+            attention_head_dim=4, norm_num_groups=16,
+        )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="epsilon", timestep_spacing="leading")
+    return tokenizer, text_encoder, vae, unet, scheduler
+
+
+def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """``[N,3,H,W]`` images in [-1, 1] and their prompts (scene ``i`` is rendered with seed ``i``)."""
+    rng = random.Random(config.seed)
+    scenes = [sample_scene(rng, mention_probability=config.mention_probability) for _ in range(config.num_images)]
+    images = render_batch([s for s, _ in scenes], list(range(config.num_images)), resolution=config.resolution)
+    return images.float() / 127.5 - 1, [p for _, p in scenes]
+
+
+def _optimizer(params, lr: float, warmup: int):
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    return optimizer, schedule
+
+
+def _step(loss: torch.Tensor, params, optimizer, schedule) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
+def _log(stage: str, step: int, total: int, loss: float, started: float) -> None:
+    if step == 1 or step % max(1, total // 10) == 0 or step == total:
+        print(f"[{stage}] step {step}/{total} loss {loss:.4f} ({(time.perf_counter() - started) / step:.3f} s/step)",
+              flush=True)
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, config: TrainConfig, device: torch.device) -> float:
+    """MSE reconstruction of a posterior sample + ``kl_weight`` * KL; returns seconds per step."""
+    vae.to(device).train()
+    params = list(vae.parameters())
+    optimizer, schedule = _optimizer(params, config.vae_lr, config.warmup_steps)
+    g = torch.Generator().manual_seed(config.seed + 10)
+    started = time.perf_counter()
+    for step in range(1, config.vae_steps + 1):
+        x = images[torch.randint(len(images), (config.vae_batch_size,), generator=g)].to(device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
+        recon = vae.decode(z).sample
+        mse = F.mse_loss(recon.float(), x.float())
+        loss = mse + config.kl_weight * posterior.kl().float().mean()
+        _step(loss, params, optimizer, schedule)
+        _log("vae", step, config.vae_steps, mse.item(), started)
+    vae.eval()
+    return (time.perf_counter() - started) / config.vae_steps
+
+
+@torch.no_grad()
+def cache_latents(vae: AutoencoderKL, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (CPU tensors), and the VAE's scaling factor set to 1 / latent std."""
+    means, stds = [], []
+    for chunk in images.split(256):
+        posterior = vae.encode(chunk.to(device)).latent_dist
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    mean, std = torch.cat(means), torch.cat(stds)
+    latent_std = torch.sqrt(mean.var() + std.pow(2).mean()).item()  # std of a posterior sample over the data
+    vae.register_to_config(scaling_factor=1.0 / latent_std)
+    return mean, std
+
+
+def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Tensor, torch.Tensor],
+                   prompts: list[str], scaling_factor: float, config: TrainConfig, device: torch.device) -> float:
+    """Joint ε-prediction training of UNet and text encoder with caption dropout; returns seconds per step."""
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+    tokens = tokenizer(prompts + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt").input_ids
+    ids, empty = tokens[:-1], tokens[-1]
+    mean, std = latents
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer, schedule = _optimizer(params, config.unet_lr, config.warmup_steps)
+    g = torch.Generator().manual_seed(config.seed + 20)
+    started = time.perf_counter()
+    for step in range(1, config.unet_steps + 1):
+        idx = torch.randint(len(ids), (config.unet_batch_size,), generator=g)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling_factor
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(idx),), generator=g)
+        noisy = noise_scheduler.add_noise(z, noise, t)
+        batch_ids = torch.where((torch.rand(len(idx), generator=g) < config.caption_dropout)[:, None], empty, ids[idx])
+        states = text_encoder(batch_ids.to(device))[0]
+        pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred.float(), noise.to(device).float())
+        _step(loss, params, optimizer, schedule)
+        _log("unet+text", step, config.unet_steps, loss.item(), started)
+    unet.eval()
+    text_encoder.eval()
+    return (time.perf_counter() - started) / config.unet_steps
+
+
+def eval_prompts(config: TrainConfig) -> list[str]:
+    """Held-out prompts naming size, colour, shape and background (the probe's template), from a separate seed."""
+    rng = random.Random(10_000 + config.seed)
+    return [describe(sample_scene(rng, mention_probability=1.0)[0], ("size", "colour", "shape", "background"))
+            for _ in range(config.eval_prompts)]
+
+
+@torch.no_grad()
+def evaluate(out: Path, config: TrainConfig, device: torch.device) -> dict:
+    """Reload the saved pipeline, sample the held-out prompts, score them; writes ``samples.png``."""
+    pipe = StableDiffusionPipeline.from_pretrained(out).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = eval_prompts(config)
+    generator = torch.Generator().manual_seed(config.seed + 30)
+    images = torch.cat([
+        pipe(chunk, num_inference_steps=config.eval_steps, guidance_scale=config.eval_guidance, generator=generator,
+             height=config.resolution, width=config.resolution, output_type="pt").images.float().cpu()
+        for chunk in (prompts[i:i + 20] for i in range(0, len(prompts), 20))
+    ]).clamp(0, 1)
+    result = ShapesScorer().score(images, prompts)
+    _save_grid(images, out / "samples.png")
+    metrics = {"mean_reward": result.scores.mean().item(), "prompts": len(prompts),
+               "guidance_scale": config.eval_guidance, "ddim_steps": config.eval_steps}
+    metrics.update({f"accuracy/{k}": v.mean().item() for k, v in result.details.items()
+                    if k in ("colour", "shape", "size", "background", "detected")})
+    metrics["chance/colour"], metrics["chance/shape"] = 1 / 6, 1 / len(SHAPES)
+    return metrics
+
+
+def _save_grid(images: torch.Tensor, path: Path, columns: int = 10) -> None:
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.ones(3, rows * (h + 2), columns * (w + 2))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = image
+    Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the save_pretrained pipeline")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a ~1 minute smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for f in fields(TrainConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
+    if config.resolution % 4:
+        parser.error(f"--resolution must be a multiple of 4 (VAE factor 2 x UNet factor 2), got {config.resolution}")
+    device = torch.device(args.device)
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+
+    tokenizer, text_encoder, vae, unet, scheduler = build_models(config)
+    images, prompts = render_dataset(config)
+    timings["render_s"] = time.perf_counter() - began
+    timings["vae_s_per_step"] = train_vae(vae, images, config, device)
+    t0 = time.perf_counter()
+    latents = cache_latents(vae, images, device)
+    timings["cache_s"] = time.perf_counter() - t0
+    timings["unet_s_per_step"] = train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, prompts,
+                                                vae.config.scaling_factor, config, device)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(args.out)
+    (args.out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    t0 = time.perf_counter()
+    metrics = evaluate(args.out, config, device)
+    timings["eval_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - began
+    metrics["timings"] = timings
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
