@@ -34,6 +34,10 @@ METHODS: dict[str, tuple[str, str]] = {
     "vlm-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
     "dense-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
     "mia-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
+    "diffusion-dpo": ("visalign.trainers.diffusion:DiffusionConfig", "visalign.trainers.diffusion:run"),
+    "mapo": ("visalign.trainers.diffusion:MaPOConfig", "visalign.trainers.diffusion:run"),
+    "dcpo": ("visalign.trainers.diffusion:DCPOConfig", "visalign.trainers.diffusion:run"),
+    "inpo": ("visalign.trainers.diffusion:InPOConfig", "visalign.trainers.diffusion:run"),
 }
 
 

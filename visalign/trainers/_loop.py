@@ -10,7 +10,11 @@ A subclass supplies the method through hooks; the loop owns everything else:
 - ``compute_loss(batch)``: ``(scalar loss, {metric name: float})`` for one micro-batch;
 - ``num_examples(batch)``: weight of a batch when averaging evaluation metrics;
 - ``resolved_config()``: the config with resolved defaults, written beside checkpoints and the final model;
-- ``save_final(output_dir)``: the final model folder (``save_pretrained`` + resolved config).
+- ``save_final(output_dir)``: the final model folder (``save_pretrained`` + resolved config);
+- ``on_step_end(step)``: after each optimizer step's logging and checkpointing (e.g. validation images).
+
+A train dataset with ``set_epoch(e)`` is told the epoch before it is read, also after a resume mid-epoch, so per-epoch
+augmentation draws (flips, caption dropout) replay exactly.
 
 Per optimizer step the loop runs ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the last),
 clips the global gradient norm, and skips the update when the loss or the gradient norm is non-finite on any process
@@ -125,6 +129,9 @@ class Trainer:
         """Examples in ``batch``: the weight of its metrics in ``evaluate`` averages."""
         return 1
 
+    def on_step_end(self, step: int) -> None:
+        """Called after optimizer step ``step`` (1-based) and its logging/checkpointing; e.g. validation images."""
+
     def resolved_config(self) -> TrainingConfig:
         """The config written beside checkpoints and the final model (subclasses fill in resolved defaults)."""
         return self.args
@@ -152,6 +159,8 @@ class Trainer:
         epoch, skip = divmod(start, per_epoch)
         while True:
             self._data_generator.manual_seed(self.args.seed + epoch)
+            if hasattr(self.train_dataset, "set_epoch"):  # per-epoch augmentation draws (flip, caption dropout)
+                self.train_dataset.set_epoch(epoch)
             loader = self.accelerator.skip_first_batches(self._train_loader, skip) if skip else self._train_loader
             yield from loader
             epoch, skip = epoch + 1, 0
@@ -184,6 +193,7 @@ class Trainer:
                 self._metrics.flush(self.global_step, self._progress_metrics())
             if args.save_steps and self.global_step % args.save_steps == 0 and self._nonfinite_streak == 0:
                 self.save_checkpoint()
+            self.on_step_end(self.global_step)
         progress.close()
         output_dir = Path(args.output_dir)
         acc.wait_for_everyone()

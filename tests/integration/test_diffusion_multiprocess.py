@@ -1,0 +1,78 @@
+"""Two CPU processes (gloo) train the same weights as one process with the same global batch: the noise of every pair
+is keyed by (seed, step, pair index), not by the process.
+
+Launch: `accelerate launch --cpu --num_processes 2` starts ONE process (its CPU path expects mpirun), so the test uses
+accelerate's torchrun launcher (`--multi_gpu`) with `ACCELERATE_USE_CPU=true`, which makes accelerate pick
+MULTI_CPU with the gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import UNet2DConditionModel
+from PIL import Image
+
+from visalign.cli.train import main
+from visalign.testing.diffusion import save_tiny_sd
+
+# Adam's first steps are ~lr·sign(g): float noise in near-zero gradients (which DDP's all-reduce order changes) would
+# flip whole steps. A large epsilon makes the update lr·g/(|g|+eps) smooth in g (≈ SGD with lr/eps), so the two runs
+# agree to float precision when, and only when, their gradients agree.
+SETTINGS = dict(method="diffusion-dpo", max_steps=3, gradient_accumulation_steps=1, learning_rate=0.05,
+                adam_epsilon=10.0, lr_scheduler="constant", save_steps=0, logging_steps=1, caption_dropout=0.5,
+                report_to="none")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_pairs(root, n=4):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        for side in ("chosen", "rejected"):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / side / f"p{i}.png")
+        rows.append(json.dumps({"file_name": f"p{i}.png", "caption": f"a red square number {i}"}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(tmp_path):
+    model, data = save_tiny_sd(tmp_path / "sd15"), write_pairs(tmp_path / "pairs")
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(yaml.safe_dump({**SETTINGS, "model": str(model), "dataset": str(data)}))
+
+    single = tmp_path / "one"
+    assert main(["--config", str(recipe), "--output_dir", str(single), "--per_device_batch_size", "2"]) == 0
+
+    double = tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "visalign", "train", "--config", str(recipe), "--output_dir", str(double),
+               "--per_device_batch_size", "1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+              for out in (single, double)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)  # β = 5000 scales float noise in the MSEs
+    start = UNet2DConditionModel.from_pretrained(model, subfolder="unet").state_dict()
+    one, two = (UNet2DConditionModel.from_pretrained(out, subfolder="unet").state_dict() for out in (single, double))
+    assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-4  # training moved the weights
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=0, atol=1e-6)

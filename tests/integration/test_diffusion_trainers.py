@@ -1,0 +1,198 @@
+"""The diffusion preference trainer end to end on tiny SD1.5/SDXL pipelines saved to disk: outputs load into real
+diffusers pipelines, the cache replays the uncached path, resume equals an uninterrupted run, validation grids, bad
+input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from PIL import Image
+
+from visalign.config_io import read_yaml_mapping
+from visalign.testing.diffusion import save_tiny_sd, save_tiny_sdxl
+from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer
+
+CAPTIONS = ["a red square", "a blue circle", "a green cross", "two dots"]
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    return str(save_tiny_sd(tmp_path_factory.mktemp("sd15")))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return str(save_tiny_sdxl(tmp_path_factory.mktemp("sdxl")))
+
+
+def write_pairs(root, n=4, *, corrupt=()):
+    """``n`` random 36x40 PNG pairs in a paired folder with ``captions.jsonl``; pairs in ``corrupt`` get a truncated
+    chosen file."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for side in ("chosen", "rejected"):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / side / f"p{i}.png")
+        if i in corrupt:
+            (root / "chosen" / f"p{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "captions.jsonl").write_text("".join(
+        json.dumps({"file_name": f"p{i}.png", "caption": CAPTIONS[i % len(CAPTIONS)]}) + "\n" for i in range(n)))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+def config(**overrides) -> DiffusionConfig:
+    values = dict(max_steps=2, per_device_batch_size=2, save_steps=0, logging_steps=1, lr_scheduler="constant",
+                  learning_rate=1e-3)
+    return DiffusionConfig(**{**values, **overrides})
+
+
+def metrics(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def unet_weights(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_lora_round_trips_into_a_real_pipeline_with_load_lora_weights(family, sd15, sdxl, pairs, tmp_path):
+    base = sd15 if family == "sd15" else sdxl
+    out = tmp_path / "lora"
+    trainer = DiffusionTrainer(config(model=base, dataset=pairs, output_dir=str(out), use_lora=True, lora_r=4,
+                                      lora_alpha=8, learning_rate=5e-2))
+    trainer.train()
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    trained = trainer.accelerator.unwrap_model(trainer.model).eval()
+
+    pipeline_cls = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    pipe = pipeline_cls.from_pretrained(base)
+    sample = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500])
+    cond = {"encoder_hidden_states": torch.randn(2, 77, pipe.unet.config.cross_attention_dim)}
+    if family == "sdxl":
+        cond["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 16), "time_ids": torch.randn(2, 6)}
+    with torch.no_grad():
+        before = pipe.unet(sample, t, **cond).sample
+        pipe.load_lora_weights(str(out))
+        after = pipe.unet(sample, t, **cond).sample
+        expected = trained(sample, t, **cond).sample
+    assert (after - before).abs().max() > 1e-4  # the adapter changes the UNet ...
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-5)  # ... exactly as trained (rank, alpha kept)
+    card = (out / "README.md").read_text()
+    assert f"base_model: {base}" in card and "load_lora_weights" in card
+    assert read_yaml_mapping(out / "config.yaml")["reference"] == "disable_adapter"
+
+
+def test_full_fine_tune_saves_a_pretrained_unet(sd15, pairs, tmp_path):
+    out = tmp_path / "full"
+    trainer = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(out), learning_rate=1e-3))
+    trainer.train()
+    loaded = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    original = UNet2DConditionModel.from_pretrained(sd15, subfolder="unet")
+    trained = unet_weights(trainer)
+    changed = False
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=0, atol=0)
+        changed |= not torch.equal(value, original.state_dict()[name])
+    assert changed
+    assert "UNet2DConditionModel.from_pretrained" in (out / "README.md").read_text()
+
+
+def test_validation_grid_at_intervals_and_at_the_end(sd15, pairs, tmp_path):
+    out = tmp_path / "val"
+    prompts = ["a red square", "a blue circle", "a green cross"]
+    trainer = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(out), use_lora=True,
+                                      validation_prompts=prompts, validation_steps=1, validation_inference_steps=2))
+    trainer.train()
+    grids = sorted(p.name for p in (out / "validation").iterdir())
+    assert grids == ["final-step-000002.png", "validation-step-000001.png", "validation-step-000002.png"]
+    grid = Image.open(out / "validation" / "final-step-000002.png")
+    assert grid.size == (2 * 32, 2 * 32)  # 3 images of 32 px on a 2 x 2 grid
+    # fixed prompts and seeds: the step-2 interval grid and the final grid render the same UNet identically
+    a = np.asarray(Image.open(out / "validation" / "validation-step-000002.png"))
+    assert np.array_equal(a, np.asarray(grid))
+    assert "validation/final-step-000002.png" in (out / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ equivalences
+
+
+def test_cache_gives_the_same_losses_as_the_uncached_path(sd15, pairs, tmp_path):
+    runs = []
+    for name, cache_dir in (("plain", None), ("cached", str(tmp_path / "cache")), ("reused", str(tmp_path / "cache"))):
+        trainer = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(tmp_path / name), use_lora=True,
+                                          cache_dir=cache_dir, caption_dropout=0.5, random_flip=True))
+        stream, losses = trainer._micro_batches(0), []
+        for step in range(4):  # both epochs of 2 batches, with the noise of 4 different steps
+            trainer.global_step = step
+            batch = next(stream)
+            assert ("latents" in batch) == (cache_dir is not None)
+            with torch.no_grad():
+                loss, m = trainer.compute_loss(batch)
+            losses.append((loss.item(), m["mse/chosen"], m["mse/rejected"]))
+        runs.append(losses)
+    assert {s for losses in runs for s in losses} != {runs[0][0]}  # the steps differ from each other
+    for cached in runs[1:]:
+        np.testing.assert_allclose(cached, runs[0], rtol=1e-5)
+    assert len(list((tmp_path / "cache").glob("latents-*"))) == 1  # the second cached run reused the shards
+
+
+def test_resume_equals_an_uninterrupted_run(sd15, pairs, tmp_path):
+    whole = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(tmp_path / "whole"), max_steps=4,
+                                    per_device_batch_size=1, caption_dropout=0.5))
+    whole.train()
+    interrupted = tmp_path / "interrupted"
+    DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(interrupted), max_steps=2,
+                            per_device_batch_size=1, caption_dropout=0.5, save_steps=2)).train()
+    resumed = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(interrupted), max_steps=4,
+                                      per_device_batch_size=1, caption_dropout=0.5, resume_from="latest"))
+    resumed.train()
+    expected = unet_weights(whole)
+    for name, value in unet_weights(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
+    losses = [[m["loss"] for m in metrics(out) if "loss" in m] for out in (tmp_path / "whole", interrupted)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_unreadable_images_are_skipped_and_counted(sd15, tmp_path):
+    data = write_pairs(tmp_path / "data", corrupt=(1,))
+    out = tmp_path / "out"
+    result = DiffusionTrainer(config(model=sd15, dataset=data, output_dir=str(out), per_device_batch_size=4,
+                                     use_lora=True)).train()
+    assert np.isfinite(result["train_loss"])
+    assert [m["data/skipped_pairs"] for m in metrics(out) if "loss" in m] == [1.0, 1.0]
+
+
+def test_missing_per_side_caption_columns_fail_before_any_model_loads(tmp_path):
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text(json.dumps({"chosen": "a.png", "rejected": "b.png", "caption": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['caption_chosen', 'caption_rejected'\]"):
+        DiffusionTrainer(DCPOConfig(model=str(tmp_path / "no-model-here"), dataset=str(rows),
+                                    output_dir=str(tmp_path / "out")))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(reference="disable_adapter"), "needs use_lora"),
+    (dict(noise_source="renoise"), "noise_source must be"),
+    (dict(cache_dir="c", center_crop=False), "needs center_crop"),
+    (dict(method="mapo"), "use .*MaPOConfig|each method has its config"),
+    (dict(reference="precomputed"), "reference must be"),
+])
+def test_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionConfig(**overrides)

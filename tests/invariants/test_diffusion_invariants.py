@@ -1,0 +1,189 @@
+"""Invariants of the diffusion preference trainer on tiny SD1.5/SDXL pipelines saved to disk and loaded back:
+ln 2 at step 0, frozen_copy == disable_adapter, MaPO without a reference forward, DCPO's per-side conditioning,
+SDXL per-image time ids, InPO's per-image reparametrised noise, keyed noise (batch 4 == batch 1 x grad-accum 4)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visalign.models.diffusion import encode_prompts
+from visalign.testing.diffusion import save_tiny_sd, save_tiny_sdxl
+from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
+
+LN2 = math.log(2.0)
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    return str(save_tiny_sd(tmp_path_factory.mktemp("sd15")))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return str(save_tiny_sdxl(tmp_path_factory.mktemp("sdxl")))
+
+
+def write_pairs(root, captions, *, sizes=((36, 40), (36, 40)), seed=0):
+    """A paired folder: ``chosen/pI.png``, ``rejected/pI.png`` (random pixels; ``sizes`` = (w, h) per side) and
+    ``captions.jsonl`` with one caption or a ``(chosen, rejected)`` tuple per pair."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, caption in enumerate(captions):
+        for side, (w, h) in zip(("chosen", "rejected"), sizes):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / side / f"p{i}.png")
+        text = {"caption": caption} if isinstance(caption, str) else dict(zip(("caption_chosen", "caption_rejected"),
+                                                                              caption))
+        rows.append(json.dumps({"file_name": f"p{i}.png", **text}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("pairs"), ["a red square", "a blue circle", "a green cross", "two dots"])
+
+
+def trainer(config_cls=DiffusionConfig, **overrides) -> DiffusionTrainer:
+    values = dict(max_steps=2, per_device_batch_size=2, save_steps=0, logging_steps=1, lr_scheduler="constant")
+    return DiffusionTrainer(config_cls(**{**values, **overrides}))
+
+
+def first_batch(t: DiffusionTrainer) -> dict:
+    return next(iter(t._train_loader))
+
+
+def count_unet_calls(module: torch.nn.Module) -> list:
+    """Record the keyword arguments of every forward of ``module``."""
+    calls = []
+    module.register_forward_pre_hook(lambda _m, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_sigmoid_loss_is_ln2_at_step_0_with_a_fresh_lora(family, sd15, sdxl, pairs, tmp_path):
+    t = trainer(model=sd15 if family == "sd15" else sdxl, dataset=pairs, output_dir=str(tmp_path), use_lora=True)
+    assert t.reference_strategy == "disable_adapter"
+    loss, metrics = t.compute_loss(first_batch(t))
+    # policy == reference, so the loss is -log σ(0). The reference forward runs in eval mode, where the tiny SDXL UNet
+    # picks other fp32 kernels (outputs differ by ~1e-7); β = 5000 scales that to ~1e-4 in the loss.
+    assert metrics["mse/chosen"] == pytest.approx(metrics["ref_mse/chosen"], rel=1e-6)
+    assert metrics["mse/rejected"] == pytest.approx(metrics["ref_mse/rejected"], rel=1e-6)
+    assert loss.item() == pytest.approx(LN2, abs=1e-3)
+    assert abs(metrics["rewards/margins"]) < 1e-2 and abs(metrics["rewards/chosen"]) < 1e-2
+
+
+def test_frozen_copy_equals_disable_adapter_at_step_0_and_after_training(sd15, pairs, tmp_path):
+    runs = {}
+    for reference in ("frozen_copy", "disable_adapter"):
+        t = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path / reference), use_lora=True,
+                    reference=reference, learning_rate=1e-2, max_steps=3)
+        loss, metrics = t.compute_loss(first_batch(t))
+        t.train()
+        weights = {n: p.detach().clone() for n, p in t.model.named_parameters() if "lora" in n}
+        runs[reference] = (loss.item(), metrics, weights)
+    (loss_a, metrics_a, weights_a), (loss_b, metrics_b, weights_b) = runs.values()
+    assert loss_a == loss_b == pytest.approx(LN2, abs=1e-7)
+    assert metrics_a == metrics_b
+    assert any(w.abs().max() > 1e-4 for n, w in weights_a.items() if "lora_B" in n)  # the adapter did move
+    for name, value in weights_a.items():
+        torch.testing.assert_close(value, weights_b[name], rtol=0, atol=1e-6)
+
+
+def test_full_fine_tune_frozen_copy_starts_at_ln2(sd15, pairs, tmp_path):
+    t = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path))
+    assert t.reference_strategy == "frozen_copy" and t.reference.model is not t.model
+    loss, _ = t.compute_loss(first_batch(t))
+    assert loss.item() == pytest.approx(LN2, abs=1e-7)
+
+
+def test_mapo_runs_without_a_reference_forward(sd15, pairs, tmp_path):
+    mapo = trainer(MaPOConfig, model=sd15, dataset=pairs, output_dir=str(tmp_path / "mapo"), use_lora=True)
+    dpo = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path / "dpo"), use_lora=True)
+    assert mapo.reference_strategy == "none" and mapo.reference is None
+    counts = {}
+    for name, t in (("mapo", mapo), ("dpo", dpo)):
+        calls = count_unet_calls(t.accelerator.unwrap_model(t.model))
+        loss, metrics = t.compute_loss(first_batch(t))
+        counts[name] = len(calls)
+        assert torch.isfinite(loss)
+        if name == "mapo":  # mean over pairs of L_w - β·logσ(T·[f(s·L_w) - f(s·L_l)]), β = 0.1
+            assert loss.item() == pytest.approx(metrics["mse/chosen"] - 0.1 * metrics["mapo/ratio"], rel=1e-6)
+    assert counts == {"mapo": 1, "dpo": 2}  # policy only vs policy + adapter-disabled reference
+
+
+def test_dcpo_conditions_each_side_on_its_own_caption(sd15, tmp_path):
+    data = write_pairs(tmp_path / "dcpo", [("a red square", "a blurry red blob"), ("a blue circle", "a grey oval")])
+    t = trainer(DCPOConfig, model=sd15, dataset=data, output_dir=str(tmp_path / "out"), use_lora=True,
+                random_flip=False)
+    calls = count_unet_calls(t.accelerator.unwrap_model(t.model))
+    batch = first_batch(t)
+    t.compute_loss(batch)
+    hidden = calls[0][1]["encoder_hidden_states"]  # the policy forward
+    comps = t.components
+    chosen = encode_prompts(comps.text_encoders, comps.tokenizers, batch["captions_chosen"]).hidden_states
+    rejected = encode_prompts(comps.text_encoders, comps.tokenizers, batch["captions_rejected"]).hidden_states
+    assert batch["captions_chosen"] != batch["captions_rejected"]
+    torch.testing.assert_close(hidden, torch.cat([chosen, rejected]))
+    torch.testing.assert_close(calls[1][1]["encoder_hidden_states"], hidden)  # the reference sees the same
+
+
+def test_sdxl_time_ids_carry_each_images_true_size_and_the_shared_crop(sdxl, tmp_path):
+    # chosen 32 wide x 48 high, rejected 40 x 40: resized to the chosen's 32 x 48, centre crop top = (48 - 32) / 2
+    data = write_pairs(tmp_path / "sizes", ["a red square"], sizes=((32, 48), (40, 40)))
+    t = trainer(model=sdxl, dataset=data, output_dir=str(tmp_path / "out"), per_device_batch_size=1,
+                random_flip=False, use_lora=True)
+    calls = count_unet_calls(t.accelerator.unwrap_model(t.model))
+    t.compute_loss(first_batch(t))
+    expected = torch.tensor([[48.0, 32, 8, 0, 32, 32], [40, 40, 8, 0, 32, 32]])
+    torch.testing.assert_close(calls[0][1]["added_cond_kwargs"]["time_ids"], expected)
+
+
+def test_inpo_noise_is_reparametrised_per_image_with_t_shared_in_the_pair(sd15, pairs, tmp_path):
+    t = trainer(InPOConfig, model=sd15, dataset=pairs, output_dir=str(tmp_path), use_lora=True, inversion_steps=3)
+    batch = first_batch(t)
+    latents, cond = t._latents(batch), t._conditioning(batch)
+    noised = t._noised(latents, cond, batch["indices"])
+    abar = t.components.scheduler.alphas_cumprod[noised.timesteps].view(-1, 1, 1, 1)
+    torch.testing.assert_close(noised.noisy_latents, abar.sqrt() * latents + (1 - abar).sqrt() * noised.noise)
+    chosen_t, rejected_t = noised.timesteps.chunk(2)
+    assert torch.equal(chosen_t, rejected_t)
+    chosen_eps, rejected_eps = noised.noise.chunk(2)
+    assert not torch.allclose(chosen_eps, rejected_eps)  # each image its own eps~ (Diffusion-DPO shares eps)
+    result = t.train()
+    assert math.isfinite(result["train_loss"])
+
+
+def test_noise_is_keyed_by_pair_so_batch_composition_does_not_matter(sd15, pairs, tmp_path):
+    t = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path), use_lora=True, caption_dropout=0.0)
+    batch = first_batch(t)
+    latents, cond = t._latents(batch), t._conditioning(batch)
+    together = t._noised(latents, cond, batch["indices"])
+    for i, index in enumerate(batch["indices"]):
+        rows = torch.tensor([i, len(batch["indices"]) + i])
+        alone = t._noised(latents[rows], cond.select(rows), [index])
+        torch.testing.assert_close(alone.noisy_latents, together.noisy_latents[rows], rtol=0, atol=0)
+        assert torch.equal(alone.noise[0], alone.noise[1])  # random source: eps shared within the pair
+        assert torch.equal(alone.timesteps[0], alone.timesteps[1])
+
+
+def test_batch_4_gradient_equals_batch_1_accumulated_4_times(sd15, pairs, tmp_path):
+    grads = []
+    for name, batch_size in (("b4", 4), ("b1", 1)):
+        t = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path / name), per_device_batch_size=batch_size)
+        stream = t._micro_batches(0)  # the loop's data stream: the same shuffled order for both batch sizes
+        for _ in range(4 // batch_size):
+            loss, _ = t.compute_loss(next(stream))
+            (loss * batch_size / 4).backward()
+        grads.append({n: p.grad.clone() for n, p in t.model.named_parameters()})
+    assert any(g.abs().max() > 0 for g in grads[0].values())
+    # fp32 conv/attention sums depend on the batch size; β·(∇MSE_w - ∇MSE_l) cancels and amplifies that noise to
+    # ~1e-4 of a tensor's largest gradient. A different pair, t or eps would change the gradient at O(1).
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=0, atol=1e-3 * grad.abs().max().item())

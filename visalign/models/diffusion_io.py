@@ -1,0 +1,158 @@
+"""Saving trained diffusion UNets in the ecosystem's formats, with a model card.
+
+- LoRA: the adapter of a UNet set up with diffusers' ``unet.add_adapter(LoraConfig(...))``, written by diffusers' own
+  ``StableDiffusionLoraLoaderMixin.save_lora_weights`` (SD1.5/SD2.x) or ``StableDiffusionXLLoraLoaderMixin``
+  (SDXL) from ``get_peft_model_state_dict`` + ``convert_state_dict_to_diffusers``, as the diffusers LoRA training
+  scripts save it; the adapter config (rank, alpha, targets) travels as metadata. Load it with
+  ``pipe.load_lora_weights(output_dir)``.
+- Full fine-tune: ``unet.save_pretrained(output_dir / "unet")`` (safetensors), loadable with
+  ``UNet2DConditionModel.from_pretrained(output_dir, subfolder="unet")`` and swappable into a pipeline.
+- ``README.md``: a Hugging Face model card (YAML front matter, how to load, the training settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from huggingface_hub import save_torch_state_dict
+from peft.utils import get_peft_model_state_dict
+
+from visalign.models.diffusion import SD, SDXL
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+UNET_SUBFOLDER = "unet"
+_PIPELINES = {SD: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
+
+
+def _pipeline_class(family: str):
+    if family not in _PIPELINES:
+        raise ValueError(f"unknown diffusion model family {family!r}; expected one of {sorted(_PIPELINES)}")
+    return _PIPELINES[family]
+
+
+def has_lora(unet: torch.nn.Module) -> bool:
+    """True when ``unet`` carries a diffusers/peft adapter (``unet.add_adapter``)."""
+    return bool(getattr(unet, "peft_config", None))
+
+
+def unet_lora_state_dict(unet: torch.nn.Module, state_dict: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """The adapter weights of ``unet`` in diffusers' key format (``...attn1.to_q.lora.down.weight``), on CPU.
+
+    ``state_dict``: the full state dict to take them from (e.g. ``accelerator.get_state_dict`` under FSDP/DeepSpeed);
+    default ``unet.state_dict()``.
+    """
+    if not has_lora(unet):
+        raise ValueError("unet_lora_state_dict: the UNet has no LoRA adapter (set one up with unet.add_adapter)")
+    peft_state = get_peft_model_state_dict(unet, state_dict=None if state_dict is None else dict(state_dict))
+    return {key: value.detach().cpu().contiguous() for key, value in convert_state_dict_to_diffusers(peft_state).items()}
+
+
+def save_diffusion_lora(
+    output_dir: str | Path,
+    unet: torch.nn.Module,
+    family: str,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
+) -> Path:
+    """Write ``output_dir/pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(output_dir)``.
+
+    ``family`` is ``"sd"`` or ``"sdxl"`` (``visalign.models.diffusion.detect_family``); every process may call it,
+    only ``is_main_process`` writes.
+    """
+    pipeline_cls = _pipeline_class(family)
+    layers = unet_lora_state_dict(unet, state_dict)
+    metadata = unet.peft_config["default"].to_dict()
+    pipeline_cls.save_lora_weights(
+        str(output_dir), unet_lora_layers=layers, is_main_process=is_main_process, weight_name=LORA_WEIGHT_NAME,
+        unet_lora_adapter_metadata=metadata,
+    )
+    return Path(output_dir) / LORA_WEIGHT_NAME
+
+
+def save_diffusion_unet(
+    output_dir: str | Path,
+    unet: torch.nn.Module,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
+) -> Path:
+    """``save_pretrained`` a fully fine-tuned UNet into ``output_dir/unet`` (safetensors).
+
+    With ``state_dict`` (the gathered weights of a sharded FSDP/DeepSpeed model, which diffusers' ``save_pretrained``
+    cannot take), the same layout is written from it: ``config.json`` and ``diffusion_pytorch_model*.safetensors``
+    shards of at most 10 GB with their index, as ``save_pretrained`` writes them.
+    """
+    path = Path(output_dir) / UNET_SUBFOLDER
+    if state_dict is None:
+        unet.save_pretrained(path, is_main_process=is_main_process, safe_serialization=True)
+    elif is_main_process:
+        unet.save_config(path)
+        save_torch_state_dict(dict(state_dict), path, filename_pattern="diffusion_pytorch_model{suffix}.safetensors",
+                              max_shard_size="10GB")
+    return path
+
+
+def write_model_card(
+    output_dir: str | Path,
+    *,
+    base_model: str,
+    family: str,
+    method: str,
+    lora: bool,
+    settings: Mapping[str, Any],
+    validation_image: str | None = None,
+) -> Path:
+    """Write ``output_dir/README.md``: front matter (``base_model``, ``library_name: diffusers``, tags), how to load
+    the result, and the training ``settings`` (e.g. the resolved config's method-relevant keys)."""
+    pipeline = _pipeline_class(family).__name__
+    tags = ["text-to-image", "diffusers", "visalign", method, "stable-diffusion-xl" if family == SDXL else
+            "stable-diffusion"]
+    if lora:
+        tags.append("lora")
+        load = (f"pipe = {pipeline}.from_pretrained({base_model!r})\n"
+                f"pipe.load_lora_weights(\"path/to/this/folder\")")
+    else:
+        load = ("unet = UNet2DConditionModel.from_pretrained(\"path/to/this/folder\", subfolder=\"unet\")\n"
+                f"pipe = {pipeline}.from_pretrained({base_model!r}, unet=unet)")
+    rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in settings.items() if value is not None)
+    image = f"\n![validation images]({validation_image})\n" if validation_image else ""
+    text = f"""---
+base_model: {base_model}
+library_name: diffusers
+tags:
+{chr(10).join(f"- {tag}" for tag in tags)}
+---
+
+# {method} {"LoRA" if lora else "fine-tune"} of {base_model}
+
+Trained with visalign (`method: {method}`) on image preference pairs.
+{image}
+## Use
+
+```python
+import torch
+from diffusers import {pipeline}{", UNet2DConditionModel" if not lora else ""}
+
+{load}
+image = pipe("a photo of an astronaut riding a horse").images[0]
+```
+
+## Training settings
+
+β follows the Diffusion-DPO paper's convention (`-logσ(-β/2·(Δθ - Δref))`); the diffusers SD1.5 script's
+`--beta_dpo 2500` is β 5000 here. The full resolved config is in `config.yaml`.
+
+| key | value |
+| --- | --- |
+{rows}
+"""
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,548 @@
+"""Diffusion preference training on SD1.5 / SD2.x / SDXL UNets: Diffusion-DPO, MaPO, DCPO and InPO.
+
+One trainer; a method is a choice along the four axes of DESIGN.md:
+
+| method (config) | data | likelihood noise source | loss | reference |
+| --- | --- | --- | --- | --- |
+| ``diffusion-dpo`` (``DiffusionConfig``) | pair + caption | ``random``: t and eps shared within the pair | any paired core loss (``sigmoid``) | ``disable_adapter`` with LoRA, else ``frozen_copy`` |
+| ``mapo`` (``MaPOConfig``) | same | ``random`` | ``mapo`` | none: no reference forward |
+| ``dcpo`` (``DCPOConfig``) | per-side captions | ``random`` | ``sigmoid`` | as DPO |
+| ``inpo`` (``InPOConfig``) | same as DPO | ``ddim_inversion`` | ``sigmoid`` | as DPO |
+
+Per micro-batch of B pairs (rows ``[chosen; rejected]``): latents (VAE posterior mean, or the latent cache), prompt
+embeddings (encoded per step, or the text cache; DCPO conditions each side on its own caption, SDXL adds each image's
+pooled embedding and true-size time ids), one noised point per image from the noise source, ONE policy UNet forward
+over the 2B samples, one no-grad reference forward on the same inputs, then ``preference_loss`` on the ELBO surrogate
+``-0.5·MSE`` (Diffusion-DPO Eq. 14 / Supp. Eq. 46; reference ``diffusion-methods.md`` §2–§5, §7, §10).
+
+β convention: the paper's and Salesforce's ``-logσ(-β/2·(Δθ - Δref))``, so the diffusers SD1.5 script's
+``--beta_dpo 2500`` is β 5000 here (§4.1).
+
+Where we differ from the reference code, on purpose:
+
+- Noise is keyed, not streamed: pair ``index`` at optimizer step ``s`` draws its t and eps (and InPO's eta noise)
+  from a generator seeded with ``(seed, s, index)``. The draws therefore do not depend on the number of processes,
+  the per-device batch size or a resume, so 2 processes give the same update as 1 process with the same global
+  batch (Salesforce seeds ``seed + process_index``). The noise source is called pair by pair for this; for InPO that
+  batches the inversion forwards per pair (2 images), which costs nothing at the papers' per-device batch of 1.
+- Latents are the VAE posterior mean (``sample=False``), the same tensors the latent cache stores, so cached and
+  uncached runs agree; the scripts draw a posterior sample per step (a difference far below the diffusion noise).
+- SDXL time ids carry each image's true original size and crop (as the diffusers port), not ``(res, res, 0, 0,
+  res, res)`` (Salesforce, InPO, DCPO).
+- DCPO on SD 2.1 keeps the scheduler's v-prediction (the DCPO code forces epsilon, reference §10.1).
+- The LoRA is added the diffusers way (``unet.add_adapter(LoraConfig)``, gaussian init, r = alpha by default, the
+  port's targets) rather than by wrapping it in a ``PeftModel`` (``visalign.models.lora.apply_lora``), so the result
+  saves in diffusers' LoRA format; the adapter-disabled reference (``visalign.reference``) toggles
+  ``disable_adapters()``/``enable_adapters()`` on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import DistributedType
+from peft import LoraConfig
+
+from visalign.config_io import save_config
+from visalign.data.diffusion import (
+    SCHEMAS,
+    SKIPPED,
+    DiffusionPreferenceDataset,
+    PreferencePairs,
+    collate_diffusion_pairs,
+    load_preference_pairs,
+)
+from visalign.data.diffusion_cache import cached_preference_dataset
+from visalign.data.image_transforms import PairTransform
+from visalign.evaluation.validation import ValidationSettings, run_validation
+from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik
+from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
+from visalign.losses import preference_loss
+from visalign.models.diffusion import SDXL, DiffusionComponents, encode_images, encode_prompts, sdxl_time_ids
+from visalign.models.diffusion import load_diffusion_components
+from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
+from visalign.reference import Reference, make_reference
+from visalign.trainers._common import CONFIG_FILE
+from visalign.trainers._loop import Trainer
+from visalign.trainers.config import PreferenceConfig
+
+logger = logging.getLogger(__name__)
+
+DIFFUSION_REFERENCES = ("auto", "frozen_copy", "disable_adapter", "none")
+LATENT_DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class DiffusionConfig(PreferenceConfig):
+    """Diffusion-DPO (Wallace et al. 2023) and, through its subclasses, MaPO, DCPO and InPO on SD/SDXL UNets."""
+
+    method: str = field(default="diffusion-dpo", metadata=_help("trainer family (`visalign train` picks it)"))
+    beta: float = field(
+        default=5000.0,
+        metadata=_help("β multiplies the ELBO-surrogate log-ratios (-0.5·MSE), the paper's -logσ(-β/2·(Δθ-Δref)) "
+                       "convention: 2000-5000 for Diffusion-DPO; diffusers' SD1.5 --beta_dpo 2500 is β 5000 here. "
+                       "For MaPO it is β_mapo (0.1)"),
+    )
+    learning_rate: float = field(default=1e-5, metadata=_help("peak learning rate (after warmup)"))
+    lr_scheduler: str = field(default="constant_with_warmup", metadata=_help("transformers learning-rate schedule"))
+    per_device_batch_size: int = field(default=1, metadata=_help("image pairs per device per micro-batch"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_alpha: float = field(default=8.0, metadata=_help("LoRA alpha (update scaled by alpha / r); diffusers: = r"))
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(LORA_TARGETS),
+        metadata=_help("UNet attention projections to adapt (the diffusers port: to_q,to_k,to_v,to_out.0)"),
+    )
+    # --- model
+    model_revision: str | None = field(default=None, metadata=_help("hub revision of `model`"))
+    model_variant: str | None = field(default=None, metadata=_help("weights variant of `model`, e.g. fp16"))
+    vae: str | None = field(
+        default=None,
+        metadata=_help("separate (fp16-safe) VAE, e.g. madebyollin/sdxl-vae-fp16-fix, loaded in the mixed-precision "
+                       "dtype; none = the model's own VAE, kept in fp32"),
+    )
+    vae_subfolder: str | None = field(default=None, metadata=_help("subfolder of `vae` holding the VAE"))
+    vae_encode_batch_size: int = field(default=8, metadata=_help("images per VAE forward when encoding latents"))
+    # --- data
+    data_schema: str = field(default="auto", metadata=_help(f"dataset schema: {' | '.join(SCHEMAS)}"))
+    keep_ties: bool = field(default=False, metadata=_help("Pick-a-Pic: keep ties (jpg_0 as chosen) instead of "
+                                                           "dropping them"))
+    chosen_column: str = field(default="chosen", metadata=_help("generic schema: chosen image column"))
+    rejected_column: str = field(default="rejected", metadata=_help("generic schema: rejected image column"))
+    caption_column: str = field(default="caption", metadata=_help("caption column (shared by both images)"))
+    caption_chosen_column: str | None = field(
+        default=None, metadata=_help("per-side captions (DCPO): the chosen image's caption column"))
+    caption_rejected_column: str | None = field(
+        default=None, metadata=_help("per-side captions (DCPO): the rejected image's caption column"))
+    weight_column: str | None = field(default=None, metadata=_help("optional per-pair loss weight column"))
+    resolution: int | None = field(
+        default=None, metadata=_help("training resolution in pixels; none = the UNet's native size (SD1.5 512, "
+                                     "SDXL 1024)"))
+    center_crop: bool = field(default=True, metadata=_help("centre crop (true) or random crop (false) of the pair"))
+    random_flip: bool = field(default=True, metadata=_help("flip both images of a pair with probability 0.5"))
+    caption_dropout: float = field(
+        default=0.2, metadata=_help("probability of replacing a pair's captions by \"\" (0.2 Diffusion-DPO/InPO, "
+                                    "0 MaPO/DCPO and the diffusers port)"))
+    cache_dir: str | None = field(
+        default=None, metadata=_help("folder of the VAE-latent and text-embedding cache (filled once, reused); "
+                                     "none = encode every step"))
+    cache_latent_dtype: str = field(default="float32", metadata=_help(f"cached latents: {' | '.join(LATENT_DTYPES)}"))
+    # --- likelihood
+    noise_source: str = field(
+        default="random",
+        metadata=_help(f"where x_t comes from: {' | '.join(NOISE_SOURCES)} (random: t and eps shared within the "
+                       "pair; ddim_inversion: InPO)"))
+    inversion_steps: int = field(default=10, metadata=_help("ddim_inversion: DDIM inversion steps (InPO: 10)"))
+    inversion_eta: float = field(default=0.0, metadata=_help("ddim_inversion: stochastic term per step (InPO: 0.1)"))
+    # --- validation images
+    validation_prompts: list[str] | None = field(
+        default=None, metadata=_help("prompts rendered at intervals and at the end (one image each); none = off"))
+    validation_steps: int = field(default=0, metadata=_help("render every this many optimizer steps; 0 = at the end "
+                                                             "only"))
+    validation_seed: int = field(default=0, metadata=_help("image i of the validation grid uses seed + i"))
+    validation_inference_steps: int = field(default=25, metadata=_help("sampler (DPM-Solver++) steps"))
+    validation_guidance_scale: float | None = field(
+        default=None, metadata=_help("CFG scale of validation images; none = 7.5 SD, 5.0 SDXL"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = type(self).__name__
+        expected = next(f.default for f in dataclasses.fields(self) if f.name == "method")
+        if self.method != expected:
+            raise ValueError(f"{c}.method must be {expected!r}; got {self.method!r} (each method has its config: "
+                             "DiffusionConfig, MaPOConfig, DCPOConfig, InPOConfig)")
+        checks = [
+            (self.reference in DIFFUSION_REFERENCES, "reference", " | ".join(DIFFUSION_REFERENCES), self.reference),
+            (self.data_schema in SCHEMAS, "data_schema", " | ".join(SCHEMAS), self.data_schema),
+            (self.resolution is None or self.resolution >= 8, "resolution", "none or >= 8", self.resolution),
+            (0.0 <= self.caption_dropout <= 1.0, "caption_dropout", "in [0, 1]", self.caption_dropout),
+            (self.cache_latent_dtype in LATENT_DTYPES, "cache_latent_dtype", " | ".join(LATENT_DTYPES),
+             self.cache_latent_dtype),
+            (self.noise_source in NOISE_SOURCES, "noise_source", " | ".join(NOISE_SOURCES), self.noise_source),
+            (self.inversion_steps >= 1, "inversion_steps", ">= 1", self.inversion_steps),
+            (self.inversion_eta >= 0, "inversion_eta", ">= 0", self.inversion_eta),
+            (self.vae_encode_batch_size >= 1, "vae_encode_batch_size", ">= 1", self.vae_encode_batch_size),
+            (self.validation_steps >= 0, "validation_steps", ">= 0", self.validation_steps),
+            (self.validation_inference_steps >= 1, "validation_inference_steps", ">= 1",
+             self.validation_inference_steps),
+        ]
+        for ok, key, expected_text, value in checks:
+            if not ok:
+                raise ValueError(f"{c}.{key} must be {expected_text}; got {value!r}")
+        if (self.caption_chosen_column is None) != (self.caption_rejected_column is None):
+            raise ValueError(f"{c}.caption_chosen_column and caption_rejected_column go together; got "
+                             f"{self.caption_chosen_column!r} and {self.caption_rejected_column!r}")
+        if self.cache_dir is not None and not self.center_crop:
+            raise ValueError(f"{c}.cache_dir needs center_crop: true (random crops cannot be cached)")
+        if self.reference == "disable_adapter" and not self.use_lora:
+            raise ValueError(f"{c}.reference 'disable_adapter' needs use_lora: true (full fine-tuning uses "
+                             "frozen_copy)")
+        if not self.validation_prompts and self.validation_steps:
+            raise ValueError(f"{c}.validation_steps is set but validation_prompts is empty")
+
+    @property
+    def noise_options(self) -> dict[str, Any]:
+        if self.noise_source == "ddim_inversion":
+            return {"num_inversion_steps": self.inversion_steps, "eta": self.inversion_eta}
+        return {}
+
+
+@dataclass
+class MaPOConfig(DiffusionConfig):
+    """MaPO (Hong et al. 2024): the reference-free ``mapo`` loss (β = β_mapo 0.1, s 0.5, T 1000), no caption
+    dropout, no reference model loaded."""
+
+    method: str = field(default="mapo", metadata=_help("trainer family (`visalign train` picks it)"))
+    loss_type: str | list[str] = field(default="mapo", metadata=_help("must include mapo"))
+    beta: float = field(default=0.1, metadata=_help("β_mapo: weight of the margin term (0.1)"))
+    caption_dropout: float = field(default=0.0, metadata=_help("probability of dropping a pair's captions (MaPO: 0)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "mapo" not in self.loss_types:
+            raise ValueError(f"MaPOConfig.loss_type must include 'mapo'; got {self.loss_type!r}")
+
+
+@dataclass
+class DCPOConfig(DiffusionConfig):
+    """DCPO (Saeedi et al. 2025): Diffusion-DPO with the chosen image conditioned on its own caption and the rejected
+    one on another (``caption_chosen_column``/``caption_rejected_column``; a paired folder's per-side captions)."""
+
+    method: str = field(default="dcpo", metadata=_help("trainer family (`visalign train` picks it)"))
+    beta: float = field(default=500.0, metadata=_help("β of the DPO sigmoid (DCPO: 500, paper convention)"))
+    caption_chosen_column: str | None = field(default="caption_chosen", metadata=_help("chosen image's caption"))
+    caption_rejected_column: str | None = field(default="caption_rejected", metadata=_help("rejected's caption"))
+    caption_dropout: float = field(default=0.0, metadata=_help("probability of dropping captions (DCPO: 0)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.caption_chosen_column is None:
+            raise ValueError("DCPOConfig.caption_chosen_column and caption_rejected_column are required")
+
+
+@dataclass
+class InPOConfig(DiffusionConfig):
+    """InPO (Lu et al. 2025): Diffusion-DPO scored at x_t from a DDIM inversion of each image by the policy."""
+
+    method: str = field(default="inpo", metadata=_help("trainer family (`visalign train` picks it)"))
+    noise_source: str = field(default="ddim_inversion", metadata=_help("must be an inversion noise source"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.noise_source == "random":
+            raise ValueError("InPOConfig.noise_source must be an inversion source (ddim_inversion); got 'random'")
+
+
+def pair_noise_seed(seed: int, step: int, index: int) -> int:
+    """The seed of pair ``index``'s noise at optimizer step ``step`` (module docstring: keyed noise)."""
+    return int(np.random.SeedSequence([seed, step, int(index)]).generate_state(1, dtype=np.uint64)[0])
+
+
+class _IndexedPairs(torch.utils.data.Dataset):
+    """A pair dataset whose items also carry their ``index`` (the key of their noise)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": int(index)}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    @property
+    def num_skipped(self) -> int:
+        return self.dataset.num_skipped
+
+
+def collate_indexed_pairs(items: list[dict]) -> dict:
+    """``collate_diffusion_pairs`` plus ``indices`` ``[B]`` of the kept pairs."""
+    batch = collate_diffusion_pairs(items)
+    batch["indices"] = [item["index"] for item in items if SKIPPED not in item]
+    return batch
+
+
+class DiffusionTrainer(Trainer):
+    """Preference training of a diffusers UNet (module docstring).
+
+    Args:
+        args: a ``DiffusionConfig`` (or ``MaPOConfig``, ``DCPOConfig``, ``InPOConfig``).
+        model: a hub id / local pipeline folder, or loaded ``DiffusionComponents``; ``None`` takes ``args.model``.
+        train_dataset, eval_dataset: a data spec (folder, file, hub id) or loaded ``PreferencePairs``; ``None`` takes
+            ``args.dataset`` / ``args.eval_dataset``.
+    """
+
+    def __init__(
+        self,
+        args: DiffusionConfig,
+        model: str | DiffusionComponents | None = None,
+        train_dataset: str | PreferencePairs | None = None,
+        eval_dataset: str | PreferencePairs | None = None,
+    ) -> None:
+        if not isinstance(args, DiffusionConfig):
+            raise TypeError(f"DiffusionTrainer needs a DiffusionConfig; got {type(args).__name__}")
+        self._model_spec = model if model is not None else args.model
+        if self._model_spec is None:
+            raise ValueError("DiffusionTrainer: no model given (pass model= or set `model` in the config)")
+        self._raw_train = train_dataset if train_dataset is not None else args.dataset
+        if self._raw_train is None:
+            raise ValueError("DiffusionTrainer: no training data (pass train_dataset= or set `dataset`)")
+        self._raw_eval = eval_dataset if eval_dataset is not None else args.eval_dataset
+        self.noise_source = make_noise_source(args.noise_source, **args.noise_options)
+        self.reference: Reference | None = None
+        super().__init__(args)
+
+    # ---------------------------------------------------------------------------------------------- data
+
+    def _pairs(self, spec: str | PreferencePairs, split: str) -> PreferencePairs:
+        if isinstance(spec, PreferencePairs):
+            pairs = spec
+        else:
+            a = self.args
+            pairs = load_preference_pairs(
+                spec, schema=a.data_schema, split=split, keep_ties=a.keep_ties, chosen_column=a.chosen_column,
+                rejected_column=a.rejected_column, caption_column=a.caption_column,
+                caption_chosen_column=a.caption_chosen_column, caption_rejected_column=a.caption_rejected_column,
+                weight_column=a.weight_column,
+            )
+        if len(pairs) == 0:
+            raise ValueError(f"{pairs.name}: no preference pairs left to train on (report: {pairs.report})")
+        return pairs
+
+    def build_datasets(self):
+        """Load and check the pairs (before any model loads), then the model's components, then the (cached)
+        datasets, which need the VAE and text encoders."""
+        args, acc = self.args, self.accelerator
+        train_pairs = self._pairs(self._raw_train, args.dataset_split)
+        eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
+        self.components = self._load_components()
+        self.family = self.components.family
+        self.resolution = args.resolution or self._native_resolution()
+        transform = PairTransform(self.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
+        if args.cache_dir is None:
+            train = DiffusionPreferenceDataset(train_pairs, transform, caption_dropout=args.caption_dropout,
+                                               seed=args.seed)
+        else:
+            with acc.main_process_first():
+                train = cached_preference_dataset(
+                    train_pairs, transform, self.components.vae, self.components.text_encoders,
+                    self.components.tokenizers, args.cache_dir, caption_dropout=args.caption_dropout, seed=args.seed,
+                    vae_batch_size=args.vae_encode_batch_size, num_workers=args.dataloader_num_workers,
+                    latent_dtype=getattr(torch, args.cache_latent_dtype),
+                )
+        held_out = None
+        if eval_pairs is not None:
+            eval_transform = PairTransform(self.resolution, center_crop=True, random_flip=False)
+            held_out = _IndexedPairs(DiffusionPreferenceDataset(eval_pairs, eval_transform, seed=args.seed))
+        self.validation = None if not args.validation_prompts else ValidationSettings(
+            tuple(args.validation_prompts), seed=args.validation_seed,
+            num_inference_steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale,
+            resolution=self.resolution,
+        )
+        return _IndexedPairs(train), held_out
+
+    def _load_components(self) -> DiffusionComponents:
+        args = self.args
+        weight_dtype = _MIXED_DTYPES.get(args.mixed_precision, torch.float32)
+        if isinstance(self._model_spec, DiffusionComponents):
+            components = self._model_spec
+        else:
+            components = load_diffusion_components(
+                self._model_spec, revision=args.model_revision, variant=args.model_variant,
+                unet_dtype=weight_dtype if args.use_lora else torch.float32, weight_dtype=weight_dtype,
+                vae=args.vae, vae_subfolder=args.vae_subfolder,
+            )
+        device = self.accelerator.device
+        for frozen in (components.vae, *components.text_encoders):
+            frozen.requires_grad_(False).eval().to(device)
+        return components
+
+    def _native_resolution(self) -> int:
+        vae_factor = 2 ** (len(self.components.vae.config.block_out_channels) - 1)
+        return int(self.components.unet.config.sample_size) * vae_factor
+
+    def build_collator(self):
+        return collate_indexed_pairs
+
+    # ---------------------------------------------------------------------------------------------- model
+
+    def build_model(self) -> torch.nn.Module:
+        args = self.args
+        unet = self.components.unet
+        if args.use_lora:
+            unet.requires_grad_(False)
+            unet.add_adapter(LoraConfig(
+                r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                init_lora_weights="gaussian", target_modules=list(args.lora_target_modules or LORA_TARGETS),
+            ))
+            for param in unet.parameters():  # trainable LoRA weights in fp32 over a low-precision base
+                if param.requires_grad:
+                    param.data = param.data.float()
+        else:
+            unet.requires_grad_(True)
+        unet.train()
+        self.reference_strategy = args.resolved_reference(lora=args.use_lora)
+        return unet
+
+    def enable_gradient_checkpointing(self, model: torch.nn.Module) -> None:
+        """diffusers' non-reentrant activation checkpointing of the UNet blocks."""
+        model.enable_gradient_checkpointing()
+
+    def prepare_reference(self) -> None:
+        if self.reference_strategy == "none":
+            return
+        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
+        self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
+
+    def resolved_config(self) -> DiffusionConfig:
+        return dataclasses.replace(self.args, reference=self.reference_strategy, resolution=self.resolution)
+
+    # ---------------------------------------------------------------------------------------------- loss
+
+    def _no_autocast(self):
+        return torch.autocast(device_type=self.accelerator.device.type, enabled=False)
+
+    def _latents(self, batch: dict) -> torch.Tensor:
+        if "latents" in batch:
+            return batch["latents"].to(self.accelerator.device, torch.float32)
+        with self._no_autocast():  # the VAE runs in its own dtype (fp32, or an fp16-safe VAE)
+            return encode_images(self.components.vae, batch["pixel_values"], batch_size=self.args.vae_encode_batch_size,
+                                 sample=False)
+
+    def _conditioning(self, batch: dict) -> UNetCond:
+        """``[chosen; rejected]`` conditioning (2B rows): each image with its own side's caption (identical for
+        every method but DCPO) and, for SDXL, its pooled embedding and its own time ids."""
+        device = self.accelerator.device
+        if "prompt_embeds" in batch:
+            hidden, pooled = batch["prompt_embeds"], batch.get("pooled_prompt_embeds")
+        else:
+            captions = batch["captions_chosen"] + batch["captions_rejected"]
+            unique = list(dict.fromkeys(captions))
+            with self._no_autocast():
+                embeds = encode_prompts(self.components.text_encoders, self.components.tokenizers, unique)
+            rows = torch.tensor([unique.index(c) for c in captions], device=embeds.hidden_states.device)
+            hidden = embeds.hidden_states[rows]
+            pooled = None if embeds.pooled is None else embeds.pooled[rows]
+        if self.family != SDXL:
+            return UNetCond(hidden.to(device))
+        if "time_ids" in batch:
+            time_ids = batch["time_ids"]
+        else:
+            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"],
+                                     (self.resolution, self.resolution))
+        return UNetCond(hidden.to(device), pooled.to(device), time_ids.to(device))
+
+    def _noised(self, latents: torch.Tensor, cond: UNetCond, indices: list[int]) -> NoisedLatents:
+        """One noised point per image, pair by pair from generators keyed by ``(seed, step, index)``."""
+        num_pairs = len(indices)
+        parts = []
+        for i, index in enumerate(indices):
+            rows = torch.tensor([i, num_pairs + i], device=latents.device)
+            generator = torch.Generator().manual_seed(pair_noise_seed(self.args.seed, self.global_step, index))
+            parts.append(self.noise_source(latents[rows], scheduler=self.components.scheduler, unet=self.model,
+                                           cond=cond.select(rows), generator=generator))
+
+        def stack(name: str) -> torch.Tensor:
+            values = [getattr(p, name) for p in parts]
+            return torch.cat([v[:1] for v in values] + [v[1:] for v in values])
+
+        return NoisedLatents(*(stack(f.name) for f in dataclasses.fields(NoisedLatents)))
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        args = self.args
+        if batch["num_pairs"] == 0:  # every pair of this micro-batch was unreadable: a zero loss on the graph
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            return zero, {"data/skipped_pairs": float(batch["num_skipped"])}
+        latents = self._latents(batch)
+        cond = self._conditioning(batch)
+        noised = self._noised(latents, cond, batch["indices"])
+        scheduler = self.components.scheduler
+        policy = diffusion_pair_loglik(self.model, noised, cond, scheduler=scheduler)
+        ref = None
+        if self.reference is not None:
+            with self.reference.active(self.model) as reference_unet:  # no_grad, eval mode
+                ref = diffusion_pair_loglik(reference_unet, noised, cond, scheduler=scheduler)
+        out = preference_loss(args.loss_type, policy, ref, beta=args.beta, loss_weights=args.loss_weights,
+                              **args.loss_hparams)
+        losses = out.losses
+        if "weights" in batch:
+            losses = losses * batch["weights"].to(losses.device)
+        metrics = dict(out.metrics)
+        metrics.update({"mse/chosen": float(-2 * policy.chosen.detach().mean()),
+                        "mse/rejected": float(-2 * policy.rejected.detach().mean()),
+                        "data/skipped_pairs": float(batch["num_skipped"])})
+        if ref is not None:
+            metrics.update({"ref_mse/chosen": float(-2 * ref.chosen.mean()),
+                            "ref_mse/rejected": float(-2 * ref.rejected.mean())})
+        return losses.mean(), metrics
+
+    def num_examples(self, batch: dict) -> int:
+        return batch["num_pairs"]
+
+    # ---------------------------------------------------------------------------------------------- outputs
+
+    def on_step_end(self, step: int) -> None:
+        if self.validation is not None and self.args.validation_steps and step % self.args.validation_steps == 0:
+            self.validate(step)
+
+    def validate(self, step: int, *, tag: str = "validation") -> Path | None:
+        """Render the validation prompts with the current UNet (main process), save the grid and log it."""
+        if self.validation is None:
+            raise ValueError("validate(): no validation_prompts in the config")
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            logger.warning("validation images are skipped under %s (the UNet is sharded)",
+                           self.accelerator.distributed_type)
+            return None
+        path = run_validation(self.accelerator, self.components, self.accelerator.unwrap_model(self.model),
+                              self.validation, step, self.args.output_dir, tag=tag)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def save_final(self, output_dir: Path) -> None:
+        """diffusers LoRA weights (``pipe.load_lora_weights``) or a ``save_pretrained`` UNet, the resolved config, a
+        model card, and the final validation grid."""
+        acc = self.accelerator
+        state_dict = acc.get_state_dict(self.model)
+        unet = acc.unwrap_model(self.model)
+        lora = has_lora(unet)
+        if lora:
+            save_diffusion_lora(output_dir, unet, self.family, state_dict=state_dict,
+                                is_main_process=acc.is_main_process)
+        else:
+            sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+            save_diffusion_unet(output_dir, unet, state_dict=state_dict if sharded else None,
+                                is_main_process=acc.is_main_process)
+        grid = self.validate(self.global_step, tag="final") if self.validation is not None else None
+        if acc.is_main_process:
+            config = self.resolved_config()
+            save_config(config, output_dir / CONFIG_FILE)
+            base = self._model_spec if isinstance(self._model_spec, str) else "a Stable Diffusion model"
+            keys = ("method", "loss_type", "beta", "reference", "noise_source", "resolution", "learning_rate",
+                    "per_device_batch_size", "gradient_accumulation_steps", "caption_dropout", "lora_r", "lora_alpha")
+            settings = {key: getattr(config, key) for key in keys if lora or not key.startswith("lora")}
+            settings["steps"] = self.global_step
+            write_model_card(output_dir, base_model=base, family=self.family, method=config.method, lora=lora,
+                             settings=settings, validation_image=None if grid is None else
+                             str(Path(grid).relative_to(output_dir)))
+        skipped = self.train_dataset.num_skipped
+        if skipped:
+            logger.warning("process %d skipped %d unreadable pair(s) during training", acc.process_index, skipped)
+
+
+def run(config: DiffusionConfig) -> dict[str, float]:
+    """Train as ``config`` says (``visalign train`` with ``method:`` diffusion-dpo, mapo, dcpo or inpo)."""
+    return DiffusionTrainer(config).train()
