@@ -96,7 +96,7 @@ def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype
         ref = copy.deepcopy(module).eval().requires_grad_(False)
         return Reference(strategy, model=ref if dtype is None else ref.to(dtype))
     if strategy == "disable_adapter":
-        if not (_is_peft_model(module) or hasattr(module, "disable_adapters")):
+        if not (_is_peft_model(module) or getattr(module, "_hf_peft_config_loaded", False)):
             raise ValueError(
                 "reference 'disable_adapter' needs a model with peft adapters (use_lora); use 'frozen_copy' for "
                 "full fine-tuning"

@@ -1,0 +1,1 @@
+"""Preference data: sources, schemas and tokenization, collators, caches (reference log-probs, latents)."""

@@ -98,7 +98,7 @@ class PreferenceCollator:
         if all("chosen_token_weights" in ex and "rejected_token_weights" in ex for ex in examples):
             _check_per_token(examples, "chosen_token_weights", "chosen_input_ids")
             _check_per_token(examples, "rejected_token_weights", "rejected_input_ids")
-            weights = [ex["chosen_token_weights"] for ex in examples] + [ex["rejected_token_weights"] for ex in examples]
+            weights = [ex[f"{side}_token_weights"] for side in ("chosen", "rejected") for ex in examples]
             batch["token_weights"] = _at_completion(prompts, weights, length)
         return batch
 

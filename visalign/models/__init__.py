@@ -1,0 +1,1 @@
+"""Model loading: causal LMs, VLMs and processors, SD/SDXL components, LoRA setup."""

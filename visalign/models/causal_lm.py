@@ -1,10 +1,10 @@
 """Load a causal LM and its tokenizer: ``load_causal_lm(name_or_path, dtype=...) -> (model, tokenizer)``.
 
-``load_tokenizer(name_or_path)`` loads the tokenizer alone. ``name_or_path`` is a hub id or a local ``save_pretrained`` folder (``AutoModelForCausalLM`` /
-``AutoTokenizer.from_pretrained``), or ``builtin:tiny-llama``: the tiny Llama of ``visalign.testing.causal_lm``,
-saved once into ``$VISALIGN_CACHE/builtin/tiny-llama`` (default ``~/.cache/visalign``) and loaded from there through
-the same ``from_pretrained`` path. A tokenizer without a pad token gets its EOS token as pad token (the collators mask
-padding, so the id only fills space).
+``load_tokenizer(name_or_path)`` loads the tokenizer alone. ``name_or_path`` is a hub id or a local
+``save_pretrained`` folder (``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``), or ``builtin:tiny-llama``:
+the tiny Llama of ``visalign.testing.causal_lm``, saved once into ``$VISALIGN_CACHE/builtin/tiny-llama`` (default
+``~/.cache/visalign``) and loaded from there through the same ``from_pretrained`` path. A tokenizer without a pad
+token gets its EOS token as pad token (the collators mask padding, so the id only fills space).
 """
 
 from __future__ import annotations

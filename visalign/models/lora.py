@@ -1,11 +1,17 @@
-"""LoRA through peft, shared by the text, VLM and diffusion trainers."""
+"""LoRA through peft, shared by the text, VLM and diffusion trainers: ``apply_lora(model, r=..., alpha=...)``.
+
+``get_peft_model`` wraps the model in a ``PeftModel`` whose adapter ``"default"`` is the only trainable part. peft's
+default init (zero ``B``) makes the adapted model equal to the base model at step 0, so the ``disable_adapter``
+reference gives ``policy − reference = 0`` exactly and the sigmoid loss starts at ln 2. A transformers causal LM
+gets ``task_type="CAUSAL_LM"``, so the adapter folder reloads with ``AutoPeftModelForCausalLM``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 
 
 def apply_lora(
@@ -16,13 +22,21 @@ def apply_lora(
     dropout: float = 0.0,
     target_modules: Sequence[str] | str | None = None,
     init_lora_weights: bool | str = True,
-):
-    """Wrap ``model`` in a peft LoRA adapter named ``default``; the base weights are frozen.
+) -> PeftModel:
+    """Wrap ``model`` in a fresh peft LoRA adapter named ``default``; the base weights are frozen.
 
-    ``target_modules=None`` means every linear layer except the output head (peft's ``"all-linear"``); a list may
-    hold module-name suffixes or full module names (used to keep LoRA off a VLM's vision tower). peft's default
-    init (zero B) makes the adapted model equal to the base model at step 0, so the sigmoid loss starts at ln 2.
+    Args:
+        r: LoRA rank.
+        alpha: scaling numerator (the update is ``alpha / r · B A``).
+        dropout: dropout on the LoRA input, in ``[0, 1)``.
+        target_modules: module-name suffixes or full module names (e.g. to keep LoRA off a VLM's vision tower);
+            ``None`` means every linear layer except the output head (peft's ``"all-linear"``).
+        init_lora_weights: peft's init (``True``: zero ``B``; ``"gaussian"`` ...).
     """
+    if r <= 0:
+        raise ValueError(f"lora_r must be positive; got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1); got {dropout}")
     targets = "all-linear" if target_modules is None else (
         target_modules if isinstance(target_modules, str) else list(target_modules)
     )

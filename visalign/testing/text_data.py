@@ -2,8 +2,8 @@
 
 A tiny fixed world (``WORLD``): every object has one true colour (the sky is blue, the car is red, ...). Each prompt
 asks for the colour of an object in one of several phrasings; the chosen answer names the true colour, the rejected
-answer a wrong one. Preferring the chosen answer needs the object named in the prompt (every colour is chosen for
-some prompts and rejected for others), and the rule carries over to held-out pairs (new wrong colours, phrasings and
+answer a wrong one. Preferring the chosen answer needs the object named in the prompt (each true colour is chosen
+for its object and rejected for the others), and the rule carries over to held-out pairs (new wrong colours, phrasings and
 sizes of the same objects): a tiny Llama trained with DPO for a few dozen steps reaches reward accuracy ≥ 0.9 on the
 ``test`` split. Words come from ``visalign.testing.tokenizers.DEFAULT_WORDS``, so the tiny word-level tokenizer
 never produces ``<unk>``.
@@ -65,8 +65,8 @@ def synthetic_preferences(
     """Paired preference data in TRL's format: ``prompt``/``chosen``/``rejected``.
 
     Plain strings by default, completions starting with the space that separates them from the prompt (TRL's
-    convention: ``prompt + chosen`` is the full text; the text pipeline appends EOS); with ``conversational=True`` each field is a message
-    list (``user`` prompt, ``assistant`` answers) for the tokenizer's chat template.
+    convention: ``prompt + chosen`` is the full text; the text pipeline appends EOS); with ``conversational=True``
+    each field is a message list (``user`` prompt, ``assistant`` answers) for the tokenizer's chat template.
     """
     rows = _split_pairs(split, n_train, n_test, seed)
     if conversational:
