@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("visalign.cli.score", "score images with a reward model"),
     "relabel": ("visalign.cli.relabel", "relabel preference pairs with a reward model"),
     "eval": ("visalign.cli.eval", "generate and score images, win rates with confidence intervals"),
+    "mia-dpo": ("visalign.cli.mia_dpo", "build MIA-DPO multi-image preference data from single-image QA rows"),
 }
 
 
