@@ -1,0 +1,169 @@
+"""Generation determinism and resume, and `visalign eval` end to end on a tiny SD pipeline and a tiny PickScore."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from peft import LoraConfig
+from PIL import Image
+
+from visalign.cli import eval as eval_cli
+from visalign.cli.main import main as visalign_main
+from visalign.evaluation.generate import (
+    MANIFEST,
+    GenerationSettings,
+    generate_images,
+    load_pipeline,
+    load_prompts,
+    read_manifest,
+    sample_seed,
+)
+from visalign.evaluation.winrate import head_to_head
+from visalign.models.diffusion import SD
+from visalign.models.diffusion_io import save_diffusion_lora
+from visalign.testing.clip import save_tiny_clip
+from visalign.testing.diffusion import save_tiny_sd
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+FAST = GenerationSettings(num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny SD pipeline folder, a diffusers LoRA folder for it (random non-zero B) and a tiny PickScore folder."""
+    root = tmp_path_factory.mktemp("models")
+    base = save_tiny_sd(root / "sd")
+    pipe = DiffusionPipeline.from_pretrained(base)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g))
+    save_diffusion_lora(root / "lora", pipe.unet, SD)
+    clip = save_tiny_clip(root / "pickscore", image_size=32, patch_size=8)
+    return {"base": str(base), "lora": str(root / "lora"), "pickscore": str(clip)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(models):
+    return load_pipeline(models["base"])
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_seeds_are_fixed_per_prompt_and_index():
+    assert sample_seed("a cat", 0) == sample_seed("a cat", 0)
+    seeds = {sample_seed(p, k, base) for p in ("a cat", "a dog") for k in range(3) for base in (0, 1)}
+    assert len(seeds) == 12 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_same_seed_gives_the_same_image_in_any_batch(pipeline, tmp_path):
+    one = generate_images(pipeline, PROMPTS, tmp_path / "one", num_seeds=2, settings=FAST, batch_size=4,
+                          progress=False)
+    two = generate_images(pipeline, PROMPTS, tmp_path / "two", num_seeds=2, settings=FAST, batch_size=1,
+                          progress=False)
+    assert [(s.prompt, s.index, s.seed) for s in one] == [(s.prompt, s.index, s.seed) for s in two]
+    assert [(s.prompt_index, s.index) for s in one] == [(p, k) for p in range(3) for k in range(2)]
+    first = [pixels(tmp_path / "one" / s.path) for s in one]
+    for s, image in zip(two, first):
+        assert np.abs(pixels(tmp_path / "two" / s.path) - image).max() <= 1  # batching: at most PNG rounding
+    assert np.abs(first[0] - first[1]).max() > 0  # two seeds of one prompt differ
+    assert one[0].settings["guidance_scale"] == 7.5  # SD default CFG is recorded (reference §16)
+    again = generate_images(pipeline, PROMPTS[:1], tmp_path / "again", num_seeds=1, settings=FAST, progress=False)
+    np.testing.assert_array_equal(pixels(tmp_path / "again" / again[0].path), first[0])
+
+
+def test_resume_skips_existing_images_and_redoes_missing_or_changed_ones(pipeline, tmp_path):
+    out = tmp_path / "gen"
+    samples = generate_images(pipeline, PROMPTS, out, num_seeds=2, settings=FAST, progress=False)
+    mtimes = {s.path: (out / s.path).stat().st_mtime_ns for s in samples}
+    lines = lambda: len((out / MANIFEST).read_text().splitlines())  # noqa: E731
+    assert lines() == 6
+
+    assert generate_images(pipeline, PROMPTS, out, num_seeds=2, settings=FAST, progress=False) == samples
+    assert lines() == 6 and all((out / p).stat().st_mtime_ns == t for p, t in mtimes.items())
+
+    (out / samples[3].path).unlink()
+    with open(out / MANIFEST, "a") as f:
+        f.write('{"prompt": "a red ci')  # a run killed while writing a manifest line
+    generate_images(pipeline, PROMPTS, out, num_seeds=2, settings=FAST, progress=False)
+    assert lines() == 7 and (out / samples[3].path).is_file()  # the 6 valid entries + the redone image
+    assert all((out / p).stat().st_mtime_ns == t for p, t in mtimes.items() if p != samples[3].path)
+
+    changed = generate_images(pipeline, PROMPTS, out, num_seeds=2, progress=False,
+                              settings=GenerationSettings(num_inference_steps=3))
+    assert lines() == 12 and read_manifest(out)[changed[0].path].settings["num_inference_steps"] == 3
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_prompt_and_manifest_errors_name_the_row(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"text": "a cat"}\n{"text": ""}\n')
+    assert load_prompts(tmp_path / "p.jsonl", column="text", limit=1) == ["a cat"]
+    with pytest.raises(ValueError, match="row 1: 'text' must be a non-empty string"):
+        load_prompts(tmp_path / "p.jsonl", column="text")
+    with pytest.raises(KeyError, match="no column 'prompt'"):
+        load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / MANIFEST).write_text('{"prompt": "a cat"}\n')
+    with pytest.raises(ValueError, match="manifest.jsonl line 1: not a manifest entry"):
+        read_manifest(tmp_path / "gen")
+
+
+def test_visalign_eval_end_to_end(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n\n")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model-a", models["base"], "--lora-a", models["lora"], "--model-b", models["base"],
+            "--prompts", str(prompts), "--scorer", f"pickscore={models['pickscore']}", "--seeds", "2",
+            "--steps", "2", "--bootstrap-resamples", "500", "--out", str(out), "--no-progress"]
+    assert visalign_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= {"models", "scorers", "bootstrap", "num_prompts", "seeds_per_prompt", "files"}
+    assert (report["num_prompts"], report["seeds_per_prompt"]) == (3, 2)
+    assert report["models"]["a"]["lora"] == models["lora"] and report["models"]["b"]["lora"] is None
+    section = report["scorers"]["pickscore"]
+    assert section["provenance"]["pickscore"]["model_id"] == models["pickscore"]
+    assert "not rescaled" in section["scale"] and section["formula"] == "exp(logit_scale) * cos(t, v)"
+
+    # the report's numbers are the head-to-head of the per-image scores it wrote
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert Counter(r["model"] for r in rows) == {"a": 6, "b": 6}
+    scores = {m: np.array([r["score"] for r in rows if r["model"] == m]).reshape(3, 2) for m in "ab"}
+    assert not np.allclose(scores["a"], scores["b"])  # the LoRA changed the images
+    wins = sum(a > b for a, b in zip(scores["a"].ravel(), scores["b"].ravel()))
+    assert section["win"] == wins / 6 and section["win"] + section["tie"] + section["loss"] == pytest.approx(1)
+    expected = head_to_head(scores["a"], scores["b"], num_resamples=500)
+    assert section["win_ci"] == list(expected.win_ci) and section["mean_diff"] == pytest.approx(expected.mean_diff)
+    assert Image.open(out / "grid.png").size == (2 * 32, 3 * 32)
+    markdown = (out / "report.md").read_text()
+    assert "| pickscore |" in markdown and "grid.png" in markdown
+    assert "| pickscore |" in capsys.readouterr().out
+
+    # a rerun reuses every image and reproduces the report
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*.png")}
+    assert len(mtimes) == 12
+    assert visalign_main(argv) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_visalign_eval_rejects_bad_input_before_loading(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    common = ["--model-a", models["base"], "--model-b", models["base"], "--prompts", str(prompts),
+              "--out", str(tmp_path / "out")]
+    assert eval_cli.main(common + ["--scorer", "pickscor"]) == 2
+    assert "unknown scorer 'pickscor'" in capsys.readouterr().err
+    assert eval_cli.main(common + ["--scorer", "pickscore", "--lora-a", str(tmp_path / "nope")]) == 2
+    assert "--lora-a" in capsys.readouterr().err
+    assert eval_cli.main(common + ["--scorer", "pickscore", "--tie-tolerance", "hps=0.1"]) == 2
+    assert "names scorer 'hps', which is not a --scorer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
