@@ -402,7 +402,39 @@ def check_proportion(proportion: float) -> float:
     return float(proportion)
 
 
-class DiffusionPreferenceDataset(torch.utils.data.Dataset):
+class SeededPairDataset(torch.utils.data.Dataset):
+    """What the uncached and cached pair datasets share: ``pairs``, per-sample randomness drawn from
+    ``(seed, epoch, index)`` (:func:`pair_rngs`), caption dropout, the epoch and the count of skipped pairs.
+    """
+
+    def __init__(self, pairs: PreferencePairs, *, caption_dropout: float = 0.0, seed: int = 0):
+        self.pairs = pairs
+        self.caption_dropout, self.seed = check_proportion(caption_dropout), seed
+        self.epoch = 0
+        self.num_skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def draw(self, index: int) -> tuple[tuple[str, str], np.random.Generator]:
+        """``((caption_chosen, caption_rejected) after dropout, augmentation generator)`` of pair ``index``."""
+        caption_rng, augmentation_rng = pair_rngs(self.seed, self.epoch, index)
+        captions = drop_pair_captions(self.pairs.captions_chosen[index], self.pairs.captions_rejected[index],
+                                      self.caption_dropout, caption_rng)
+        return captions, augmentation_rng
+
+    def pair_fields(self, index: int, captions: tuple[str, str]) -> dict[str, Any]:
+        """``caption_chosen``, ``caption_rejected`` and, when the pairs have weights, ``weight`` of an item."""
+        fields: dict[str, Any] = {"caption_chosen": captions[0], "caption_rejected": captions[1]}
+        if self.pairs.weights is not None:
+            fields["weight"] = self.pairs.weights[index]
+        return fields
+
+
+class DiffusionPreferenceDataset(SeededPairDataset):
     """Decoded, jointly transformed pairs (``visalign.data.image_transforms``) with caption dropout.
 
     An item: ``pixel_values_chosen``/``pixel_values_rejected`` ``[3, res, res]`` in ``[-1, 1]``,
@@ -415,39 +447,25 @@ class DiffusionPreferenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, pairs: PreferencePairs, transform: PairTransform, *, caption_dropout: float = 0.0,
                  seed: int = 0):
-        self.pairs, self.transform = pairs, transform
-        self.caption_dropout, self.seed = check_proportion(caption_dropout), seed
-        self.epoch = 0
-        self.num_skipped = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+        super().__init__(pairs, caption_dropout=caption_dropout, seed=seed)
+        self.transform = transform
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        caption_rng, augmentation_rng = pair_rngs(self.seed, self.epoch, index)
-        captions = drop_pair_captions(self.pairs.captions_chosen[index], self.pairs.captions_rejected[index],
-                                      self.caption_dropout, caption_rng)
+        captions, augmentation_rng = self.draw(index)
         refs = self.pairs.image_refs(index)
         try:
             chosen, rejected = (open_rgb(ref, base_dir=self.pairs.base_dir) for ref in refs)
         except IMAGE_ERRORS as err:
             return skip_marker(self, index, f"unreadable image skipped ({type(err).__name__}: {err})")
         out = self.transform(chosen, rejected, augmentation_rng)
-        item = {
+        return {
             "pixel_values_chosen": out.chosen,
             "pixel_values_rejected": out.rejected,
             "original_size_chosen": out.original_size_chosen,
             "original_size_rejected": out.original_size_rejected,
             "crop_top_left": out.crop_top_left,
-            "caption_chosen": captions[0],
-            "caption_rejected": captions[1],
+            **self.pair_fields(index, captions),
         }
-        if self.pairs.weights is not None:
-            item["weight"] = self.pairs.weights[index]
-        return item
 
 
 def skip_marker(dataset, index: int, reason: str) -> dict[str, str]:

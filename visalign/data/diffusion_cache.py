@@ -44,13 +44,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from visalign.data.diffusion import (
-    PreferencePairs,
-    check_proportion,
-    drop_pair_captions,
-    pair_rngs,
-    skip_marker,
-)
+from visalign.data.diffusion import PreferencePairs, SeededPairDataset, skip_marker
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip, open_rgb
 from visalign.models.diffusion import encode_images, encode_prompts, sdxl_time_ids
 
@@ -338,7 +332,7 @@ class TextEmbeddingCache:
         return hidden, pooled
 
 
-class CachedDiffusionPreferenceDataset(torch.utils.data.Dataset):
+class CachedDiffusionPreferenceDataset(SeededPairDataset):
     """The cached counterpart of :class:`~visalign.data.diffusion.DiffusionPreferenceDataset` (module docstring).
 
     An item: ``latents_*``, ``prompt_embeds_*`` and for SDXL ``pooled_prompt_embeds_*`` and ``time_ids_*``
@@ -350,25 +344,15 @@ class CachedDiffusionPreferenceDataset(torch.utils.data.Dataset):
         if latents.store.num_items != len(pairs):
             raise ValueError(f"latent cache {latents.store.dir} holds {latents.store.num_items} pairs; the data has "
                              f"{len(pairs)}")
-        self.pairs, self.latents, self.texts = pairs, latents, texts
-        self.caption_dropout, self.seed = check_proportion(caption_dropout), seed
-        self.epoch = 0
-        self.num_skipped = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+        super().__init__(pairs, caption_dropout=caption_dropout, seed=seed)
+        self.latents, self.texts = latents, texts
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        caption_rng, augmentation_rng = pair_rngs(self.seed, self.epoch, index)
-        captions = drop_pair_captions(self.pairs.captions_chosen[index], self.pairs.captions_rejected[index],
-                                      self.caption_dropout, caption_rng)
+        captions, augmentation_rng = self.draw(index)
         item = self.latents.get(index, draw_flip(augmentation_rng, self.latents.random_flip))
         if item is None:
             return skip_marker(self, index, "unreadable image (found while filling the latent cache)")
-        item.update(caption_chosen=captions[0], caption_rejected=captions[1])
+        item.update(self.pair_fields(index, captions))
         embeddings = {caption: self.texts.get(caption) for caption in set(captions)}
         for side, caption in zip(("chosen", "rejected"), captions):
             hidden, pooled = embeddings[caption]
@@ -378,8 +362,6 @@ class CachedDiffusionPreferenceDataset(torch.utils.data.Dataset):
                 res = self.latents.resolution
                 item[f"time_ids_{side}"] = sdxl_time_ids([item[f"original_size_{side}"]], [item["crop_top_left"]],
                                                          (res, res))[0]
-        if self.pairs.weights is not None:
-            item["weight"] = self.pairs.weights[index]
         return item
 
 

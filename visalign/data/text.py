@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict, Unpack
 
 import datasets
 import numpy as np
@@ -45,9 +45,7 @@ def extract_prompt(example: dict[str, Any]) -> dict[str, Any]:
     """Split an implicit prompt off ``chosen``/``rejected``: their longest common prefix (characters for strings,
     whole messages for conversations). As in TRL, a space just before the divergence stays with the completions."""
     chosen, rejected = example["chosen"], example["rejected"]
-    idx = 0
-    while idx < min(len(chosen), len(rejected)) and chosen[idx] == rejected[idx]:
-        idx += 1
+    idx = common_prefix_length(chosen, rejected)
     if isinstance(chosen, str) and 0 < idx and chosen[idx - 1] == " ":
         idx -= 1
     return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:]}
@@ -64,50 +62,72 @@ def validate_columns(dataset: datasets.Dataset, required: Sequence[str], *, name
         )
 
 
+class TokenizeOptions(TypedDict, total=False):
+    """Keyword options of :func:`tokenize_preferences` and :func:`tokenize_unpaired` (defaults in ``_tokenize``).
+
+    ``max_length``: cap on prompt + completion tokens, met by cutting the end of the completion (``None``: no cap);
+    ``drop_long_prompts``: drop and count rows whose prompt leaves no room for a completion instead of raising;
+    ``chat_template_kwargs``: extra arguments of ``apply_chat_template``; ``num_proc``: ``Dataset.map`` processes;
+    ``name``: the dataset's name in messages.
+    """
+
+    max_length: int | None
+    drop_long_prompts: bool
+    chat_template_kwargs: dict[str, Any] | None
+    num_proc: int | None
+    name: str
+
+
 def tokenize_preferences(
-    dataset: datasets.Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int | None = None,
-    drop_long_prompts: bool = False,
-    chat_template_kwargs: dict[str, Any] | None = None,
-    num_proc: int | None = None,
-    name: str = "dataset",
+    dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, **options: Unpack[TokenizeOptions]
 ) -> datasets.Dataset:
     """Tokenize paired rows to ``prompt_input_ids``/``chosen_input_ids``/``rejected_input_ids`` (module docstring)."""
-    validate_columns(dataset, ("chosen", "rejected"), name=name)
-    if "prompt" not in dataset.column_names:
-        dataset = dataset.map(extract_prompt, num_proc=num_proc, desc=f"Extracting prompts of {name}")
-    return _tokenize(dataset, tokenizer, ("chosen", "rejected"), max_length, drop_long_prompts,
-                     chat_template_kwargs, num_proc, name)
+    return _tokenize(dataset, tokenizer, ("chosen", "rejected"), _prepare_paired, **options)
 
 
 def tokenize_unpaired(
-    dataset: datasets.Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int | None = None,
-    drop_long_prompts: bool = False,
-    chat_template_kwargs: dict[str, Any] | None = None,
-    num_proc: int | None = None,
-    name: str = "dataset",
+    dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, **options: Unpack[TokenizeOptions]
 ) -> datasets.Dataset:
     """Tokenize unpaired (KTO) rows to ``prompt_input_ids``/``completion_input_ids``, keeping ``label`` (bool)."""
+    return _tokenize(dataset, tokenizer, ("completion",), _prepare_unpaired, **options)
+
+
+def _prepare_paired(dataset: datasets.Dataset, name: str, num_proc: int | None) -> datasets.Dataset:
+    validate_columns(dataset, ("chosen", "rejected"), name=name)
+    if "prompt" not in dataset.column_names:
+        dataset = dataset.map(extract_prompt, num_proc=num_proc, desc=f"Extracting prompts of {name}")
+    return dataset
+
+
+def _prepare_unpaired(dataset: datasets.Dataset, name: str, num_proc: int | None) -> datasets.Dataset:
     validate_columns(dataset, ("prompt", "completion", "label"), name=name)
     for row, label in enumerate(dataset["label"]):
         if not isinstance(label, bool):
             raise ValueError(f"{name} row {row}: column 'label' must be a bool (True = desirable); got {label!r}")
-    return _tokenize(dataset, tokenizer, ("completion",), max_length, drop_long_prompts,
-                     chat_template_kwargs, num_proc, name)
+    return dataset
 
 
-def _tokenize(dataset, tokenizer, completion_columns, max_length, drop_long_prompts, chat_kwargs, num_proc, name):
+def _tokenize(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    completion_columns: tuple[str, ...],
+    prepare: Callable[[datasets.Dataset, str, int | None], datasets.Dataset],
+    *,
+    max_length: int | None = None,
+    drop_long_prompts: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    num_proc: int | None = None,
+    name: str = "dataset",
+) -> datasets.Dataset:
+    """``prepare`` (check the columns of the row kind), then tokenize ``prompt`` and ``completion_columns``."""
+    dataset = prepare(dataset, name, num_proc)
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be at least 2 (one prompt and one completion token); got {max_length}")
     text_columns = ["prompt", *completion_columns]
 
     def encode(example, row):
-        prompt_ids, completion_ids = _encode_row(example, row, tokenizer, completion_columns, chat_kwargs or {}, name)
+        prompt_ids, completion_ids = _encode_row(example, row, tokenizer, completion_columns,
+                                                  chat_template_kwargs or {}, name)
         out = {"prompt_input_ids": prompt_ids, "_prompt_too_long": False}
         if max_length is not None and len(prompt_ids) >= max_length:
             if not drop_long_prompts:
@@ -162,7 +182,7 @@ def _encode_row(example, row, tokenizer, completion_columns, chat_kwargs, name):
         for c in completion_columns:
             completion = example[c] if example[c].endswith(eos) else example[c] + eos
             full_ids.append(tokenizer(prompt + completion)["input_ids"])
-    prompt_len = min(_common_prefix_length(prompt_ids, ids) for ids in full_ids)
+    prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
     global _warned_prefix_mismatch
     if prompt_len < len(prompt_ids) and not _warned_prefix_mismatch:
         _warned_prefix_mismatch = True
@@ -196,7 +216,8 @@ def _chat_ids(tokenizer, messages, **kwargs) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
 
 
-def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (token ids, characters, messages) ``a`` and ``b`` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -35,6 +35,7 @@ import torch
 
 from visalign.data.dense_dpo import dense_token_weights
 from visalign.data.image_transforms import IMAGE_ERRORS, open_rgb
+from visalign.data.text import common_prefix_length
 from visalign.data.vlm import prompt_to_messages, structured_messages
 
 
@@ -70,15 +71,6 @@ def flush_left(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     filled = mask.any(0).nonzero()
     start = int(filled[0]) if len(filled) else 0
     return tuple(t[:, start:] for t in tensors)
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -126,7 +118,7 @@ class VisionPreferenceCollator:
         template = self.processor.apply_chat_template
         prompt_text = template(prompt, add_generation_prompt=True, tokenize=False)
         full = [template(prompt + c, tokenize=False) for c in (chosen, rejected)]
-        cut = min(_common_prefix(prompt_text, f) for f in full)
+        cut = min(common_prefix_length(prompt_text, f) for f in full)
         return prompt_text[:cut], full[0][cut:], full[1][cut:]
 
     # ------------------------------------------------------------------------------------------ batch

@@ -54,9 +54,9 @@ def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.ndim - 1)))
 
 
-@dataclass(frozen=True)
-class RandomNoise:
-    """t and eps shared within each pair, independent across pairs (Diffusion-DPO §2.2; Salesforce ``train.py``)."""
+class PairNoiseSource:
+    """A noise source whose t is drawn once per pair and shared by its two images (:func:`sample_pair_timesteps`);
+    a subclass says, in :meth:`noise_at`, how the latents are noised at those timesteps."""
 
     def __call__(
         self,
@@ -67,16 +67,26 @@ class RandomNoise:
         cond: UNetCond | None = None,
         generator: torch.Generator | None = None,
     ) -> NoisedLatents:
-        num_pairs = _check_pairs(latents)
+        timesteps = sample_pair_timesteps(_check_pairs(latents), scheduler, latents.device, generator)
+        return self.noise_at(latents, timesteps, scheduler, unet, cond, generator)
+
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RandomNoise(PairNoiseSource):
+    """t and eps shared within each pair, independent across pairs (Diffusion-DPO §2.2; Salesforce ``train.py``)."""
+
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
         x0 = latents.float()
-        timesteps = sample_pair_timesteps(num_pairs, scheduler, x0.device, generator)
-        eps = _randn((num_pairs, *x0.shape[1:]), generator, x0.device)
+        eps = _randn((x0.shape[0] // 2, *x0.shape[1:]), generator, x0.device)
         noise = torch.cat([eps, eps])
         return NoisedLatents(x0, scheduler.add_noise(x0, noise, timesteps), noise, timesteps)
 
 
 @dataclass(frozen=True)
-class DDIMInversionNoise:
+class DDIMInversionNoise(PairNoiseSource):
     """InPO's reparametrised DDIM inversion (arXiv 2503.18454; ``JaydenLyh/InPO`` ``train.py``; reference §7.1).
 
     For each pair a timestep t is drawn and shared by both images. Each image's clean latent x0 is DDIM-inverted
@@ -146,19 +156,9 @@ class DDIMInversionNoise:
         a_t = _bcast(alpha_target, x)
         return a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps
 
-    def __call__(
-        self,
-        latents: torch.Tensor,
-        *,
-        scheduler,
-        unet=None,
-        cond: UNetCond | None = None,
-        generator: torch.Generator | None = None,
-    ) -> NoisedLatents:
-        num_pairs = _check_pairs(latents)
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
         if unet is None or cond is None:
             raise ValueError("ddim_inversion noise source needs the policy `unet` and the conditioning `cond`")
-        timesteps = sample_pair_timesteps(num_pairs, scheduler, latents.device, generator)
         return self.invert(latents, timesteps, unet=unet, cond=cond, scheduler=scheduler, generator=generator)
 
     @torch.no_grad()

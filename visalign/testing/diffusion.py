@@ -144,6 +144,35 @@ def _block_types(n: int, *, cross_attention_first: bool) -> tuple[tuple[str, ...
     return down, up
 
 
+def _unet(
+    shape: DiffusionShape,
+    *,
+    cross_attention_first: bool,
+    cross_attention_dim: int,
+    use_linear_projection: bool,
+    seed: int,
+    **added_conditions: Any,
+) -> UNet2DConditionModel:
+    """A tiny ``UNet2DConditionModel`` of ``shape``; ``added_conditions`` are SDXL's ``addition_*`` arguments."""
+    down, up = _block_types(len(shape.unet_channels), cross_attention_first=cross_attention_first)
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=shape.latent_size,
+            in_channels=shape.latent_channels,
+            out_channels=shape.latent_channels,
+            block_out_channels=shape.unet_channels,
+            layers_per_block=shape.unet_layers_per_block,
+            down_block_types=down,
+            up_block_types=up,
+            transformer_layers_per_block=shape.transformer_layers_per_block,
+            attention_head_dim=shape.attention_heads,
+            cross_attention_dim=cross_attention_dim,
+            norm_num_groups=shape.norm_num_groups,
+            use_linear_projection=use_linear_projection,
+            **added_conditions,
+        ).eval()
+
+
 def _text_encoder(cls, tokenizer, shape: DiffusionShape, hidden_act: str, seed: int):
     config = clip_text_config(
         tokenizer,
@@ -169,22 +198,13 @@ def tiny_sd_components(
         raise ValueError(f"variant must be 'sd15' or 'sd2', got {variant!r}")
     sd2 = variant == "sd2"
     tokenizer = clip_style_tokenizer()
-    down, up = _block_types(len(shape.unet_channels), cross_attention_first=True)
-    with seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=shape.latent_size,
-            in_channels=shape.latent_channels,
-            out_channels=shape.latent_channels,
-            block_out_channels=shape.unet_channels,
-            layers_per_block=shape.unet_layers_per_block,
-            down_block_types=down,
-            up_block_types=up,
-            transformer_layers_per_block=shape.transformer_layers_per_block,
-            attention_head_dim=shape.attention_heads,
-            cross_attention_dim=shape.text_hidden_size,
-            norm_num_groups=shape.norm_num_groups,
-            use_linear_projection=sd2,
-        ).eval()
+    unet = _unet(
+        shape,
+        cross_attention_first=True,
+        cross_attention_dim=shape.text_hidden_size,
+        use_linear_projection=sd2,
+        seed=seed,
+    )
     return {
         "unet": unet,
         "vae": _vae(shape, scaling_factor=0.18215, seed=seed + 1),
@@ -218,25 +238,16 @@ def tiny_sdxl_components(*, shape: DiffusionShape = TINY_SDXL, seed: int = 0) ->
     ``projection_class_embeddings_input_dim = 6 * addition_time_embed_dim + pooled_dim`` (SDXL: 6 * 256 + 1280).
     """
     tokenizer, tokenizer_2 = clip_style_tokenizer(), clip_style_tokenizer()
-    down, up = _block_types(len(shape.unet_channels), cross_attention_first=False)
-    with seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=shape.latent_size,
-            in_channels=shape.latent_channels,
-            out_channels=shape.latent_channels,
-            block_out_channels=shape.unet_channels,
-            layers_per_block=shape.unet_layers_per_block,
-            down_block_types=down,
-            up_block_types=up,
-            transformer_layers_per_block=shape.transformer_layers_per_block,
-            attention_head_dim=shape.attention_heads,
-            cross_attention_dim=2 * shape.text_hidden_size,
-            norm_num_groups=shape.norm_num_groups,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=shape.addition_time_embed_dim,
-            projection_class_embeddings_input_dim=6 * shape.addition_time_embed_dim + shape.pooled_dim,
-        ).eval()
+    unet = _unet(
+        shape,
+        cross_attention_first=False,
+        cross_attention_dim=2 * shape.text_hidden_size,
+        use_linear_projection=True,
+        seed=seed,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=shape.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=6 * shape.addition_time_embed_dim + shape.pooled_dim,
+    )
     return {
         "unet": unet,
         "vae": _vae(shape, scaling_factor=0.13025, seed=seed + 1),
