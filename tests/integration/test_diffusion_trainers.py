@@ -12,41 +12,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image
 
+from tests.helpers.diffusion import CAPTIONS, pairs, sd15, sdxl, write_pairs  # noqa: F401 (pytest fixtures)
 from visalign.config_io import read_yaml_mapping
-from visalign.testing.diffusion import save_tiny_sd, save_tiny_sdxl
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer
-
-CAPTIONS = ["a red square", "a blue circle", "a green cross", "two dots"]
-
-
-@pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
-    return str(save_tiny_sd(tmp_path_factory.mktemp("sd15")))
-
-
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
-    return str(save_tiny_sdxl(tmp_path_factory.mktemp("sdxl")))
-
-
-def write_pairs(root, n=4, *, corrupt=()):
-    """``n`` random 36x40 PNG pairs in a paired folder with ``captions.jsonl``; pairs in ``corrupt`` get a truncated
-    chosen file."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        for side in ("chosen", "rejected"):
-            (root / side).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / side / f"p{i}.png")
-        if i in corrupt:
-            (root / "chosen" / f"p{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    (root / "captions.jsonl").write_text("".join(
-        json.dumps({"file_name": f"p{i}.png", "caption": CAPTIONS[i % len(CAPTIONS)]}) + "\n" for i in range(n)))
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return write_pairs(tmp_path_factory.mktemp("pairs"))
 
 
 def config(**overrides) -> DiffusionConfig:
@@ -170,7 +138,7 @@ def test_resume_equals_an_uninterrupted_run(sd15, pairs, tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_counted(sd15, tmp_path):
-    data = write_pairs(tmp_path / "data", corrupt=(1,))
+    data = write_pairs(tmp_path / "data", CAPTIONS, corrupt=(1,))
     out = tmp_path / "out"
     result = DiffusionTrainer(config(model=sd15, dataset=data, output_dir=str(out), per_device_batch_size=4,
                                      use_lora=True)).train()

@@ -4,50 +4,16 @@ SDXL per-image time ids, InPO's per-image reparametrised noise, keyed noise (bat
 
 from __future__ import annotations
 
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.helpers.diffusion import pairs, sd15, sdxl, write_pairs  # noqa: F401 (pytest fixtures)
 from visalign.models.diffusion import encode_prompts
-from visalign.testing.diffusion import save_tiny_sd, save_tiny_sdxl
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
 
 LN2 = math.log(2.0)
-
-
-@pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
-    return str(save_tiny_sd(tmp_path_factory.mktemp("sd15")))
-
-
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
-    return str(save_tiny_sdxl(tmp_path_factory.mktemp("sdxl")))
-
-
-def write_pairs(root, captions, *, sizes=((36, 40), (36, 40)), seed=0):
-    """A paired folder: ``chosen/pI.png``, ``rejected/pI.png`` (random pixels; ``sizes`` = (w, h) per side) and
-    ``captions.jsonl`` with one caption or a ``(chosen, rejected)`` tuple per pair."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, caption in enumerate(captions):
-        for side, (w, h) in zip(("chosen", "rejected"), sizes):
-            (root / side).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / side / f"p{i}.png")
-        text = {"caption": caption} if isinstance(caption, str) else dict(zip(("caption_chosen", "caption_rejected"),
-                                                                              caption))
-        rows.append(json.dumps({"file_name": f"p{i}.png", **text}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return write_pairs(tmp_path_factory.mktemp("pairs"), ["a red square", "a blue circle", "a green cross", "two dots"])
 
 
 def trainer(config_cls=DiffusionConfig, **overrides) -> DiffusionTrainer:

@@ -1,5 +1,5 @@
-"""SD/SDXL loading from saved tiny pipeline folders with ``subfolder=``, prompt encoding, caption dropout, SDXL time
-ids per image and chunked VAE encoding."""
+"""SD/SDXL loading from saved tiny pipeline folders with ``subfolder=``, prompt encoding, SDXL time ids per image and
+chunked VAE encoding (caption dropout is tested with the data, ``test_diffusion_data.py``)."""
 
 import pytest
 import torch
@@ -10,10 +10,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 from visalign.models.diffusion import (
     SD,
     SDXL,
-    PromptEmbeddings,
-    caption_dropout_mask,
     detect_family,
-    drop_captions,
     encode_images,
     encode_prompts,
     load_diffusion_components,
@@ -114,29 +111,6 @@ def test_sdxl_prompt_encoding_concatenates_penultimate_states_and_pools_from_enc
 def test_non_string_prompt_is_named():
     with pytest.raises(TypeError, match="prompt 1 must be a str; got NoneType"):
         tokenize_prompts(None, ["ok", None])
-
-
-def test_caption_dropout_uses_the_empty_caption_or_zeros(sdxl):
-    emb = encode_prompts(sdxl.text_encoders, sdxl.tokenizers, PROMPTS[:2])
-    empty = encode_prompts(sdxl.text_encoders, sdxl.tokenizers, [""])
-    drop = torch.tensor([False, True])
-    with_empty = drop_captions(emb, drop, empty)
-    torch.testing.assert_close(with_empty.hidden_states[0], emb.hidden_states[0])
-    torch.testing.assert_close(with_empty.hidden_states[1], empty.hidden_states[0])
-    torch.testing.assert_close(with_empty.pooled[1], empty.pooled[0])
-    zeros = drop_captions(emb, drop)
-    assert zeros.hidden_states[1].abs().sum() == 0 and zeros.pooled[1].abs().sum() == 0
-    torch.testing.assert_close(zeros.pooled[0], emb.pooled[0])
-    sd_emb = drop_captions(PromptEmbeddings(emb.hidden_states), drop)
-    assert sd_emb.pooled is None
-
-
-def test_caption_dropout_mask():
-    assert not caption_dropout_mask(50, 0.0).any() and caption_dropout_mask(50, 1.0).all()
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert torch.equal(caption_dropout_mask(64, 0.2, g1), caption_dropout_mask(64, 0.2, g2))
-    with pytest.raises(ValueError, match=r"in \[0, 1\]; got 1.5"):
-        caption_dropout_mask(4, 1.5)
 
 
 def test_sdxl_time_ids_carry_each_images_size_and_crop():

@@ -396,7 +396,7 @@ def drop_pair_captions(
     return caption_chosen, caption_rejected
 
 
-def check_proportion(proportion: float) -> float:
+def _check_proportion(proportion: float) -> float:
     if not 0.0 <= proportion <= 1.0:
         raise ValueError(f"caption_dropout must be in [0, 1]; got {proportion}")
     return float(proportion)
@@ -409,7 +409,7 @@ class SeededPairDataset(torch.utils.data.Dataset):
 
     def __init__(self, pairs: PreferencePairs, *, caption_dropout: float = 0.0, seed: int = 0):
         self.pairs = pairs
-        self.caption_dropout, self.seed = check_proportion(caption_dropout), seed
+        self.caption_dropout, self.seed = _check_proportion(caption_dropout), seed
         self.epoch = 0
         self.num_skipped = 0
 

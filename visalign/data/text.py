@@ -33,7 +33,6 @@ import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 PAIRED_TOKEN_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
-UNPAIRED_TOKEN_COLUMNS = ("prompt_input_ids", "completion_input_ids")
 
 
 def is_conversational(value: Any) -> bool:

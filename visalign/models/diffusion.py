@@ -173,40 +173,6 @@ def encode_prompts(text_encoders: Sequence, tokenizers: Sequence, prompts: Seque
     return PromptEmbeddings(hidden, outputs[1].text_embeds.to(device))
 
 
-def caption_dropout_mask(n: int, proportion: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``[n]`` bool (CPU): which captions to drop, each with probability ``proportion`` (0.2 Diffusion-DPO/InPO,
-    0 MaPO; reference §2.4)."""
-    if not 0.0 <= proportion <= 1.0:
-        raise ValueError(f"caption dropout proportion must be in [0, 1]; got {proportion}")
-    draw_device = generator.device if generator is not None else "cpu"
-    return torch.rand(n, generator=generator, device=draw_device).cpu() < proportion
-
-
-def drop_captions(
-    embeds: PromptEmbeddings, drop: torch.Tensor, empty: PromptEmbeddings | None = None
-) -> PromptEmbeddings:
-    """Replace the dropped rows by the unconditional embedding, so the unconditional branch is trained too.
-
-    ``empty`` = ``encode_prompts(..., [""])``: the encoded empty caption, as Salesforce Diffusion-DPO and its forks
-    train it (and SD pipelines use it for CFG). ``empty=None``: zeros, matching the SDXL pipeline's
-    ``force_zeros_for_empty_prompt`` at inference (reference §2.4, §18.5). Works on cached embeddings too.
-    """
-    drop = drop.to(embeds.hidden_states.device)
-    if drop.shape != (embeds.hidden_states.shape[0],):
-        raise ValueError(f"drop_captions: mask of shape {tuple(drop.shape)} for {embeds.hidden_states.shape[0]} rows")
-
-    def replace(values, uncond):
-        if values is None:
-            return None
-        uncond = torch.zeros_like(values[:1]) if uncond is None else uncond[:1].to(values)
-        return torch.where(drop.view(-1, *([1] * (values.ndim - 1))), uncond, values)
-
-    return PromptEmbeddings(
-        replace(embeds.hidden_states, None if empty is None else empty.hidden_states),
-        replace(embeds.pooled, None if empty is None else empty.pooled),
-    )
-
-
 def _pairs(name: str, values, n: int | None) -> torch.Tensor:
     tensor = torch.as_tensor(values, dtype=torch.float32)
     if tensor.ndim == 1 and tensor.shape == (2,) and n is not None:

@@ -9,6 +9,7 @@ as special tokens, CLIP/Qwen2-VL vision towers a few thousand parameters large, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     CLIPVisionConfig,
@@ -105,6 +106,32 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     return word_level_tokenizer(extra_special_tokens=(IMAGE_TOKEN,), chat_template=SIMPLE_CHAT_TEMPLATE)
 
 
+def _llava_config_kwargs(tokenizer: PreTrainedTokenizerFast, hidden_size: int) -> dict[str, Any]:
+    """What ``LlavaConfig`` and ``LlavaNextConfig`` share: the CLIP tower's penultimate layer without CLS
+    ("default"), 25 features per 30-px image, the Llama LM and the ``<image>`` token."""
+    return {
+        "vision_config": _clip_vision_config(hidden_size).to_dict(),
+        "text_config": _llama_text_config(tokenizer, hidden_size).to_dict(),
+        "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "image_seq_length": (_LLAVA_IMAGE_SIZE // _LLAVA_PATCH_SIZE) ** 2,
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2,
+    }
+
+
+def _llava_processor(processor_cls, image_processor, tokenizer: PreTrainedTokenizerFast) -> ProcessorMixin:
+    """A ``LlavaProcessor`` or ``LlavaNextProcessor`` matching :func:`_llava_config_kwargs`."""
+    return processor_cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=_LLAVA_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=SIMPLE_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+
+
 def _init(model_cls, config, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
     """Instantiate ``model_cls(config)`` with seeded weights, in eval mode, with the tokenizer's pad id for generate."""
     with seeded(seed):
@@ -120,24 +147,8 @@ def tiny_llava(*, hidden_size: int = 16, seed: int = 0) -> tuple[LlavaForConditi
     (``SIMPLE_CHAT_TEMPLATE``: ``user : <image> ... assistant : ... </s>``).
     """
     tokenizer = _llava_tokenizer()
-    num_tokens = (_LLAVA_IMAGE_SIZE // _LLAVA_PATCH_SIZE) ** 2
-    config = LlavaConfig(
-        vision_config=_clip_vision_config(hidden_size).to_dict(),
-        text_config=_llama_text_config(tokenizer, hidden_size).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_tokens,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    processor = LlavaProcessor(
-        image_processor=clip_image_processor(_LLAVA_IMAGE_SIZE),
-        tokenizer=tokenizer,
-        patch_size=_LLAVA_PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=SIMPLE_CHAT_TEMPLATE,
-        image_token=IMAGE_TOKEN,
-    )
+    config = LlavaConfig(**_llava_config_kwargs(tokenizer, hidden_size))
+    processor = _llava_processor(LlavaProcessor, clip_image_processor(_LLAVA_IMAGE_SIZE), tokenizer)
     return _init(LlavaForConditionalGeneration, config, tokenizer, seed), processor
 
 
@@ -151,13 +162,7 @@ def tiny_llava_next(
     """
     tokenizer = _llava_tokenizer()
     config = LlavaNextConfig(
-        vision_config=_clip_vision_config(hidden_size).to_dict(),
-        text_config=_llama_text_config(tokenizer, hidden_size).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
-        image_seq_length=(_LLAVA_IMAGE_SIZE // _LLAVA_PATCH_SIZE) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        **_llava_config_kwargs(tokenizer, hidden_size), image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS
     )
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": _LLAVA_IMAGE_SIZE},
@@ -166,15 +171,7 @@ def tiny_llava_next(
         image_mean=list(OPENAI_CLIP_MEAN),
         image_std=list(OPENAI_CLIP_STD),
     )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=_LLAVA_PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=SIMPLE_CHAT_TEMPLATE,
-        image_token=IMAGE_TOKEN,
-    )
+    processor = _llava_processor(LlavaNextProcessor, image_processor, tokenizer)
     return _init(LlavaNextForConditionalGeneration, config, tokenizer, seed), processor
 
 
