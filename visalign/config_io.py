@@ -374,6 +374,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if not f.init:
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flags += [f"--{alias}" for alias in f.metadata.get("aliases", ())]  # e.g. --loss for loss_type
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help_text(f)}
         annotation = hints[f.name]
         choices = _literal_choices(annotation)

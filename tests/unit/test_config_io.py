@@ -282,3 +282,15 @@ def test_help_shows_metadata_help_and_defaults():
     assert "--reference {frozen_copy,disable_adapter,none} (default: disable_adapter)" in text
     assert "--precision {fp32,bf16,none,null} (default: none)" in text
     assert "--post_init_calls" not in text  # init=False fields are not configurable
+
+
+@dataclass
+class _AliasedConfig:
+    loss_type: str = field(default="sigmoid", metadata={"help": "the loss", "aliases": ("loss",)})
+
+
+def test_field_aliases_become_flags():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _AliasedConfig)
+    assert given_overrides(parser.parse_args(["--loss", "ipo"]), _AliasedConfig) == {"loss_type": "ipo"}
+    assert given_overrides(parser.parse_args(["--loss-type", "hinge"]), _AliasedConfig) == {"loss_type": "hinge"}

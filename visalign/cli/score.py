@@ -50,7 +50,8 @@ def build_scorer(args: argparse.Namespace):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--scorer-arg {item!r} must look like KEY=VALUE")
-        kwargs[key.replace("-", "_")] = yaml.safe_load(value)
+        # YAML typing for numbers/booleans/lists; an empty value stays the empty string (e.g. ``prefix=``)
+        kwargs[key.replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
     return load_scorer(args.scorer, **kwargs)
 
 

@@ -192,7 +192,8 @@ class _PreferenceCore(TrainingConfig):
 
     loss_type: str | list[str] = field(
         default="sigmoid",
-        metadata=_help(f"preference loss or weighted list of losses, from: {', '.join(LOSSES)}"),
+        metadata={**_help(f"preference loss or weighted list of losses, from: {', '.join(LOSSES)}"),
+                  "aliases": ("loss",)},
     )
     loss_weights: list[float] | None = field(
         default=None, metadata=_help("one weight per loss_type entry (loss = Σ w_k·mean(loss_k)); none = all 1")
