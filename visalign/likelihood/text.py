@@ -12,16 +12,19 @@ Sequence scores (``reduction``):
 - ``weighted_mean``: ``Σ_t w_t·m_t·logp_t / Σ_t w_t·m_t`` (RLHF-V paper eq. 5, ``N = |y_u| + γ|y_c|``).
 
 Counts (``PairLogLik.chosen_count`` ...) are always the number of scored tokens ``Σ_t m_t``. All maths is fp32
-whatever the model dtype. Differs from TRL: no fused LM head (the model's logits are used), but only the label logit
-and a per-row ``logsumexp`` are taken, never a second full-vocabulary ``log_softmax`` tensor.
+whatever the model dtype. Differs from TRL: no fused LM head (the model's logits are used, from the first completion
+position on via ``logits_to_keep``), but only the label logit and a per-row ``logsumexp`` are taken, never a second
+full-vocabulary ``log_softmax`` tensor.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 
 from visalign.losses.types import PairLogLik, UnpairedLogLik
 
@@ -29,16 +32,18 @@ REDUCTIONS = ("sum", "mean", "weighted", "weighted_mean")
 
 
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """``[N, T]`` fp32 log-probs of each token of ``input_ids`` under ``logits`` ``[N, T, V]`` (position 0 is 0).
+    """``[N, T]`` fp32 log-probs of each token of ``input_ids`` ``[N, T]`` under ``logits`` ``[N, K, V]``.
 
-    Gathers the label logit and subtracts ``logsumexp`` over the vocabulary, one row at a time, so the only
-    full-vocabulary fp32 temporary is one row's ``[T, V]`` (none extra when the logits already are fp32).
+    ``logits`` cover the last ``K ≤ T`` positions (all of them, or what ``logits_to_keep=K`` returned); positions
+    before ``T - K + 1`` get 0 (never scored). Gathers the label logit and subtracts ``logsumexp`` over the
+    vocabulary one row at a time, so the only full-vocabulary fp32 temporary is one row's ``[K, V]``.
     """
+    first = input_ids.shape[1] - logits.shape[1] + 1  # first position whose log-prob these logits give
     shifted = logits[:, :-1]
-    labels = input_ids[:, 1:].to(logits.device)
+    labels = input_ids[:, first:].to(logits.device)
     label_logits = shifted.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
     normaliser = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in shifted])
-    return F.pad(label_logits - normaliser, (1, 0))
+    return F.pad(label_logits - normaliser, (first, 0))
 
 
 def scored_mask(completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,14 +77,34 @@ def sequence_scores(
 
 
 def completion_token_logps(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    **model_inputs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward of ``model``; returns (per-token log-probs with unscored positions zeroed, scored mask)."""
+    """One forward of ``model``; returns (per-token log-probs with unscored positions zeroed, scored mask).
+
+    Only the logits from the batch's first scored position on are computed when the model takes
+    ``logits_to_keep`` (transformers causal LMs and VLMs), which skips the output layer over the prompt.
+    ``model_inputs`` are passed to the forward as well (``pixel_values``, ``image_grid_thw``, ...).
+    """
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     mask = scored_mask(completion_mask.to(device), attention_mask)
+    if _takes_logits_to_keep(model):
+        scored = mask.any(0).nonzero()
+        first = int(scored[0]) if len(scored) else input_ids.shape[1] - 1
+        model_inputs["logits_to_keep"] = input_ids.shape[1] - first + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **model_inputs).logits
     return token_logps(logits, input_ids) * mask, mask
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the innermost model's forward has a ``logits_to_keep`` argument (unwrapping DDP and peft)."""
+    inner = extract_model_from_parallel(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def pair_loglik(
@@ -88,14 +113,16 @@ def pair_loglik(
     *,
     reduction: str = "sum",
     return_token_logps: bool = False,
+    model_inputs: Mapping | None = None,
 ) -> PairLogLik:
     """Score a ``PreferenceCollator`` batch with ONE forward over ``[chosen; rejected]``.
 
     Returns ``[B]`` scores and token counts, and ``[B, T]`` per-token log-probs when ``return_token_logps``
     (needed by per-token losses and by the precomputed reference cache). Gradients flow unless the caller wraps it
-    in ``torch.no_grad()`` (the reference does).
+    in ``torch.no_grad()`` (the reference does). ``model_inputs``: extra forward inputs (a VLM's images).
     """
-    logps, mask = completion_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    logps, mask = completion_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                         **(model_inputs or {}))
     return _pair_from_tokens(logps, mask, reduction, batch.get("token_weights"), return_token_logps)
 
 

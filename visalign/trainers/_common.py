@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from transformers import get_scheduler
 
 from visalign.config_io import save_config
@@ -36,11 +37,16 @@ _NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\
 # optimisation
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, config: TrainingConfig, *, device: torch.device | None = None
+) -> torch.optim.Optimizer:
     """The optimizer named by ``config.optimizer`` over the trainable parameters.
 
     Weight decay skips biases and norm weights (transformers' ``Trainer`` rule); ``adafactor`` uses a fixed
-    learning rate (``relative_step=False``) so the schedule applies.
+    learning rate (``relative_step=False``) so the schedule applies. ``adamw`` is torch's fused AdamW (one kernel for
+    every parameter; transformers' default ``adamw_torch_fused``) when ``device``, the device training runs on, has
+    fused kernels; the same update as the per-parameter loop up to float rounding, several times faster on small and
+    medium models.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -52,7 +58,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opti
     groups = [g for g in groups if g["params"]]
     betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon)
+        fused = device is not None and device.type in _get_fused_kernels_supported_devices()
+        return torch.optim.AdamW(groups, lr=config.learning_rate, betas=betas, eps=config.adam_epsilon,
+                                 fused=fused or None)
     if config.optimizer == "adamw_8bit":
         import bitsandbytes
 

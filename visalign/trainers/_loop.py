@@ -83,7 +83,9 @@ class Trainer:
         if args.gradient_checkpointing:
             self.enable_gradient_checkpointing(model)
         self.collator = self.build_collator()
-        self.model, self.optimizer = self.accelerator.prepare(model, make_optimizer(model, args))
+        self.model, self.optimizer = self.accelerator.prepare(
+            model, make_optimizer(model, args, device=self.accelerator.device)
+        )
         self.prepare_reference()  # may add columns (a precomputed reference) before the loader is built
         self._data_generator = torch.Generator()
         self._train_loader = self.accelerator.prepare(
@@ -229,7 +231,12 @@ class Trainer:
         bad = (~torch.isfinite(loss)).float()
         if grad_norm is not None and acc.scaler is None:  # with fp16 the grad scaler owns overflow handling
             bad = torch.maximum(bad, (~torch.isfinite(grad_norm)).float().to(bad.device))
-        finite = acc.reduce(bad, reduction="sum").item() == 0
+        # One device-to-host copy per step (the non-finite flag, the loss and the norm together), not one each.
+        norm = torch.as_tensor(math.nan if grad_norm is None else grad_norm, dtype=torch.float32).to(bad.device)
+        flags, loss_value, norm_value = torch.stack(
+            [acc.reduce(bad, reduction="sum"), loss.to(bad.device), norm]
+        ).tolist()
+        finite = flags == 0
         if finite or acc.scaler is not None:
             self.optimizer.step()  # with fp16 the scaler skips a step whose gradients are not finite
         self.lr_scheduler.step()
@@ -238,8 +245,8 @@ class Trainer:
             self._nonfinite_streak = 0
             metrics = weighted_means(rows)
             if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm)
-            return loss.item(), metrics, True
+                metrics["grad_norm"] = norm_value
+            return loss_value, metrics, True
         self.nonfinite_total += 1
         self._nonfinite_streak += 1
         logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",

@@ -32,7 +32,7 @@ from visalign.data.dense_dpo import DENSE_DPO_SCORES
 from visalign.data.sources import load_source
 from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
-from visalign.likelihood.text import cached_pair_loglik, scored_mask, sequence_scores, token_logps
+from visalign.likelihood.text import cached_pair_loglik, pair_loglik, scored_mask
 from visalign.losses import PairLogLik, preference_loss
 from visalign.models.lora import apply_lora
 from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft
@@ -132,20 +132,16 @@ def vlm_pair_loglik(model: torch.nn.Module, batch: Mapping[str, Any], *, reducti
     likely causes.
     """
     device = next(model.parameters()).device
-    inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k not in NON_MODEL_KEYS}
+    extras = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
+              if k not in NON_MODEL_KEYS and k not in ("input_ids", "attention_mask")}
     try:
-        logits = model(**inputs, use_cache=False).logits
+        return pair_loglik(model, batch, reduction=reduction, return_token_logps=return_token_logps,
+                           model_inputs=extras)
     except ValueError as exc:
         if "Image features and image tokens do not match" in str(exc):
             raise ValueError(f"{exc}. The prompt's image tokens disagree with the processed images: the processor and "
                              "the model configs differ, or the text contains image tokens itself") from exc
         raise
-    mask = scored_mask(batch["completion_mask"].to(device), inputs["attention_mask"])
-    logps = token_logps(logits, inputs["input_ids"]) * mask
-    scores = sequence_scores(logps, mask, reduction=reduction, weights=batch.get("token_weights")).chunk(2)
-    counts = mask.sum(-1).chunk(2)
-    tokens = logps.chunk(2) if return_token_logps else (None, None)
-    return PairLogLik(scores[0], scores[1], counts[0], counts[1], tokens[0], tokens[1])
 
 
 class VLMDPOTrainer(DPOTrainer):

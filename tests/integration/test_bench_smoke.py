@@ -1,0 +1,48 @@
+"""Smoke run of the trainer benchmarks (``bench/text_dpo.py``, ``bench/vlm_dpo.py``) in ``--quick`` mode, in-process.
+
+Checks that each bench trains every case to completion and prints a table holding our row and TRL's with finite,
+positive numbers; no timing is asserted (timings belong to the bench, not to tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.mark.parametrize("name", ["text_dpo", "vlm_dpo"])
+def test_quick_bench_prints_both_rows(name, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VISALIGN_CACHE", str(tmp_path))  # the benches set both; restored after the test
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    bench = _load(name)
+    rows = bench.main(["--quick"])
+    out = capsys.readouterr().out
+
+    names = [row.name for row in rows]
+    assert names == [case.name for case in bench.CASES]
+    assert any(n.startswith("TRL") for n in names) and any(n.startswith("visalign") for n in names)
+    for row in rows:
+        assert math.isfinite(row.steps_per_s) and row.steps_per_s > 0, row
+        assert math.isfinite(row.peak_mib) and row.peak_mib > 0, row
+        assert row.name in out
+    table = out[out.index("run "):].split("\n\n")[0].splitlines()[1:]  # the table: header to the first blank line
+    assert [line.split("  ")[0] for line in table] == names
