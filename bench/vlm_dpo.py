@@ -1,7 +1,7 @@
 """Steps/s and peak memory of visalign's ``VLMDPOTrainer`` vs TRL 1.16's ``DPOTrainer`` on LLaVA, side by side in one run.
 
 Same model (a random LLaVA-1.5 built in code by ``visalign.testing.vlm.tiny_llava``: CLIP ViT 2 layers and Llama 2
-layers at hidden 256, one 30-px image = 25 image tokens), same data (conversational vision pairs in TRL's format: one
+layers at hidden 256, a 4096-word vocabulary, one image = 25 image tokens), same data (conversational vision pairs in TRL's format: one
 random-noise image per row, a 40-word question, 40-56-word answers, ~130 tokens per sequence), same settings (batch 8
 pairs, AdamW at a constant lr 1e-6, clipping 1.0, no weight decay, the same precision and gradient accumulation,
 dropout off, no gradient checkpointing, every weight trained including the vision tower, no ``max_length``, logging
@@ -31,7 +31,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Case, Options, Row, Setup, options, parse_args, report, run_bench  # noqa: E402
 
-from visalign.testing.tokenizers import DEFAULT_WORDS  # noqa: E402
 from visalign.testing.vlm import tiny_llava  # noqa: E402
 from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer  # noqa: E402
 
@@ -41,22 +40,23 @@ CASES = (
     Case("visalign VLMDPOTrainer, frozen_copy", "ours"),
     Case("visalign VLMDPOTrainer, precomputed", "ours", precompute=True),
 )
-FULL = {"hidden": 256, "prompt_words": 40, "completion_words": 56, "image_px": 64, "batch_size": 8, "steps": 10,
+FULL = {"vocab": 4096, "hidden": 256, "prompt_words": 40, "completion_words": 56, "image_px": 64, "batch_size": 8, "steps": 10,
         "warmup": 2}
-QUICK = {"hidden": 16, "prompt_words": 6, "completion_words": 8, "image_px": 32, "batch_size": 2, "steps": 2,
+QUICK = {"vocab": 512, "hidden": 16, "prompt_words": 6, "completion_words": 8, "image_px": 32, "batch_size": 2, "steps": 2,
          "warmup": 1}
-#: Words of the tiny LLaVA vocabulary that carry no chat-template meaning.
-WORDS = [w for w in DEFAULT_WORDS if w not in ("user", "assistant", "system", ":")]
+#: Chat-template words of the tiny LLaVA template; the rest of the vocabulary is ``w0 w1 ...``.
+TEMPLATE_WORDS = ("user", "assistant", "system", ":")
 
 
-def synthetic_rows(n: int, prompt_words: int, completion_words: int, image_px: int, seed: int = 0) -> dict:
+def synthetic_rows(n: int, vocab: list[str], prompt_words: int, completion_words: int, image_px: int,
+                   seed: int = 0) -> dict:
     """``n`` conversational vision pairs (TRL's format): a random-noise RGB image, a ``prompt_words`` question, and
     answers of 5/7 to all of ``completion_words`` words."""
     rng = random.Random(seed)
     pixels = np.random.default_rng(seed)
 
     def words(k: int) -> str:
-        return " ".join(rng.choices(WORDS, k=k))
+        return " ".join(rng.choices(vocab, k=k))
 
     def answer() -> list[dict]:
         k = rng.randint(completion_words - 2 * completion_words // 7, completion_words)
@@ -73,8 +73,9 @@ def synthetic_rows(n: int, prompt_words: int, completion_words: int, image_px: i
 
 
 def build_setup(sizes: dict, opts: Options) -> tuple[Setup, str]:
-    model, processor = tiny_llava(hidden_size=sizes["hidden"], seed=0)
-    rows = synthetic_rows(opts.batch_size * opts.grad_accum * opts.total_steps, sizes["prompt_words"],
+    vocab = [f"w{i}" for i in range(sizes["vocab"] - 5 - len(TEMPLATE_WORDS))]  # + <pad> <unk> <s> </s> <image>
+    model, processor = tiny_llava(hidden_size=sizes["hidden"], seed=0, words=(*TEMPLATE_WORDS, *vocab))
+    rows = synthetic_rows(opts.batch_size * opts.grad_accum * opts.total_steps, vocab, sizes["prompt_words"],
                           sizes["completion_words"], sizes["image_px"])
     setup = Setup(model=model, processor=processor, make_dataset=lambda: Dataset.from_dict(rows),
                   ours_trainer=VLMDPOTrainer, ours_config=VLMDPOConfig, processor_kwarg="processor",

@@ -8,6 +8,7 @@ as special tokens, CLIP/Qwen2-VL vision towers a few thousand parameters large, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from visalign.testing.clip import clip_image_processor, seeded
-from visalign.testing.tokenizers import SIMPLE_CHAT_TEMPLATE, word_level_tokenizer
+from visalign.testing.tokenizers import DEFAULT_WORDS, SIMPLE_CHAT_TEMPLATE, word_level_tokenizer
 
 #: LLaVA's image placeholder, one per image in the prompt; the processor expands it to the image's feature count.
 IMAGE_TOKEN = "<image>"
@@ -102,8 +103,8 @@ def _clip_vision_config(hidden_size: int) -> CLIPVisionConfig:
     )
 
 
-def _llava_tokenizer() -> PreTrainedTokenizerFast:
-    return word_level_tokenizer(extra_special_tokens=(IMAGE_TOKEN,), chat_template=SIMPLE_CHAT_TEMPLATE)
+def _llava_tokenizer(words: Iterable[str] = DEFAULT_WORDS) -> PreTrainedTokenizerFast:
+    return word_level_tokenizer(words, extra_special_tokens=(IMAGE_TOKEN,), chat_template=SIMPLE_CHAT_TEMPLATE)
 
 
 def _llava_config_kwargs(tokenizer: PreTrainedTokenizerFast, hidden_size: int) -> dict[str, Any]:
@@ -140,13 +141,16 @@ def _init(model_cls, config, tokenizer: PreTrainedTokenizerFast, seed: int) -> P
     return model
 
 
-def tiny_llava(*, hidden_size: int = 16, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def tiny_llava(
+    *, hidden_size: int = 16, seed: int = 0, words: Iterable[str] = DEFAULT_WORDS
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random LLaVA-1.5 (CLIP ViT tower, 2-layer MLP projector, Llama LM) and its ``LlavaProcessor``.
 
     One ``<image>`` expands to 25 image tokens; the chat template renders ``{"type": "image"}`` as ``<image>``
-    (``SIMPLE_CHAT_TEMPLATE``: ``user : <image> ... assistant : ... </s>``).
+    (``SIMPLE_CHAT_TEMPLATE``: ``user : <image> ... assistant : ... </s>``). ``words`` is the tokenizer's vocabulary
+    (a larger one gives a realistic output-layer cost, e.g. for benchmarks).
     """
-    tokenizer = _llava_tokenizer()
+    tokenizer = _llava_tokenizer(words)
     config = LlavaConfig(**_llava_config_kwargs(tokenizer, hidden_size))
     processor = _llava_processor(LlavaProcessor, clip_image_processor(_LLAVA_IMAGE_SIZE), tokenizer)
     return _init(LlavaForConditionalGeneration, config, tokenizer, seed), processor
