@@ -1,4 +1,5 @@
-"""Smoke run of the trainer benchmarks (``bench/text_dpo.py``, ``bench/vlm_dpo.py``) in ``--quick`` mode, in-process.
+"""Smoke run of the trainer benchmarks (``bench/text_dpo.py``, ``bench/vlm_dpo.py``, ``bench/diffusion_dpo.py``) in
+``--quick`` mode, in-process.
 
 Checks that each bench trains every case to completion and prints a table holding our row and TRL's with finite,
 positive numbers; no timing is asserted (timings belong to the bench, not to tests).
@@ -23,6 +24,7 @@ def _load(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their module by name
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCH))
@@ -46,3 +48,17 @@ def test_quick_bench_prints_both_rows(name, capsys, monkeypatch, tmp_path):
         assert row.name in out
     table = out[out.index("run "):].split("\n\n")[0].splitlines()[1:]  # the table: header to the first blank line
     assert [line.split("  ")[0] for line in table] == names
+
+
+def test_quick_diffusion_bench_prints_every_row(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VISALIGN_CACHE", str(tmp_path))
+    bench = _load("diffusion_dpo")
+    rows = bench.main(["--quick"])
+    out = capsys.readouterr().out
+    labels = [row.label for row in rows]
+    assert [label[:3] for label in labels[:3]] == ["(a)", "(b)", "(c)"] and any("MaPO" in label for label in labels)
+    for row in rows:
+        assert math.isfinite(row.pairs_per_s) and row.pairs_per_s > 0, row
+        assert math.isfinite(row.peak_mib), row
+        assert row.label in out
+    assert "VAE:UNet =" in out
