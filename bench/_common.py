@@ -114,18 +114,18 @@ class Row:
     """One line of the results table."""
 
     name: str
-    steps_per_s: float
+    rate: float  #: throughput in the table's unit (steps/s, pairs/s)
     peak_mib: float
     note: str = ""
 
 
-def format_table(rows: list[Row], peer: str) -> str:
-    """The rows with throughput and memory ratios against the row named ``peer``."""
+def format_table(rows: list[Row], peer: str, *, unit: str = "steps/s", versus: str = "vs peer") -> str:
+    """The rows with throughput (``unit``) and memory as ratios against the row named ``peer``."""
     base = next(r for r in rows if r.name == peer)
     width = max(len(r.name) for r in rows) + 2
-    lines = [f"{'run':<{width}}{'steps/s':>9}{'vs peer':>9}{'peak MiB':>10}{'vs peer':>9}  note"]
+    lines = [f"{'run':<{width}}{unit:>9}{versus:>9}{'peak MiB':>10}{versus:>9}  note"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}{r.steps_per_s:>9.3f}{r.steps_per_s / base.steps_per_s:>8.2f}x"
+        lines.append(f"{r.name:<{width}}{r.rate:>9.3f}{r.rate / base.rate:>8.2f}x"
                      f"{r.peak_mib:>10.1f}{r.peak_mib / base.peak_mib:>8.2f}x  {r.note}")
     return "\n".join(lines)
 
@@ -312,8 +312,8 @@ def report(rows: list[Row], desc: str, opts: Options, *, peer: str, live: str, p
     return "\n".join([
         machine_line(torch.device(opts.device)), desc, "",
         format_table(rows, peer), "",
-        f"visalign / TRL (frozen reference copy): {ours.steps_per_s / base.steps_per_s:.2f}x steps/s at "
+        f"visalign / TRL (frozen reference copy): {ours.rate / base.rate:.2f}x steps/s at "
         f"{ours.peak_mib / base.peak_mib:.2f}x peak memory",
-        f"visalign precomputed / visalign frozen_copy: {pre.steps_per_s / ours.steps_per_s:.2f}x steps/s excluding "
+        f"visalign precomputed / visalign frozen_copy: {pre.rate / ours.rate:.2f}x steps/s excluding "
         "the one-off pass (including it: see the note)",
     ])

@@ -65,7 +65,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, StepClock, machine_line, timed_trainer_class  # noqa: E402
+from _common import MIB, Row, StepClock, format_table, machine_line, timed_trainer_class  # noqa: E402
 
 from visalign.testing.diffusion import SMALL_SDXL, TINY_SDXL, DiffusionShape, tiny_sdxl_components  # noqa: E402
 
@@ -353,27 +353,6 @@ def run_row(spec: RowSpec, s: Settings) -> dict:
 # ------------------------------------------------------------------------------------------------- report
 
 
-@dataclass
-class Result:
-    """One line of the table."""
-
-    label: str
-    pairs_per_s: float
-    peak_mib: float
-    note: str = ""
-
-
-def format_table(rows: list[Result], peer: str) -> str:
-    """The rows with throughput and memory as ratios against the row labelled ``peer``."""
-    base = next(r for r in rows if r.label == peer)
-    width = max(len(r.label) for r in rows) + 2
-    lines = [f"{'run':<{width}}{'pairs/s':>9}{'vs (c)':>8}{'peak MiB':>10}{'vs (c)':>8}  note"]
-    for r in rows:
-        lines.append(f"{r.label:<{width}}{r.pairs_per_s:>9.3f}{r.pairs_per_s / base.pairs_per_s:>7.2f}x"
-                     f"{r.peak_mib:>10.1f}{r.peak_mib / base.peak_mib:>7.2f}x  {r.note}")
-    return "\n".join(lines)
-
-
 def flops_lines(flops: dict, real: dict | None, shape: DiffusionShape, resolution: int) -> list[str]:
     ratio = flops["vae_encode"] / flops["unet_forward"]
     lines = [f"FLOPs per image at {resolution}px (FlopCounterMode): VAE encode {flops['vae_encode'] / 1e9:.3f} G, "
@@ -389,13 +368,13 @@ def flops_lines(flops: dict, real: dict | None, shape: DiffusionShape, resolutio
     return lines
 
 
-def report(results: dict[str, dict], s: Settings, head: list[str]) -> tuple[str, list[Result]]:
+def report(results: dict[str, dict], s: Settings, head: list[str]) -> tuple[str, list[Row]]:
     rows = []
     pairs_per_step = s.batch_size
     for spec in ROWS:
         r = results[spec.key]
         note = f"set-up {r['setup_s']:.1f}s" + (" incl. the one-off cache fill" if spec.cached else "")
-        rows.append(Result(spec.label, r["steps_per_s"] * pairs_per_step, r["peak_mib"], note))
+        rows.append(Row(spec.label, r["steps_per_s"] * pairs_per_step, r["peak_mib"], note))
     by = {spec.key: row for spec, row in zip(ROWS, rows)}
     a, b, c, mapo = by["a"], by["b"], by["c"], by["mapo"]
     memory_how = ("torch.cuda.max_memory_allocated over the timed steps" if s.device == "cuda" else
@@ -403,13 +382,13 @@ def report(results: dict[str, dict], s: Settings, head: list[str]) -> tuple[str,
                   " MiB), each row in a fresh subprocess")
     text = "\n".join([
         *head, "",
-        format_table(rows, by["c"].label), "",
+        format_table(rows, by["c"].name, unit="pairs/s", versus="vs (c)"), "",
         f"peak memory: {memory_how}",
-        f"(a) / (c): {a.pairs_per_s / c.pairs_per_s:.2f}x pairs/s (goal >= 0.85), "
+        f"(a) / (c): {a.rate / c.rate:.2f}x pairs/s (goal >= 0.85), "
         f"{a.peak_mib / c.peak_mib:.2f}x memory",
-        f"(b) / (c): {b.pairs_per_s / c.pairs_per_s:.2f}x pairs/s; (a) / (b): {a.pairs_per_s / b.pairs_per_s:.2f}x; "
+        f"(b) / (c): {b.rate / c.rate:.2f}x pairs/s; (a) / (b): {a.rate / b.rate:.2f}x; "
         f"(a) captures {_captured(a, b, c):.0%} of the gain over (b) that (c) allows",
-        f"MaPO vs Diffusion-DPO (both (a)): time per step {time_change(a.pairs_per_s, mapo.pairs_per_s):+.1%}, peak memory "
+        f"MaPO vs Diffusion-DPO (both (a)): time per step {time_change(a.rate, mapo.rate):+.1%}, peak memory "
         f"{mapo.peak_mib / a.peak_mib - 1:+.1%} (MaPO paper, full SDXL fine-tune on GPU: -14.5% time, -17.5% memory)",
     ])
     return text, rows
@@ -420,9 +399,9 @@ def time_change(dpo_rate: float, mapo_rate: float) -> float:
     return dpo_rate / mapo_rate - 1
 
 
-def _captured(a: Result, b: Result, c: Result) -> float:
+def _captured(a: Row, b: Row, c: Row) -> float:
     """Share of the time per pair that (b) spends beyond (c) which (a) removes."""
-    tb, ta, tc = 1 / b.pairs_per_s, 1 / a.pairs_per_s, 1 / c.pairs_per_s
+    tb, ta, tc = 1 / b.rate, 1 / a.rate, 1 / c.rate
     return (tb - ta) / (tb - tc) if tb != tc else float("nan")
 
 
@@ -445,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
+def main(argv: list[str] | None = None) -> list[Row]:
     """Run the bench, print the table, return its rows."""
     args = parse_args(argv)
     if args.row:

@@ -43,7 +43,7 @@ def test_quick_bench_prints_both_rows(name, capsys, monkeypatch, tmp_path):
     assert names == [case.name for case in bench.CASES]
     assert any(n.startswith("TRL") for n in names) and any(n.startswith("visalign") for n in names)
     for row in rows:
-        assert math.isfinite(row.steps_per_s) and row.steps_per_s > 0, row
+        assert math.isfinite(row.rate) and row.rate > 0, row
         assert math.isfinite(row.peak_mib) and row.peak_mib > 0, row
         assert row.name in out
     table = out[out.index("run "):].split("\n\n")[0].splitlines()[1:]  # the table: header to the first blank line
@@ -55,10 +55,10 @@ def test_quick_diffusion_bench_prints_every_row(capsys, monkeypatch, tmp_path):
     bench = _load("diffusion_dpo")
     rows = bench.main(["--quick"])
     out = capsys.readouterr().out
-    labels = [row.label for row in rows]
+    labels = [row.name for row in rows]
     assert [label[:3] for label in labels[:3]] == ["(a)", "(b)", "(c)"] and any("MaPO" in label for label in labels)
     for row in rows:
-        assert math.isfinite(row.pairs_per_s) and row.pairs_per_s > 0, row
+        assert math.isfinite(row.rate) and row.rate > 0, row
         assert math.isfinite(row.peak_mib), row
-        assert row.label in out
+        assert row.name in out
     assert "VAE:UNet =" in out
