@@ -197,9 +197,7 @@ class DPOTrainer(Trainer):
         else:
             model = self._model_spec
         if args.disable_dropout:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(model)
         if args.use_lora:
             model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                target_modules=args.lora_target_modules)
@@ -291,6 +289,13 @@ class KTOTrainer(DPOTrainer):
 
     def num_examples(self, batch: dict) -> int:
         return batch["input_ids"].shape[0]
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (TRL's ``disable_dropout``: policy and reference see the same network)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def _is_peft(model: torch.nn.Module) -> bool:

@@ -35,7 +35,7 @@ from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
 from visalign.likelihood.text import cached_pair_loglik, pair_loglik, scored_mask
 from visalign.losses import PairLogLik, preference_loss
 from visalign.models.lora import apply_lora
-from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft
+from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft, disable_dropout
 
 #: Batch keys that are not model inputs.
 NON_MODEL_KEYS = ("completion_mask", "token_weights", "ref_chosen_logps", "ref_rejected_logps",
@@ -213,9 +213,7 @@ class VLMDPOTrainer(DPOTrainer):
         else:
             model = self._model_spec
         if args.disable_dropout:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(model)
         for flag, names in ((args.freeze_vision_tower, VISION_TOWERS), (args.freeze_projector, PROJECTORS)):
             part = vlm_part(model, names) if flag else None
             if part is not None:
