@@ -37,8 +37,9 @@ count; the Python/torch runtime does not). Linux only.
 
 Usage::
 
-    python bench/diffusion_dpo.py                      # the full bench (~10 min on 2 busy CPU cores)
-    python bench/diffusion_dpo.py --steps 10 --warmup 2 --resolution 256 --device cpu
+    python bench/diffusion_dpo.py                      # the full bench (~2 min on 2 idle CPU cores)
+    python bench/diffusion_dpo.py --repeats 3          # 3 interleaved rounds, medians (what bench/README.md quotes)
+    python bench/diffusion_dpo.py --steps 10 --warmup 2 --resolution 256 --batch-size 4 --device cpu
     python bench/diffusion_dpo.py --full               # full fine-tuning, frozen-copy reference
     python bench/diffusion_dpo.py --device cuda --precision bf16
     python bench/diffusion_dpo.py --quick              # tiny sizes, a smoke run of ~1 min
@@ -339,8 +340,9 @@ def row_main(key: str, settings_json: str, result_path: str) -> None:
 
 
 def run_row(spec: RowSpec, s: Settings) -> dict:
-    """Row ``spec`` in a fresh Python subprocess; its result dict."""
-    result_path = Path(s.workdir) / f"result-{spec.key}.json"
+    """Row ``spec`` in a fresh Python subprocess with its own work folder (fresh cache, output); its result dict."""
+    s = dataclasses.replace(s, workdir=tempfile.mkdtemp(prefix=f"row-{spec.key}-", dir=s.workdir))
+    result_path = Path(s.workdir) / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--row", spec.key, "--settings",
            json.dumps(dataclasses.asdict(s)), "--result", str(result_path)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -368,13 +370,20 @@ def flops_lines(flops: dict, real: dict | None, shape: DiffusionShape, resolutio
     return lines
 
 
-def report(results: dict[str, dict], s: Settings, head: list[str]) -> tuple[str, list[Row]]:
+def report(runs: dict[str, list[dict]], s: Settings, head: list[str]) -> tuple[str, list[Row]]:
+    """The table (medians over the repeats; the note lists every run's pairs/s) and the headline ratios."""
+    import statistics
+
     rows = []
-    pairs_per_step = s.batch_size
     for spec in ROWS:
-        r = results[spec.key]
-        note = f"set-up {r['setup_s']:.1f}s" + (" incl. the one-off cache fill" if spec.cached else "")
-        rows.append(Row(spec.label, r["steps_per_s"] * pairs_per_step, r["peak_mib"], note))
+        rates = [r["steps_per_s"] * s.batch_size for r in runs[spec.key]]
+        setup = statistics.median(r["setup_s"] for r in runs[spec.key])
+        note = f"set-up {setup:.1f}s" + (" incl. the one-off cache fill" if spec.cached else "")
+        if len(rates) > 1:
+            note += "; runs: " + ", ".join(f"{rate:.3f}" for rate in rates)
+        rows.append(Row(spec.label, statistics.median(rates),
+                        statistics.median(r["peak_mib"] for r in runs[spec.key]), note))
+    results = {key: values[0] for key, values in runs.items()}
     by = {spec.key: row for spec, row in zip(ROWS, rows)}
     a, b, c, mapo = by["a"], by["b"], by["c"], by["mapo"]
     memory_how = ("torch.cuda.max_memory_allocated over the timed steps" if s.device == "cuda" else
@@ -386,8 +395,7 @@ def report(results: dict[str, dict], s: Settings, head: list[str]) -> tuple[str,
         f"peak memory: {memory_how}",
         f"(a) / (c): {a.rate / c.rate:.2f}x pairs/s (goal >= 0.85), "
         f"{a.peak_mib / c.peak_mib:.2f}x memory",
-        f"(b) / (c): {b.rate / c.rate:.2f}x pairs/s; (a) / (b): {a.rate / b.rate:.2f}x; "
-        f"(a) captures {_captured(a, b, c):.0%} of the gain over (b) that (c) allows",
+        f"(b) / (c): {b.rate / c.rate:.2f}x pairs/s; (a) / (b): {a.rate / b.rate:.2f}x; " + _captured(a, b, c),
         f"MaPO vs Diffusion-DPO (both (a)): time per step {time_change(a.rate, mapo.rate):+.1%}, peak memory "
         f"{mapo.peak_mib / a.peak_mib - 1:+.1%} (MaPO paper, full SDXL fine-tune on GPU: -14.5% time, -17.5% memory)",
     ])
@@ -399,10 +407,12 @@ def time_change(dpo_rate: float, mapo_rate: float) -> float:
     return dpo_rate / mapo_rate - 1
 
 
-def _captured(a: Row, b: Row, c: Row) -> float:
-    """Share of the time per pair that (b) spends beyond (c) which (a) removes."""
+def _captured(a: Row, b: Row, c: Row) -> str:
+    """The share of the time per pair that (b) spends beyond (c) which (a) removes."""
     tb, ta, tc = 1 / b.rate, 1 / a.rate, 1 / c.rate
-    return (tb - ta) / (tb - tc) if tb != tc else float("nan")
+    if tb <= tc:
+        return "(b) is not slower than (c) in this run: no gain to capture"
+    return f"(a) removes {(tb - ta) / (tb - tc):.0%} of the time per pair that (b) spends beyond (c)"
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -416,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="pairs per step")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="interleaved rounds of every row (each run a fresh subprocess); medians reported")
     parser.add_argument("--full", action="store_true", help="full UNet fine-tuning with a frozen-copy reference")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--row", choices=sorted(BY_KEY), help=argparse.SUPPRESS)
@@ -447,11 +459,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
         data_dir = write_pairs(Path(tmp) / "pairs", batch_size * (warmup + steps), resolution)
         s = Settings(str(model_dir), str(data_dir), tmp, batch_size, steps, warmup, resolution, args.device,
                      args.precision, args.full)
-        results = {spec.key: run_row(spec, s) for spec in ROWS}
+        runs: dict[str, list[dict]] = {spec.key: [] for spec in ROWS}
+        for _ in range(args.repeats):
+            for spec in ROWS:
+                runs[spec.key].append(run_row(spec, s))
     head = [machine_line(device), *flops_lines(flops, real, shape, resolution),
             f"{'full UNet, frozen-copy reference' if args.full else 'LoRA r 8, adapter-disabled reference'}; batch "
-            f"{batch_size} pairs; precision {args.precision}; {warmup} warm-up + {steps} timed steps per row"]
-    text, rows = report(results, s, head)
+            f"{batch_size} pairs; precision {args.precision}; {warmup} warm-up + {steps} timed steps per row; "
+            f"{args.repeats} interleaved round(s)"]
+    text, rows = report(runs, s, head)
     print(text)
     return rows
 

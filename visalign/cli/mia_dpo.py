@@ -206,7 +206,9 @@ def check_layer(model_id: str, layer: int, trust_remote_code: bool) -> None:
     """``--layer`` must name a decoder layer of the model (read from its config, before the weights load)."""
     from transformers import AutoConfig
 
-    text_config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code).get_text_config()
+    from visalign.models.builtin import resolve_model
+
+    text_config = AutoConfig.from_pretrained(resolve_model(model_id), trust_remote_code=trust_remote_code).get_text_config()
     layers = text_config.num_hidden_layers
     if not 0 <= layer < layers:
         raise InputError(f"--layer {layer} is out of range: {model_id} has {layers} decoder layers (0..{layers - 1})")
@@ -220,9 +222,11 @@ def load_model(args: argparse.Namespace):
     dtype = getattr(torch, args.dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise InputError(f"--dtype {args.dtype!r} is not a torch dtype; use float32, float16 or bfloat16")
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, attn_implementation="eager",
+    from visalign.models.builtin import resolve_model
+
+    model = AutoModelForImageTextToText.from_pretrained(resolve_model(args.model), dtype=dtype, attn_implementation="eager",
                                                         trust_remote_code=args.trust_remote_code)
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    processor = AutoProcessor.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
     return model.to(args.device).eval(), processor
 
 

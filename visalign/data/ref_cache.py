@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from visalign.data.text import PAIRED_TOKEN_COLUMNS, dataset_fingerprint
 from visalign.likelihood.text import pair_loglik
-from visalign.models.causal_lm import visalign_cache_dir
+from visalign.models.builtin import visalign_cache_dir
 from visalign.reference import reference_mode
 
 SIDES = ("chosen", "rejected")

@@ -116,12 +116,14 @@ def load_prompts(spec: str | Path, *, column: str = "prompt", split: str = "trai
 
 def load_pipeline(model: str, *, lora: str | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype | str | None = None):
-    """``DiffusionPipeline.from_pretrained(model)`` (hub id or folder) on ``device`` in ``dtype``, the safety checker
+    """``DiffusionPipeline.from_pretrained(model)`` (hub id, folder or ``builtin:NAME``) on ``device`` in ``dtype``, the safety checker
     off, optionally with the diffusers LoRA in folder ``lora`` loaded by ``pipe.load_lora_weights``."""
     from diffusers import DiffusionPipeline
 
     from reward_models import resolve_dtype
+    from visalign.models.builtin import resolve_model
 
+    model = resolve_model(model)
     if lora is not None and not Path(lora).exists():
         raise FileNotFoundError(f"LoRA folder {lora} does not exist")
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}

@@ -1,29 +1,19 @@
 """Load a causal LM and its tokenizer: ``load_causal_lm(name_or_path, dtype=...) -> (model, tokenizer)``.
 
 ``load_tokenizer(name_or_path)`` loads the tokenizer alone. ``name_or_path`` is a hub id or a local
-``save_pretrained`` folder (``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``), or ``builtin:tiny-llama``:
-the tiny Llama of ``visalign.testing.causal_lm``, saved once into ``$VISALIGN_CACHE/builtin/tiny-llama`` (default
-``~/.cache/visalign``) and loaded from there through the same ``from_pretrained`` path. A tokenizer without a pad
+``save_pretrained`` folder (``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``), or ``builtin:tiny-llama``
+(``visalign.models.builtin``), loaded through the same ``from_pretrained`` path. A tokenizer without a pad
 token gets its EOS token as pad token (the collators mask padding, so the id only fills space).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from visalign.models.builtin import resolve_model
+
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUILTIN_MODELS = ("tiny-llama",)
-
-
-def visalign_cache_dir() -> Path:
-    """Root of visalign's own caches: ``$VISALIGN_CACHE``, else ``~/.cache/visalign``."""
-    return Path(os.environ.get("VISALIGN_CACHE", Path.home() / ".cache" / "visalign")).expanduser()
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
@@ -47,7 +37,7 @@ def load_causal_lm(
     device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` from a hub id, a local folder or ``builtin:tiny-llama`` (module docstring)."""
-    name_or_path = _resolve_builtin(name_or_path)
+    name_or_path = resolve_model(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         dtype=resolve_dtype(dtype),
@@ -63,33 +53,10 @@ def load_tokenizer(
     name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of a hub id, local folder or ``builtin:NAME``; a missing pad token becomes the EOS token."""
-    name_or_path = _resolve_builtin(name_or_path)
+    name_or_path = resolve_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"the tokenizer of {name_or_path!r} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _resolve_builtin(name_or_path: str) -> str:
-    return str(_builtin_folder(name_or_path.removeprefix("builtin:"))) if name_or_path.startswith("builtin:") \
-        else name_or_path
-
-
-def _builtin_folder(name: str) -> Path:
-    """Build the built-in model once (into a temporary folder, then renamed) and return its folder."""
-    if name not in BUILTIN_MODELS:
-        raise ValueError(f"unknown built-in model 'builtin:{name}'; available: {list(BUILTIN_MODELS)}")
-    from visalign.testing.causal_lm import save_tiny_llama
-
-    folder = visalign_cache_dir() / "builtin" / name
-    if not (folder / "config.json").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-        save_tiny_llama(tmp)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder

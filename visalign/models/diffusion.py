@@ -15,6 +15,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+from visalign.models.builtin import resolve_model
+
 SD = "sd"
 SDXL = "sdxl"
 SDXL_NUM_TIME_IDS = 6  # (orig_h, orig_w, crop_top, crop_left, target_h, target_w); the refiner's 5 are unsupported
@@ -81,13 +83,14 @@ def load_diffusion_components(
 
     The VAE and text encoders are frozen (``requires_grad_(False)``, eval mode); the UNet is left as loaded.
     """
+    model = resolve_model(model)
     common = {"revision": revision, "variant": variant}
     unet = _load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
     family = detect_family(unet.config)
     if vae is None:
         vae_model = _load_strict(AutoencoderKL, model, subfolder="vae", dtype=vae_dtype or torch.float32, **common)
     else:
-        vae_model = _load_strict(AutoencoderKL, vae, subfolder=vae_subfolder, dtype=vae_dtype or weight_dtype)
+        vae_model = _load_strict(AutoencoderKL, resolve_model(vae), subfolder=vae_subfolder, dtype=vae_dtype or weight_dtype)
 
     encoder_classes = (CLIPTextModel,) if family == SD else (CLIPTextModel, CLIPTextModelWithProjection)
     suffixes = ("",) if family == SD else ("", "_2")

@@ -34,6 +34,7 @@ from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
 from visalign.likelihood.text import cached_pair_loglik, pair_loglik, scored_mask
 from visalign.losses import PairLogLik, preference_loss
+from visalign.models.builtin import resolve_model
 from visalign.models.lora import apply_lora
 from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft, disable_dropout
 
@@ -185,7 +186,7 @@ class VLMDPOTrainer(DPOTrainer):
                                                                              "eval_dataset")
         if self.tokenizer is None:
             source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
-            self.tokenizer = AutoProcessor.from_pretrained(source, trust_remote_code=self.args.trust_remote_code)
+            self.tokenizer = AutoProcessor.from_pretrained(resolve_model(source), trust_remote_code=self.args.trust_remote_code)
         if not isinstance(self.tokenizer, ProcessorMixin):
             raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got {type(self.tokenizer).__name__}")
         if self.args.chat_template is not None:
@@ -209,7 +210,7 @@ class VLMDPOTrainer(DPOTrainer):
             kwargs = {"dtype": dtype, "trust_remote_code": args.trust_remote_code}
             if args.attn_implementation is not None:
                 kwargs["attn_implementation"] = args.attn_implementation
-            model = AutoModelForImageTextToText.from_pretrained(self._model_spec, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(resolve_model(self._model_spec), **kwargs)
         else:
             model = self._model_spec
         if args.disable_dropout:
