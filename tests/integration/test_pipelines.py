@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline
 from peft import LoraConfig
 
 from visalign.data.diffusion import load_preference_pairs
+from visalign.evaluation.pairs import select_pairs
 from visalign.models.diffusion import SD
 from visalign.models.diffusion_io import save_diffusion_lora
 from visalign.testing.clip import save_tiny_clip
@@ -53,11 +54,11 @@ def test_select_pairs_by_hand():
     scores = np.array([[0.1, 0.9, 0.5],   # best 1, worst 0, gap 0.8
                        [2.0, 2.0, 2.0],   # a tie: never a pair
                        [0.3, 0.2, 0.6]])  # best 2, worst 1, gap 0.4
-    assert generate_pairs.select_pairs(scores) == ([(0, 1, 0), (2, 2, 1)], 1)
-    assert generate_pairs.select_pairs(scores, min_gap=0.5) == ([(0, 1, 0)], 2)
-    assert generate_pairs.select_pairs(scores, higher_is_better=False) == ([(0, 0, 1), (2, 1, 2)], 1)
+    assert select_pairs(scores) == ([(0, 1, 0), (2, 2, 1)], 1)
+    assert select_pairs(scores, min_gap=0.5) == ([(0, 1, 0)], 2)
+    assert select_pairs(scores, higher_is_better=False) == ([(0, 0, 1), (2, 1, 2)], 1)
     with pytest.raises(ValueError, match=r"samples >= 2"):
-        generate_pairs.select_pairs(scores[:, :1])
+        select_pairs(scores[:, :1])
 
 
 def test_generate_pairs_writes_a_paired_folder_the_data_module_reads(models, tmp_path, capsys):
@@ -96,7 +97,7 @@ def test_generate_pairs_rejects_one_sample_per_prompt(models, tmp_path, capsys):
     argv = ["--model", models["base"], "--prompts", models["prompts"], "--scorer", "pickscore",
             "--samples-per-prompt", "1", "--out", str(tmp_path / "pairs")]
     assert generate_pairs.main(argv) == 2
-    assert "--samples-per-prompt must be >= 2" in capsys.readouterr().err
+    assert "samples_per_prompt must be >= 2" in capsys.readouterr().err
 
 
 def test_evaluate_compares_a_lora_checkpoint_with_its_base(models, tmp_path):
@@ -116,3 +117,11 @@ def test_scripts_have_a_usage_block_and_help(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--help"])
     assert exit_info.value.code == 0 and "Usage:" in capsys.readouterr().out
+
+
+def test_all_pairing_takes_every_ordered_pair_above_the_gap():
+    scores = np.array([[0.1, 0.5, 0.3], [0.2, 0.2, 0.2]])
+    assert select_pairs(scores, pairing="all") == ([(0, 1, 0), (0, 1, 2), (0, 2, 0)], 1)
+    assert select_pairs(scores, pairing="all", min_gap=0.25) == ([(0, 1, 0)], 1)
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        select_pairs(scores, pairing="random")

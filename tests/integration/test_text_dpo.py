@@ -18,7 +18,7 @@ from visalign.trainers._loop import NonFiniteTrainingError
 from visalign.trainers.text import DPOConfig, DPOTrainer, KTOConfig, run
 
 MODEL = "builtin:tiny-llama"
-TEXT_RECIPES = ("quickstart", "llm-dpo", "llm-ipo", "llm-simpo", "llm-kto", "llm-mpo")
+TEXT_RECIPES = ("text-quickstart", "llm-dpo", "llm-ipo", "llm-simpo", "llm-kto", "llm-mpo")
 
 
 def _config(tmp_path, **overrides) -> DPOConfig:
@@ -39,7 +39,7 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
 
 
 def test_quickstart_recipe_learns_held_out_pairs(tmp_path):
-    with recipe_file("quickstart") as path:
+    with recipe_file("text-quickstart") as path:
         config = load_config(DPOConfig, path, {"output_dir": str(tmp_path / "qs")}, ignore_keys=("method",))
     result = run(config)
     assert result["initial_eval_rewards/accuracies"] == 0.0  # policy == reference: every reward is exactly 0

@@ -176,7 +176,7 @@ def test_named_recipes_ship(page):
 def test_recipe_tables_are_found():
     """The table reader sees the recipe columns (so the check above is not vacuous)."""
     names = {name for page in PAGES for name, _ in named_recipes(page)}
-    assert {"llm-dpo", "llm-mpo", "rlhfv-dense-dpo", "mia-dpo", "quickstart"} <= names
+    assert {"llm-dpo", "llm-mpo", "rlhfv-dense-dpo", "mia-dpo", "quickstart", "text-quickstart"} <= names
 
 
 def _generator():

@@ -46,13 +46,20 @@ def build_scorer(args: argparse.Namespace):
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.model is not None:
         kwargs["model"] = args.model
-    for item in args.scorer_arg:
+    kwargs.update(parse_scorer_args(args.scorer_arg))
+    return load_scorer(args.scorer, **kwargs)
+
+
+def parse_scorer_args(items) -> dict:
+    """``["KEY=VALUE", ...]`` -> scorer keyword arguments; values are read as YAML (numbers, booleans, lists,
+    mappings such as ``weights={colour: 1.0}``), an empty value is the empty string (e.g. ``prefix=``)."""
+    kwargs = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise InputError(f"--scorer-arg {item!r} must look like KEY=VALUE")
-        # YAML typing for numbers/booleans/lists; an empty value stays the empty string (e.g. ``prefix=``)
+            raise InputError(f"scorer argument {item!r} must look like KEY=VALUE")
         kwargs[key.replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
-    return load_scorer(args.scorer, **kwargs)
+    return kwargs
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "mapo": ("visalign.trainers.diffusion:MaPOConfig", "visalign.trainers.diffusion:run"),
     "dcpo": ("visalign.trainers.diffusion:DCPOConfig", "visalign.trainers.diffusion:run"),
     "inpo": ("visalign.trainers.diffusion:InPOConfig", "visalign.trainers.diffusion:run"),
+    "onpolicy-diffusion-dpo": ("visalign.trainers.onpolicy:OnPolicyConfig", "visalign.trainers.onpolicy:run"),
 }
 
 

@@ -22,6 +22,7 @@ import datasets
 BUILTIN_DATASETS: dict[str, str] = {
     "synthetic-preferences": "visalign.testing.text_data:synthetic_preferences",
     "synthetic-kto": "visalign.testing.text_data:synthetic_kto",
+    "shapes-prompts": "visalign.shapes.prompts:shapes_prompts",
 }
 
 #: local file suffix -> ``datasets`` builder name.

@@ -5,6 +5,7 @@
 - ``winrate``: ``head_to_head`` -> ``HeadToHead``, ``outcomes``, ``bootstrap_means``, ``percentile_interval``
 - ``report``: ``compare_models`` (A vs B end to end), ``ModelSpec``, ``ScorerSpec``, ``write_report``,
   ``render_markdown``, ``comparison_grid``
+- ``pairs``: ``generate_preference_pairs`` (sample K per prompt, score, best vs worst), ``select_pairs``
 - ``validation``: validation images during training
 
 Names are re-exported lazily, so importing one submodule does not import the others.

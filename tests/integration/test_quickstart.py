@@ -1,0 +1,43 @@
+"""`visalign train` with no config runs the on-policy shapes quickstart: pairs, training, before/after evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from visalign.cli.train import main as train_main
+from visalign.evaluation.report import REPORT_JSON
+from visalign.models.diffusion_io import LORA_WEIGHT_NAME
+from visalign.trainers.onpolicy import OnPolicyConfig
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--num_prompts", "6", "--samples_per_prompt", "2", "--sample_steps", "3", "--max_steps", "2",
+         "--per_device_batch_size", "2", "--num_eval_prompts", "3", "--eval_seeds", "2", "--bootstrap_resamples", "200"]
+
+
+def test_default_run_is_the_shapes_quickstart(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main([*SMALL, "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    captions = [json.loads(line) for line in (out / "pairs" / "captions.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "pairs" / "pairs_summary.json").read_text())
+    assert summary["num_prompts"] == 6 and len(captions) == summary["pairs"] == 6 - summary["skipped_small_gap"]
+    assert all(row["score_chosen"] > row["score_rejected"] for row in captions)
+    assert (out / LORA_WEIGHT_NAME).is_file() and (out / "eval" / "grid.png").is_file()
+
+    report = json.loads((out / "eval" / REPORT_JSON).read_text())
+    section = report["scorers"]["shapes"]
+    assert report["num_prompts"] == 3 and report["seeds_per_prompt"] == 2
+    assert report["models"]["a"]["lora"] == str(out) and report["models"]["b"]["lora"] is None
+    assert f"shapes reward before -> after: {section['mean_b']:.4f} -> {section['mean_a']:.4f}" in printed
+    assert f"reward_gain: {section['mean_diff']}" in printed
+
+
+def test_onpolicy_config_rejects_full_fine_tuning_and_single_samples():
+    with pytest.raises(ValueError, match="use_lora must be true"):
+        OnPolicyConfig(model="m", use_lora=False)
+    with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
+        OnPolicyConfig(model="m", samples_per_prompt=1)
