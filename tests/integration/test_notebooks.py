@@ -23,4 +23,4 @@ def test_notebook_executes(name, tmp_path):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert time.monotonic() - start < BUDGETS[name]
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "after" in outputs and "eval_rewards/accuracies" in outputs
+    assert "accuracy before:" in outputs and "accuracy after:" in outputs and "eval_rewards/accuracies" in outputs

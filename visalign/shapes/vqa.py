@@ -1,0 +1,158 @@
+"""Questions and answers about shapes-world images, for the shipped VLM (``builtin:shapes-llava``) and its DPO pairs.
+
+Three questions, each with one templated answer built from the scene (:class:`~visalign.shapes.world.ShapeSpec`):
+
+==============  ===============================  ==================================================
+key             question                         answer
+==============  ===============================  ==================================================
+``colour``      "what colour is the shape ?"     "it is red ."
+``shape``       "what shape is it ?"             "it is a circle ."
+``describe``    "describe the image ."           "a small red circle on a white background ."
+==============  ===============================  ==================================================
+
+:func:`check_answer` reads an answer back against the scene (colour / shape words, and for ``describe`` every named
+attribute), so the correctness of a model's free answer is exact. :func:`preference_pairs` turns a model's answers
+into TRL-format vision preference rows: the correct answer is chosen; the rejected one is the model's own answer when
+it is wrong (an on-policy hallucination), else a templated hallucination with the colour or shape swapped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from visalign.shapes.render import render
+from visalign.shapes.world import COLOURS, OPTIONS, SHAPES, VOCABULARY, ShapeSpec, describe, sample_spec
+
+QUESTIONS: dict[str, str] = {
+    "colour": "what colour is the shape ?",
+    "shape": "what shape is it ?",
+    "describe": "describe the image .",
+}
+DESCRIBED = ("size", "colour", "shape", "background")
+#: every word a question or an answer uses (the shapes VLM's tokenizer vocabulary)
+WORDS: tuple[str, ...] = tuple(dict.fromkeys(
+    [*VOCABULARY, *" ".join(QUESTIONS.values()).split(), "it", "is", "."]))
+
+
+@dataclass(frozen=True)
+class VQAExample:
+    """A rendered scene, the question asked about it, and the correct answer."""
+
+    image: Image.Image
+    spec: ShapeSpec
+    question: str  # a key of QUESTIONS
+    answer: str
+
+
+def answer_for(spec: ShapeSpec, question: str) -> str:
+    """The templated correct answer to ``question`` (a key of :data:`QUESTIONS`) about ``spec``."""
+    if question == "colour":
+        return f"it is {spec.colour} ."
+    if question == "shape":
+        return f"it is a {spec.shape} ."
+    if question == "describe":
+        return describe(spec, DESCRIBED) + " ."
+    raise KeyError(f"unknown question {question!r}; choose from {sorted(QUESTIONS)}")
+
+
+def check_answer(spec: ShapeSpec, question: str, answer: str) -> bool:
+    """Whether ``answer`` is right about ``spec``: it names exactly the scene's value of every attribute the question
+    asks about (``describe``: size, colour, shape, background) and no other value of those attributes."""
+    words = answer.lower().replace(".", " ").split()
+    attributes = {"colour": ("colour",), "shape": ("shape",), "describe": DESCRIBED}[question]
+    for attribute in attributes:
+        named = {w for w in words if w in OPTIONS[attribute]}
+        if named != {getattr(spec, attribute)}:
+            return False
+    return True
+
+
+def examples(n: int, seed: int, *, resolution: int = 32, questions: Sequence[str] = tuple(QUESTIONS)
+             ) -> list[VQAExample]:
+    """``n`` seeded examples: scene ``i`` drawn from ``random.Random(seed)``, rendered with seed ``seed * 100_003 + i``,
+    asked question ``questions[i % len(questions)]``."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        spec = sample_spec(rng)
+        question = questions[i % len(questions)]
+        image = render(spec, seed=seed * 100_003 + i, resolution=resolution)
+        out.append(VQAExample(image, spec, question, answer_for(spec, question)))
+    return out
+
+
+def hallucination(spec: ShapeSpec, question: str, rng: random.Random) -> str:
+    """A wrong templated answer: another colour (colour, and half the descriptions) or another shape."""
+    swap_colour = question == "colour" or (question == "describe" and rng.random() < 0.5)
+    if swap_colour:
+        wrong = replace(spec, colour=rng.choice([c for c in COLOURS if c != spec.colour]))
+    else:
+        wrong = replace(spec, shape=rng.choice([s for s in SHAPES if s != spec.shape]))
+    return answer_for(wrong, question)
+
+
+def preference_pairs(items: Sequence[VQAExample], model_answers: Sequence[str], *, seed: int = 0
+                     ) -> tuple[list[dict], Counter]:
+    """TRL vision preference rows (``images``, ``prompt``, ``chosen``, ``rejected``, conversational) from each example
+    and the model's answer to it, and a ``Counter`` of where each rejected answer came from (``model`` when the model
+    was wrong, ``template`` when it was right)."""
+    if len(items) != len(model_answers):
+        raise ValueError(f"{len(items)} examples but {len(model_answers)} model answers")
+    rng, rows, sources = random.Random(seed), [], Counter()
+    for item, said in zip(items, model_answers):
+        own_mistake = said.strip() and not check_answer(item.spec, item.question, said)
+        rejected = said.strip() if own_mistake else hallucination(item.spec, item.question, rng)
+        sources["model" if own_mistake else "template"] += 1
+        rows.append({
+            "images": [item.image],
+            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                          "text": QUESTIONS[item.question]}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": item.answer}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
+        })
+    return rows, sources
+
+
+def user_turn(question: str) -> list[dict]:
+    """The chat messages asking ``question`` (a key of :data:`QUESTIONS`) about one image."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[question]}]}]
+
+
+def generate_answers(model, processor, items: Sequence[VQAExample], *, batch_size: int = 32,
+                     max_new_tokens: int = 12) -> list[str]:
+    """Greedy answers of a LLaVA-style ``model`` to each example's question (left-padded batches)."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    answers = []
+    try:
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            texts = [processor.apply_chat_template(user_turn(item.question), add_generation_prompt=True)
+                     for item in batch]
+            inputs = processor(images=[item.image for item in batch], text=texts, padding=True, return_tensors="pt",
+                               add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+            answers += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [a.strip() for a in answers]
+
+
+def accuracy(items: Sequence[VQAExample], answers: Sequence[str]) -> dict[str, float]:
+    """Share of right answers per question key (and ``all``)."""
+    right: Counter = Counter()
+    asked: Counter = Counter()
+    for item, said in zip(items, answers):
+        ok = check_answer(item.spec, item.question, said)
+        for key in (item.question, "all"):
+            asked[key] += 1
+            right[key] += ok
+    return {key: right[key] / asked[key] for key in asked}
