@@ -11,7 +11,7 @@ import pytest
 
 from visalign.cli import main as cli_main
 from visalign.cli import mia_dpo
-from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS
+from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS, DROP_REASONS
 from visalign.shapes.render import render
 from visalign.shapes.world import ShapeSpec
 
@@ -75,6 +75,10 @@ def test_writes_mia_dpo_json_and_reports_every_row(model_dir, data, tmp_path, ca
     assert _count(printed, "answers generated") == 4
     assert _count(printed, "pairs kept") == len(rows)
     assert _count(printed, "dropped by the selection filters") == 4 - len(rows)
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["kept"] == len(rows) and sum(selection["dropped"].values()) == 4 - len(rows)
+    for key, text in DROP_REASONS.items():
+        assert _count(printed, text) == selection["dropped"][key]
     # samples cycle through the kinds in order: q0 sequence, q1 grid, q2 pip, q0-row7 sequence
     expected_kind = {"q0": "sequence", "q1": "grid", "q2": "pip", "q0-row7": "sequence"}
     for kind in ("sequence", "grid", "pip"):
@@ -106,6 +110,11 @@ def test_nothing_kept_is_reported_and_exits_1(model_dir, data, tmp_path, capsys)
     assert _count(captured.out, "rows read") == 2 and _count(captured.out, "skipped rows") == 0
     assert _count(captured.out, "answers generated") == 2
     assert _count(captured.out, "dropped by the selection filters") == 2
+    # --min-perplexity 1e9: whatever passes the text checks fails the perplexity filter
+    dropped = json.loads((out / "selection.json").read_text())["dropped"]
+    assert dropped["low_perplexity"] + dropped["empty"] + dropped["same_as_ground_truth"] == 2
+    assert dropped["attention_ratio"] == dropped["ground_truth_too_long"] == 0
+    assert _count(captured.out, DROP_REASONS["low_perplexity"]) == dropped["low_perplexity"]
 
 
 def _rows_file(tmp_path: Path, rows: list[dict]) -> Path:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from visalign.data import mia_dpo
 from visalign.data.mia_dpo_select import (
-    MIASelectConfig, SourceSample, attention_ratio, build_mia_dpo, greedy_perplexity, image_spans, keep_pair,
+    MIASelectConfig, SourceSample, attention_ratio, build_mia_dpo, greedy_perplexity, image_spans, drop_reason,
     passes_threshold,
 )
 
@@ -76,9 +76,12 @@ def test_perplexity_thresholds_and_filters():
     with pytest.raises(ValueError, match="no grid threshold for 5 images"):
         passes_threshold(0.1, "grid", 5, thresholds)
     config = MIASelectConfig()
-    assert keep_pair("red", "blue", 1.5, True, config)
-    assert not keep_pair("red", "red", 1.5, True, config) and not keep_pair("red", "", 1.5, True, config)
-    assert not keep_pair("red", "blue", 1.05, True, config) and not keep_pair("x" * 512, "blue", 2, True, config)
+    assert drop_reason("red", "blue", 1.5, True, config) is None
+    assert drop_reason("red", "red", 1.5, True, config) == "same_as_ground_truth"
+    assert drop_reason("red", "", 1.5, True, config) == "empty"
+    assert drop_reason("red", "blue", 1.05, True, config) == "low_perplexity"
+    assert drop_reason("x" * 512, "blue", 2, True, config) == "ground_truth_too_long"
+    assert drop_reason("red", "blue", 1.5, False, config) == "attention_ratio"
 
 
 def test_pipeline_writes_data_the_trainer_reads(tmp_path):
@@ -97,6 +100,8 @@ def test_pipeline_writes_data_the_trainer_reads(tmp_path):
                        config=config)
     rows = json.loads(out.read_text())
     assert [r["kind"] for r in rows] == ["sequence", "grid", "pip"]
+    selection = json.loads((out.parent / "selection.json").read_text())
+    assert selection["generated"] == selection["kept"] == 3 and sum(selection["dropped"].values()) == 0
     assert isinstance(rows[0]["image"], list) and len(rows[0]["image"]) == 2
     assert all(0.0 <= r["attention_ratio"] <= 1.0 for r in rows)
     args = VLMDPOConfig(output_dir=str(tmp_path / "o"), per_device_batch_size=3, max_steps=1, save_steps=0,

@@ -39,7 +39,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from visalign.data.mia_dpo import IMAGE_PLACEHOLDER
-from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS, MIASelectConfig, SourceSample, build_mia_dpo
+from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS, DROP_REASONS, SELECTION_JSON, MIASelectConfig, SourceSample
+from visalign.data.mia_dpo_select import build_mia_dpo
 
 KIND_DEFAULT_IMAGES = {"sequence": 2, "grid": 4, "pip": 1}
 #: skip reason -> text of the summary line.
@@ -224,23 +225,25 @@ def load_model(args: argparse.Namespace):
         raise InputError(f"--dtype {args.dtype!r} is not a torch dtype; use float32, float16 or bfloat16")
     from visalign.models.builtin import resolve_model
 
-    model = AutoModelForImageTextToText.from_pretrained(resolve_model(args.model), dtype=dtype, attn_implementation="eager",
+    model = AutoModelForImageTextToText.from_pretrained(resolve_model(args.model), dtype=dtype,
+                                                        attn_implementation="eager",
                                                         trust_remote_code=args.trust_remote_code)
     processor = AutoProcessor.from_pretrained(resolve_model(args.model), trust_remote_code=args.trust_remote_code)
     return model.to(args.device).eval(), processor
 
 
-def summary(read: int, skipped: Counter, generated: int, rows: list[dict[str, Any]],
+def summary(read: int, skipped: Counter, rows: list[dict[str, Any]], selection: dict[str, Any],
             kinds: list[tuple[str, int]], json_path: Path) -> str:
-    """The counts: rows read, skipped per reason, answers generated, pairs kept per augmentation, dropped."""
+    """The counts: rows read, skipped per reason, answers generated, pairs kept per augmentation, dropped per
+    selection filter."""
     kept = Counter(row["kind"] for row in rows)
     lines = [f"rows read: {read}", f"skipped rows: {sum(skipped.values())}"]
     lines += [f"  {text}: {skipped[key]}" for key, text in SKIP_REASONS.items()]
-    lines += [f"answers generated: {generated}", f"pairs kept: {len(rows)}"]
+    lines += [f"answers generated: {selection['generated']}", f"pairs kept: {len(rows)}"]
     lines += [f"  {kind}: {kept[kind]}" for kind in dict.fromkeys(kind for kind, _ in kinds)]
-    lines += [f"dropped by the selection filters (answer = ground truth or empty, ground truth too long, "
-              f"perplexity, attention ratio): {generated - len(rows)}",
-              f"wrote {json_path}",
+    lines += [f"dropped by the selection filters: {sum(selection['dropped'].values())}"]
+    lines += [f"  {text}: {selection['dropped'][key]}" for key, text in DROP_REASONS.items()]
+    lines += [f"wrote {json_path} and {json_path.parent / SELECTION_JSON}",
               f"train: visalign train --config mia-dpo --dataset {json_path} --image-folder {json_path.parent}"]
     return "\n".join(lines)
 
@@ -262,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"visalign mia-dpo: generating {len(samples)} answers ({args.kinds})", file=sys.stderr)
     json_path = build_mia_dpo(model, processor, samples, args.out, kinds=kinds, config=config, seed=args.seed)
     rows = json.loads(json_path.read_text(encoding="utf-8"))
-    print(summary(read, skipped, len(samples), rows, kinds, json_path))
+    selection = json.loads((json_path.parent / SELECTION_JSON).read_text(encoding="utf-8"))
+    print(summary(read, skipped, rows, selection, kinds, json_path))
     if not rows:
         print("visalign mia-dpo: no pair passed the selection filters; nothing to train on", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,10 +151,30 @@ def passes_threshold(ratio: float, kind: str, num_images: int, thresholds: dict[
     return ratio <= limit if INCLUSIVE[kind] else ratio < limit
 
 
-def keep_pair(gt: str, response: str, perplexity: float, ratio_ok: bool, config: MIASelectConfig) -> bool:
-    """The released scripts' filters: answer differs from a non-empty ground truth, length cap, PPL, ratio."""
-    return (bool(gt.strip()) and bool(response.strip()) and gt.strip() != response.strip()
-            and len(gt) < config.max_gt_chars and perplexity > config.min_perplexity and ratio_ok)
+SELECTION_JSON = "selection.json"
+
+#: why the selection drops a generated answer (checked in this order) -> its description
+DROP_REASONS: dict[str, str] = {
+    "empty": "ground truth or answer empty",
+    "same_as_ground_truth": "answer equals the ground truth",
+    "ground_truth_too_long": "ground truth longer than max_gt_chars",
+    "low_perplexity": "greedy perplexity at or below min_perplexity",
+    "attention_ratio": "attention ratio on the target image above its threshold",
+}
+
+
+def drop_reason(gt: str, response: str, perplexity: float, ratio_ok: bool, config: MIASelectConfig) -> str | None:
+    """The released scripts' filters: ``None`` when the pair is kept, else the first failed filter (a key of
+    :data:`DROP_REASONS`): non-empty texts, answer differs from the ground truth, length cap, PPL, attention ratio."""
+    if not gt.strip() or not response.strip():
+        return "empty"
+    if gt.strip() == response.strip():
+        return "same_as_ground_truth"
+    if len(gt) >= config.max_gt_chars:
+        return "ground_truth_too_long"
+    if perplexity <= config.min_perplexity:
+        return "low_perplexity"
+    return None if ratio_ok else "attention_ratio"
 
 
 def add_gaussian_noise(image: Image.Image, sigma: float, *, rng: np.random.Generator,
@@ -246,7 +267,8 @@ def build_mia_dpo(
     """Augment every sample (cycling through ``kinds``: ``(augmentation, number of images)``), answer with ``model``,
     keep the pairs that pass the filters, and write ``output_dir/mia_dpo.json`` (reference §B.6: ``id``, ``image``
     (relative paths), ``prompt``, ``chosen``, ``rejected``, ``gt``, plus ``kind``, ``attention_ratio``,
-    ``perplexity``) with the images under ``output_dir/images``. Returns the JSON path."""
+    ``perplexity``) with the images under ``output_dir/images``, and ``output_dir/selection.json`` with the answers
+    generated, kept and dropped per :data:`DROP_REASONS` key. Returns the path of ``mia_dpo.json``."""
     config = config or MIASelectConfig()
     out = Path(output_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -254,6 +276,7 @@ def build_mia_dpo(
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     pool = [s.image for s in samples]
     rows: list[dict[str, Any]] = []
+    dropped: Counter = Counter()
     for index, sample in enumerate(samples):
         kind, num_images = kinds[index % len(kinds)]
         aug = augment(sample, pool, index, kind, num_images, rng)
@@ -265,7 +288,9 @@ def build_mia_dpo(
         ratio = attention_ratio(attn, image_spans(prompt_ids, image_token_id), kind, aug.target, grid=grid,
                                 pip_fraction=config.pip_fraction)
         count = num_images if kind != "pip" else 1
-        if not keep_pair(sample.answer, answer, ppl, passes_threshold(ratio, kind, count, config.thresholds), config):
+        reason = drop_reason(sample.answer, answer, ppl, passes_threshold(ratio, kind, count, config.thresholds), config)
+        if reason is not None:
+            dropped[reason] += 1
             continue
         paths = []
         for k, image in enumerate(aug.images):
@@ -277,4 +302,6 @@ def build_mia_dpo(
                      "kind": kind, "attention_ratio": ratio, "perplexity": ppl})
     path = out / "mia_dpo.json"
     path.write_text(json.dumps(rows, indent=1))
+    (out / SELECTION_JSON).write_text(json.dumps({"generated": len(samples), "kept": len(rows),
+                                                  "dropped": {k: dropped[k] for k in DROP_REASONS}}, indent=1))
     return path
