@@ -9,11 +9,18 @@ of training + rendering.
 
 Rows: Diffusion-DPO (sigmoid, β 5000), the core losses ipo and robust on the same log-likelihoods, MaPO (no
 reference; β_m 0.1), DCPO (the rejected image conditioned on a caption of what it actually shows, read back by the
-shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps). β of ipo/robust is set so that their step-0
-gradient scale matches sigmoid's. The VLM rows (DPO, dense DPO on a shapes VLM) wait for the shipped shapes VLM.
+shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps); ipo and robust keep Diffusion-DPO's β.
+
+VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` the way the notebook does: pairs from
+its own answers to 256 shape/description questions (correct answer chosen; its own wrong answer, else a templated
+hallucination, rejected), LoRA r 16, ``loss_type: [sigmoid, sft]``, lr 1e-3, 100 steps of 16; dense DPO weights the
+tokens where the correct answer differs from the rejected one by γ = 1.1 (RLHF-V). Their "reward" is the exactness of
+the greedy answer to each of 120 held-out questions (1 right, 0 wrong; ``visalign.shapes.vqa.check_answer``), so the
+win rate counts questions the trained model gets right and the base gets wrong.
 
     python bench/alignment.py                      # every method (~10 min on 2 idle CPU cores)
     python bench/alignment.py --methods diffusion-dpo mapo
+    python bench/alignment.py --methods vlm-dpo dense-dpo   # the VLM rows only (~5 min)
     python bench/alignment.py --quick              # reduced Diffusion-DPO only, aesthetic reward (the CI test)
 """
 
@@ -47,6 +54,7 @@ METHODS: dict[str, tuple[type, dict]] = {
     "dcpo": (DCPOConfig, {"beta": 500.0}),
     "inpo": (InPOConfig, {"inversion_steps": 10}),
 }
+VLM_METHODS = ("vlm-dpo", "dense-dpo")
 #: reduced settings of ``--quick`` (and the CI test): fewer prompts and steps, and the reward reduced to its
 #: ``aesthetic`` component (large, centred shapes), whose gain is large enough to be resolved at this budget
 QUICK = {"num_prompts": 48, "max_steps": 100, "num_eval_prompts": 24, "scorer_args": ["weights={aesthetic: 1.0}"]}
@@ -103,10 +111,43 @@ def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: 
     prompts = load_prompts(shared.eval_prompts, split=shared.eval_prompts_split, limit=shared.num_eval_prompts)
     report = compare_models(ModelSpec(shared.model, lora=config.output_dir), ModelSpec(shared.model), prompts,
                             [shared.scorer_spec()], eval_dir, num_seeds=shared.eval_seeds, base_seed=shared.eval_seed,
-                            settings=shared.generation_settings(), batch_size=shared.sample_batch_size,
+                            settings=shared.generation_settings(), dtype=shared.sample_dtype,
+                            batch_size=shared.sample_batch_size,
                             num_resamples=shared.bootstrap_resamples, progress=False)
     return {"method": name, **summarise(report["scorers"][shared.scorer]), "train_s": trained - started,
             "wall_s": time.perf_counter() - started, "eval_images": str(eval_dir / "images" / "b")}
+
+
+def run_vlm_method(name: str, work: Path) -> dict:
+    """Align ``builtin:shapes-llava`` with DPO or dense DPO on its own mistakes; answer exactness before/after."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from visalign.evaluation.winrate import head_to_head
+    from visalign.models.builtin import resolve_model
+    from visalign.shapes.vqa import check_answer, examples, generate_answers, preference_pairs
+    from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer
+
+    path = resolve_model("builtin:shapes-llava")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(path)
+    questions = ("shape", "describe")
+    held_out, train = examples(120, seed=20_000, questions=questions), examples(256, seed=1, questions=questions)
+    started = time.perf_counter()
+    before = generate_answers(model, processor, held_out)
+    rows, _ = preference_pairs(train, generate_answers(model, processor, train))
+    args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, lora_r=16, lora_alpha=32, beta=0.1,
+                        loss_type=["sigmoid", "sft"], learning_rate=1e-3, lr_scheduler="constant", max_steps=100,
+                        per_device_batch_size=16, logging_steps=10, save_steps=0, max_length=None,
+                        dense_dpo=name == "dense-dpo", report_to=[])
+    trainer = VLMDPOTrainer(model=model, args=args, train_dataset=rows, processor=processor)
+    trainer.train()
+    trained = time.perf_counter()
+    after = generate_answers(trainer.accelerator.unwrap_model(trainer.model).eval(), processor, held_out)
+    exact = [[[float(check_answer(item.spec, item.question, said))] for item, said in zip(held_out, answers)]
+             for answers in (after, before)]
+    comparison = head_to_head(exact[0], exact[1], num_resamples=2000)
+    return {"method": name, **summarise(comparison.as_dict()), "train_s": trained - started,
+            "wall_s": time.perf_counter() - started}
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -122,7 +163,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VLM_METHODS], default=[*METHODS, *VLM_METHODS])
     parser.add_argument("--quick", action="store_true", help="reduced Diffusion-DPO only (CI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a shared setting of the quickstart recipe (repeatable)")
@@ -134,19 +175,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     methods = ["diffusion-dpo"] if args.quick else args.methods
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-alignment-"))
     shared = shared_settings({**overrides, "output_dir": str(work)})
-    started = time.perf_counter()
-    summary = sample_pairs(shared, "cuda" if torch.cuda.is_available() else "cpu")
-    print(f"pairs: {summary['pairs']} from {summary['num_prompts']} prompts x {summary['samples_per_prompt']} samples "
-          f"(mean gap {summary['mean_gap']:.3f}) in {time.perf_counter() - started:.0f}s", flush=True)
     rows, base_images = [], None
+    if any(name in METHODS for name in methods):
+        started = time.perf_counter()
+        summary = sample_pairs(shared, "cuda" if torch.cuda.is_available() else "cpu")
+        print(f"pairs: {summary['pairs']} from {summary['num_prompts']} prompts x {summary['samples_per_prompt']} "
+              f"samples (mean gap {summary['mean_gap']:.3f}) in {time.perf_counter() - started:.0f}s", flush=True)
     for name in methods:
-        row = run_method(name, shared, work / PAIRS_DIR, base_images, work)
-        base_images = Path(row.pop("eval_images"))
+        if name in VLM_METHODS:
+            row = run_vlm_method(name, work)
+        else:
+            row = run_method(name, shared, work / PAIRS_DIR, base_images, work)
+            base_images = Path(row.pop("eval_images"))
         rows.append(row)
         print(f"{name}: {row['reward_before']:.4f} -> {row['reward_after']:.4f} ({row['wall_s']:.0f}s)", flush=True)
-    print(f"\nbuiltin:shapes-sd, {shared.max_steps} steps x {shared.per_device_batch_size} pairs, LoRA r{shared.lora_r}, "
+    print(f"\ndiffusion rows: builtin:shapes-sd, {shared.max_steps} steps x {shared.per_device_batch_size} pairs, "
+          f"LoRA r{shared.lora_r}, "
           f"lr {shared.learning_rate}; held-out: {shared.num_eval_prompts} prompts x {shared.eval_seeds} seeds, "
-          f"{shared.sample_steps} DDIM steps, CFG {shared.sample_guidance}\n")
+          f"{shared.sample_steps} DDIM steps, CFG {shared.sample_guidance}; VLM rows: builtin:shapes-llava, answer "
+          f"exactness (module docstring)\n")
     print(format_rows(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

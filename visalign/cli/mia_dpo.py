@@ -209,7 +209,8 @@ def check_layer(model_id: str, layer: int, trust_remote_code: bool) -> None:
 
     from visalign.models.builtin import resolve_model
 
-    text_config = AutoConfig.from_pretrained(resolve_model(model_id), trust_remote_code=trust_remote_code).get_text_config()
+    config = AutoConfig.from_pretrained(resolve_model(model_id), trust_remote_code=trust_remote_code)
+    text_config = config.get_text_config()
     layers = text_config.num_hidden_layers
     if not 0 <= layer < layers:
         raise InputError(f"--layer {layer} is out of range: {model_id} has {layers} decoder layers (0..{layers - 1})")

@@ -288,7 +288,8 @@ def build_mia_dpo(
         ratio = attention_ratio(attn, image_spans(prompt_ids, image_token_id), kind, aug.target, grid=grid,
                                 pip_fraction=config.pip_fraction)
         count = num_images if kind != "pip" else 1
-        reason = drop_reason(sample.answer, answer, ppl, passes_threshold(ratio, kind, count, config.thresholds), config)
+        ratio_ok = passes_threshold(ratio, kind, count, config.thresholds)
+        reason = drop_reason(sample.answer, answer, ppl, ratio_ok, config)
         if reason is not None:
             dropped[reason] += 1
             continue

@@ -7,9 +7,9 @@ with ``pairing="all"``, every ordered pair of a prompt's images becomes a pair. 
 ``min_gap`` is dropped; a prompt left without a pair (ties always drop, as in
 Diffusion-DPO's data, reference diffusion-methods.md §3.3); these are counted and reported. The output is the
 paired-folder layout read by ``visalign.data.diffusion.load_preference_pairs``: ``OUT/chosen/NAME.png``,
-``OUT/rejected/NAME.png`` (``{prompt:05d}_{chosen k:02d}_{rejected k:02d}.png``) and ``OUT/captions.jsonl`` rows ``{"file_name", "caption", "score_chosen",
-"score_rejected", "seed_chosen", "seed_rejected"}``; ``OUT/pairs_summary.json`` records the counts, the settings
-and the scorer's provenance. Scores are the scorer's raw output (reward-scorers.md §1.6).
+``OUT/rejected/NAME.png`` (``{prompt:05d}_{chosen k:02d}_{rejected k:02d}.png``) and ``OUT/captions.jsonl`` rows
+``{"file_name", "caption", "score_chosen", "score_rejected", "seed_chosen", "seed_rejected"}``;
+``OUT/pairs_summary.json`` records the counts, the settings and the scorer's provenance. Scores are the scorer's raw output (reward-scorers.md §1.6).
 
 This is the sampling-and-labelling step of on-policy preference optimisation (the shapes-world quickstart; SPO,
 reference §6.1, forms pairs the same way per denoising step, here per final image).

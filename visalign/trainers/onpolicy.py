@@ -62,7 +62,8 @@ class OnPolicyConfig(DiffusionConfig):
     scorer: str = field(default="shapes", metadata=_help("reward_models scorer labelling pairs and judging the result"))
     scorer_model: str | None = field(default=None, metadata=_help("hub id or folder of the scorer's weights"))
     scorer_args: list[str] = field(
-        default_factory=list, metadata=_help("scorer options as KEY=VALUE (YAML values), e.g. 'weights={aesthetic: 1}'"))
+        default_factory=list,
+        metadata=_help("scorer options as KEY=VALUE (YAML values), e.g. 'weights={aesthetic: 1}'"))
     sample_steps: int = field(default=10, metadata=_help("sampler steps for pairs and evaluation"))
     sample_guidance: float | None = field(
         default=None, metadata=_help("CFG scale for pairs and evaluation; none = the pipeline's default"))
