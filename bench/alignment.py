@@ -41,7 +41,7 @@ from visalign.cli.recipes import recipe_file
 from visalign.config_io import load_config
 from visalign.evaluation.report import ModelSpec, compare_models
 from visalign.shapes.analysis import analyse
-from visalign.shapes.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ShapeSpec, describe, parse_prompt
+from visalign.shapes.world import ATTRIBUTES, describe, parse_prompt
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
 from visalign.trainers.onpolicy import EVAL_DIR, PAIRS_DIR, OnPolicyConfig, sample_pairs, summarise
 
@@ -58,7 +58,8 @@ VLM_METHODS = ("vlm-dpo", "dense-dpo")
 #: reduced settings of ``--quick`` (and the CI test): fewer prompts and steps, and the reward reduced to its
 #: ``aesthetic`` component (large, centred shapes), whose gain is large enough to be resolved at this budget
 QUICK = {"num_prompts": 48, "max_steps": 100, "num_eval_prompts": 24, "scorer_args": ["weights={aesthetic: 1.0}"]}
-SHARED_FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)} - {"method"}
+BASE_FIELDS = {f.name: f for f in dataclasses.fields(DiffusionConfig)}
+SHARED_FIELDS = set(BASE_FIELDS) - {"method"}
 
 
 def shared_settings(overrides: dict) -> OnPolicyConfig:
@@ -67,39 +68,60 @@ def shared_settings(overrides: dict) -> OnPolicyConfig:
         return load_config(OnPolicyConfig, path, overrides, ignore_keys=("method",))
 
 
-def add_depicted_captions(pairs_dir: Path) -> None:
+def add_depicted_captions(pairs_dir: Path) -> int:
     """Per-side captions for DCPO: the chosen image keeps its prompt; the rejected one gets a prompt describing what
-    it shows (the shapes analysis of the image, naming the attributes its prompt names)."""
+    it shows (the shapes analysis of the image, naming the attributes its prompt names). A rejected image with no
+    object detected keeps its prompt; returns how many did."""
     from PIL import Image
-    import numpy as np
+
+    from reward_models.inputs import pil_to_uint8, to_float
 
     path = pairs_dir / "captions.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(pairs_dir / "rejected" / r["file_name"])
-                                                      .convert("RGB"))).permute(2, 0, 1).float() / 255 for r in rows])
-    seen = analyse(pixels)
+    seen = analyse(torch.stack([to_float(pil_to_uint8(Image.open(pairs_dir / "rejected" / r["file_name"])))
+                                for r in rows]))
+    undetected = 0
     for i, row in enumerate(rows):
-        shown = ShapeSpec(SHAPES[seen.shape[i]], COLOURS[seen.colour[i]], SIZES[seen.size[i]],
-                          POSITIONS[seen.position[i]], BACKGROUNDS[seen.background[i]])
+        shown = seen.spec(i)
         asked = parse_prompt(row["caption"])
-        named = [a for a in ("size", "colour", "shape", "position", "background") if getattr(asked, a) is not None]
-        row.update(caption_chosen=row["caption"], caption_rejected=describe(shown, named))
+        named = [a for a in ATTRIBUTES if getattr(asked, a) is not None]
+        undetected += shown.shape is None
+        row.update(caption_chosen=row["caption"],
+                   caption_rejected=row["caption"] if shown.shape is None else describe(shown, named))
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return undetected
+
+
+def field_default(f: dataclasses.Field):
+    """A dataclass field's default value."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path) -> DiffusionConfig:
+    """The training config of method ``name``: the shared settings, except the fields whose defaults the method's
+    config class sets itself (MaPO's loss, DCPO's per-side caption columns, InPO's inversion noise), then the method's
+    overrides."""
+    cls, overrides = METHODS[name]
+    own = {f.name for f in dataclasses.fields(cls) if field_default(f) != field_default(BASE_FIELDS[f.name])}
+    values = {k: getattr(shared, k) for k in SHARED_FIELDS - own}
+    values.update(overrides, dataset=str(dataset), output_dir=str(work / name), cache_dir=str(work / "cache"))
+    return cls(**values)
 
 
 def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: Path | None, work: Path) -> dict:
     """Train method ``name`` on the shared pairs, evaluate against the base; the row's figures."""
-    cls, overrides = METHODS[name]
-    values = {k: getattr(shared, k) for k in SHARED_FIELDS if k in {f.name for f in dataclasses.fields(cls)}}
-    values.update(overrides, dataset=str(pairs_dir), output_dir=str(work / name),
-                  cache_dir=str(work / "cache"))
-    if cls is DCPOConfig:
-        dcpo_pairs = work / "pairs-dcpo"
-        if not dcpo_pairs.exists():
-            shutil.copytree(pairs_dir, dcpo_pairs, ignore=shutil.ignore_patterns("candidates"))
-            add_depicted_captions(dcpo_pairs)
-        values["dataset"] = str(dcpo_pairs)
-    config = cls(**values)
+    dataset = pairs_dir
+    if METHODS[name][0] is DCPOConfig:
+        dataset = work / "pairs-dcpo"
+        if not dataset.exists():  # built aside, then renamed: an interrupted run leaves no half-captioned folder
+            partial = dataset.with_name(dataset.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(pairs_dir, partial, ignore=shutil.ignore_patterns("candidates"))
+            undetected = add_depicted_captions(partial)
+            partial.rename(dataset)
+            print(f"dcpo: {undetected} rejected image(s) with no object detected keep their prompt as caption",
+                  flush=True)
+    config = method_config(name, shared, dataset, work)
     eval_dir = work / name / EVAL_DIR
     if base_images is not None:  # the base model's held-out images are the same for every row: render them once
         shutil.copytree(base_images, eval_dir / "images" / "b")

@@ -1,5 +1,6 @@
-"""Diffusion-DPO actually aligns: the reduced alignment bench must raise the shapes reward on held-out prompts and
-seeds by more than its bootstrap interval's width (``bench/alignment.py --quick``)."""
+"""The alignment bench: every diffusion method's row builds a valid config from the shared settings, and Diffusion-DPO
+actually aligns: the reduced bench must raise the shapes reward on held-out prompts and seeds with a bootstrap
+interval above zero (``bench/alignment.py --quick``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "alignment.py"
 
@@ -20,6 +19,19 @@ def load_bench():
     return module
 
 
+@pytest.mark.parametrize("name", list(load_bench().METHODS))
+def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name, tmp_path):
+    bench = load_bench()
+    shared = bench.shared_settings({"output_dir": str(tmp_path)})
+    config = bench.method_config(name, shared, tmp_path / "pairs", tmp_path)
+    cls, overrides = bench.METHODS[name]
+    assert type(config) is cls and config.output_dir == str(tmp_path / name)
+    assert (config.lora_r, config.max_steps, config.learning_rate) == (shared.lora_r, shared.max_steps,
+                                                                       shared.learning_rate)
+    assert all(getattr(config, key) == value for key, value in overrides.items())
+
+
+@pytest.mark.slow
 def test_reduced_diffusion_dpo_gains_reward_with_an_interval_above_zero(tmp_path, capsys):
     rows = load_bench().main(["--quick", "--workdir", str(tmp_path)])
     assert [row["method"] for row in rows] == ["diffusion-dpo"]
