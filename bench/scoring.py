@@ -1,77 +1,184 @@
-"""Images/s of batched PickScore scoring vs the upstream usage pattern, on the same model, in one run.
+"""Images/s of batched PickScore scoring vs the upstream usage pattern, on the same model, side by side in one run.
 
-Peer: the PickScore README loop — for each image, ``processor(images=..., text=...)`` then ``get_image_features`` /
-``get_text_features`` and ``exp(logit_scale) * cos`` (here through transformers' default CLIP processor).
-Ours: ``reward_models`` PickScore ``score()`` (DataLoader decoding, each prompt encoded once, batched towers).
-The model is a random CLIP built in code (no weights can be downloaded) at a ViT-B/32-like size by default.
+Peer: the PickScore README's code called one image at a time (``AutoProcessor`` on one PIL image and the prompt,
+``get_image_features`` / ``get_text_features``, ``exp(logit_scale) * cos``), in float32 as the README runs it. The
+processor is transformers' PIL-backed CLIP processor, the one PickScore was published with (transformers 5 defaults to
+a torchvision backend whose resize is up to 2/255 apart), so that our rows compute exactly the same scores.
+Ours: ``reward_models`` PickScore ``score()`` (DataLoader decoding, each prompt encoded once, batched towers, float32
+cosines), once in float32 and once with ``dtype="auto"`` (bfloat16 on CPUs with native bf16, e.g. AVX512-BF16).
 
-    python bench/scoring.py [--images 64] [--batch-size 32] [--hidden 384] [--layers 6] [--num-workers 0]
+The model is a random CLIP built in code (no weights can be downloaded) with PickScore's shape at a smaller width:
+224-px images in 14-px patches (257 tokens per image, as ViT-H/14), GELU, 4x MLPs, and the text tower ~3/4 of the
+vision tower's width and depth (ViT-H: 1024 vs 1280 wide, 24 vs 32 layers). Images are 384x512 PNG files (decoding,
+resizing and cropping all run). Every run is the whole call: decoding, preprocessing, text and image towers.
+Rows are interleaved ``--repeats`` times and the median is reported, since the machine may be shared.
+
+    python bench/scoring.py [--images 32] [--repeats 3] [--batch-size N] [--num-workers N] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoProcessor, CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
+from _common import machine_line
 from reward_models import load_scorer
-from visalign.testing.clip import save_tiny_clip
+from visalign.testing.clip import LOGIT_SCALE_INIT, clip_image_processor, clip_text_config, seeded
+from visalign.testing.tokenizers import clip_style_tokenizer
+
+PROMPT = "a red circle on a blue square"
+
+#: Model and data sizes: ``FULL`` is the bench (~2-3 min on 2 CPU cores), ``QUICK`` a smoke run for CI.
+FULL = {"images": 32, "vision_width": 512, "vision_layers": 8, "text_width": 384, "text_layers": 6}
+QUICK = {"images": 6, "vision_width": 64, "vision_layers": 1, "text_width": 64, "text_layers": 1}
+
+#: float32 rows must agree with the peer to float rounding (scores are 100 * cos).
+FP32_ATOL = 1e-3
+#: bf16 towers with float32 cosines vs float32 (docs/rewards.md "Precision"): max |cos difference|.
+BF16_COSINE_ATOL = 0.02
 
 
-def peer_loop(folder: str, paths, prompt: str) -> torch.Tensor:
-    model = CLIPModel.from_pretrained(folder).eval()
-    processor = CLIPProcessor.from_pretrained(folder)
+@dataclass
+class Row:
+    """One line of the table: median images/s over the repeats and the scores of the last run."""
+
+    name: str
+    rates: list[float] = field(default_factory=list)
+    scores: torch.Tensor | None = None
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+def build_model(folder: Path, size: dict) -> Path:
+    """Save a random PickScore-shaped ``CLIPModel`` and its processor (module docstring) to ``folder``."""
+    tokenizer = clip_style_tokenizer()
+    width, text_width = size["vision_width"], size["text_width"]
+    text = clip_text_config(tokenizer, hidden_size=text_width, num_layers=size["text_layers"],
+                            num_heads=max(1, text_width // 64), projection_dim=width, hidden_act="gelu")
+    text.intermediate_size = 4 * text_width
+    vision = CLIPVisionConfig(image_size=224, patch_size=14, hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=size["vision_layers"], num_attention_heads=max(1, width // 64),
+                              projection_dim=width, hidden_act="gelu")
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=width,
+                        logit_scale_init_value=LOGIT_SCALE_INIT)
+    with seeded(0):
+        model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=clip_image_processor(224), tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def write_images(folder: Path, n: int) -> list[Path]:
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(n):
+        pixels = torch.randint(0, 256, (512, 384, 3), generator=g, dtype=torch.uint8).numpy()
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def readme_loop(model: CLIPModel, processor, paths: Sequence[Path], prompt: str) -> torch.Tensor:
+    """The PickScore README's scoring code, called for one image at a time (transformers 5 returns the projected
+    features in ``pooler_output``)."""
     scores = []
-    with torch.no_grad():
-        for path in paths:
-            inputs = processor(images=Image.open(path), text=[prompt], padding=True, return_tensors="pt")
-            image = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-            text = model.get_text_features(input_ids=inputs["input_ids"],
-                                           attention_mask=inputs["attention_mask"]).pooler_output
-            image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
-            scores.append(model.logit_scale.exp() * (image * text).sum(-1))
+    for path in paths:
+        image_inputs = processor(images=[Image.open(path)], padding=True, truncation=True, max_length=77,
+                                 return_tensors="pt")
+        text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        with torch.no_grad():
+            image_embs = model.get_image_features(**image_inputs).pooler_output
+            image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
+            text_embs = model.get_text_features(**text_inputs).pooler_output
+            text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
+            scores.append(model.logit_scale.exp() * (text_embs @ image_embs.T)[0])
     return torch.cat(scores)
 
 
-def main() -> None:
+def timed(run: Callable[[], torch.Tensor], n: int) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    scores = run()
+    return n / (time.perf_counter() - start), scores
+
+
+def pair_order_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of image pairs that ``a`` and ``b`` order the same way."""
+    i, j = torch.triu_indices(len(a), len(a), offset=1)
+    return float(((a[i] - a[j]).sign() == (b[i] - b[j]).sign()).float().mean())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--num-workers", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--images", type=int, help=f"images per run (default {FULL['images']})")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per row (median reported)")
+    parser.add_argument("--batch-size", type=int, help="ours: images per batch (default: score()'s)")
+    parser.add_argument("--num-workers", type=int, help="ours: DataLoader workers (default: score()'s)")
+    parser.add_argument("--quick", action="store_true", help="tiny model and 6 images: a smoke run")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    args = parse_args(argv)
+    size = dict(QUICK if args.quick else FULL)
+    n = args.images or size["images"]
+    options = {k: v for k, v in (("batch_size", args.batch_size), ("num_workers", args.num_workers)) if v is not None}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = str(save_tiny_clip(f"{tmp}/model", image_size=224, patch_size=32, hidden_size=args.hidden,
-                                    num_layers=args.layers, num_heads=max(1, args.hidden // 64), projection_dim=256))
-        g = torch.Generator().manual_seed(0)
-        paths = []
-        for i in range(args.images):
-            pixels = torch.randint(0, 256, (512, 384, 3), generator=g, dtype=torch.uint8).numpy()
-            paths.append(f"{tmp}/{i}.png")
-            Image.fromarray(pixels).save(paths[-1])
-        prompt = "a red circle on a blue square"
-        scorer = load_scorer("pickscore", model=folder)
-        scorer.score(paths[:2], prompt)  # warm-up
-        start = time.perf_counter()
-        ours = scorer.score(paths, prompt, batch_size=args.batch_size, num_workers=args.num_workers).scores
-        t_ours = time.perf_counter() - start
-        peer_loop(folder, paths[:2], prompt)
-        start = time.perf_counter()
-        theirs = peer_loop(folder, paths, prompt)
-        t_peer = time.perf_counter() - start
-    diff = float((ours - theirs).abs().max())
-    print(f"model: CLIP hidden {args.hidden}, {args.layers} layers, 224 px; {args.images} images 384x512 PNG; "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'method':<40} {'images/s':>10}")
-    print(f"{'per-image processor loop (upstream)':<40} {args.images / t_peer:>10.1f}")
-    print(f"{'reward_models batched (bs %d)' % args.batch_size:<40} {args.images / t_ours:>10.1f}")
-    print(f"speed-up {t_peer / t_ours:.2f}x; max |score difference| {diff:.4f} "
-          "(peer resizes with transformers' torchvision backend, ours with PIL as the original processor)")
+        folder = build_model(Path(tmp) / "model", size)
+        paths = write_images(Path(tmp), n)
+        model = CLIPModel.from_pretrained(folder).eval()
+        processor = AutoProcessor.from_pretrained(folder, backend="pil")
+        ours32 = load_scorer("pickscore", model=str(folder), dtype="float32")
+        auto = load_scorer("pickscore", model=str(folder), dtype="auto")
+        runs = {
+            "PickScore README, one image at a time, float32": lambda p: readme_loop(model, processor, p, PROMPT),
+            "visalign PickScore.score, float32": lambda p: ours32.score(p, PROMPT, **options).scores,
+            f"visalign PickScore.score, dtype=auto ({str(auto.backbone.dtype).removeprefix('torch.')})":
+                lambda p: auto.score(p, PROMPT, **options).scores,
+        }
+        rows = [Row(name) for name in runs]
+        for run in runs.values():
+            run(paths[:2])  # warm-up
+        for _ in range(args.repeats):
+            for row, run in zip(rows, runs.values()):
+                rate, row.scores = timed(lambda: run(paths), n)
+                row.rates.append(rate)
+        scale = float(ours32.backbone.logit_scale.exp())
+
+    peer, fp32, fast = rows
+    fp32_diff = float((fp32.scores - peer.scores).abs().max())
+    cos_diff = float((fast.scores - fp32.scores).abs().max()) / scale
+    print(machine_line(torch.device("cpu")))
+    print(f"model: CLIP, vision {size['vision_width']} wide x {size['vision_layers']} layers, 224 px / 14-px patches "
+          f"(257 tokens), text {size['text_width']} x {size['text_layers']}; {n} images 384x512 PNG, one prompt; "
+          f"ours with {options or 'score() defaults'}; {args.repeats} interleaved runs, median\n")
+    width = max(len(r.name) for r in rows) + 2
+    print(f"{'run':<{width}}{'images/s':>9}{'vs peer':>9}  runs")
+    for r in rows:
+        print(f"{r.name:<{width}}{r.rate:>9.2f}{r.rate / peer.rate:>8.2f}x  {', '.join(f'{x:.2f}' for x in r.rates)}")
+    print(f"\nspeed-up vs the README loop: float32 {fp32.rate / peer.rate:.2f}x, "
+          f"dtype=auto {fast.rate / peer.rate:.2f}x")
+    print(f"float32 vs README: max |score difference| {fp32_diff:.2e}")
+    print(f"dtype=auto vs float32: max |cosine difference| {cos_diff:.2e} (score: {scale * cos_diff:.3f}); "
+          f"pairs ordered alike {pair_order_agreement(fast.scores, fp32.scores):.3f}")
+    if fp32_diff > FP32_ATOL:
+        raise AssertionError(f"float32 scores differ from the README loop's by {fp32_diff} > {FP32_ATOL}")
+    if cos_diff > BF16_COSINE_ATOL:
+        raise AssertionError(f"dtype=auto cosines differ from float32 by {cos_diff} > {BF16_COSINE_ATOL}")
+    return rows
 
 
 if __name__ == "__main__":

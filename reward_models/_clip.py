@@ -41,7 +41,7 @@ class HFClip:
         from transformers import AutoTokenizer, CLIPModel
 
         self.model_id = model
-        net, info = CLIPModel.from_pretrained(model, dtype=resolve_dtype(dtype), output_loading_info=True)
+        net, info = CLIPModel.from_pretrained(model, dtype=resolve_dtype(dtype, device), output_loading_info=True)
         check_loading_info(info, model)
         self.net = net.to(device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model) if load_tokenizer else None
@@ -85,7 +85,7 @@ class OpenClip:
         path = resolve_file(model, filename)
         net = open_clip.create_model(arch, pretrained=None, load_weights=False)
         load_strict(net, read_state_dict(path), path)
-        self.net = net.to(device=device, dtype=resolve_dtype(dtype)).eval().requires_grad_(False)
+        self.net = net.to(device=device, dtype=resolve_dtype(dtype, device)).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         size = net.visual.image_size
         self.image_size = size[0] if isinstance(size, (tuple, list)) else size

@@ -4,7 +4,8 @@ They give different numbers for the same model (ImageReward on HPD v2: 74.0 unde
 under MPS's), so every result carries the name of its protocol.
 
 - ``"imagereward"`` — :func:`pair_accuracy` (ImageReward ``test.py``): all image pairs of all prompts, human ties
-  skipped, a predicted tie counts as wrong, accuracy = correct / pairs over the whole set.
+  skipped (counted in ``details["human_ties"]``), a predicted tie counts as wrong, accuracy = correct / pairs over
+  the whole set.
 - ``"hpdv2"`` — :func:`ranking_accuracy` (HPS ``evaluate_rank``/``inversion_score``): per prompt
   ``1 − inversions / C(n, 2)``, then the mean over prompts. A pair is an inversion only when model and humans order
   it strictly oppositely, so ties on either side are not inversions. HPS first turns scores into a strict ranking
@@ -70,10 +71,11 @@ def pair_accuracy(scores: Sequence[Sequence[float]], human_ranks: Sequence[Seque
     """ImageReward's preference accuracy: over every image pair of every prompt whose human ranks differ, the share
     where the model's score is strictly higher for the better-ranked image (an equal score counts as wrong)."""
     _check_groups(scores, human_ranks)
-    correct = total = nans = 0
+    correct = total = nans = ties = 0
     for s, r in zip(scores, human_ranks):
         for i, j in _pairs(len(s)):
             if r[i] == r[j]:
+                ties += 1
                 continue
             total += 1
             if math.isnan(s[i]) or math.isnan(s[j]):
@@ -82,7 +84,8 @@ def pair_accuracy(scores: Sequence[Sequence[float]], human_ranks: Sequence[Seque
                 correct += 1
     if total == 0:
         raise ValueError("no pair with different human ranks: accuracy is undefined")
-    return Agreement("imagereward", correct / total, total, nans, {"correct": float(correct)})
+    details = {"correct": float(correct), "human_ties": float(ties)}
+    return Agreement("imagereward", correct / total, total, nans, details)
 
 
 def ranking_accuracy(scores: Sequence[Sequence[float]], human_ranks: Sequence[Sequence[float]]) -> Agreement:
@@ -202,6 +205,7 @@ def evaluate_agreement(
     validation: str | Path | Iterable[Mapping[str, Any]] | None = None,
     batch_size: int = 16,
     num_workers: int = 0,
+    progress: bool = False,
 ) -> Agreement:
     """Score a local preference dataset with ``scorer`` and measure agreement under ``protocol``.
 
@@ -209,13 +213,14 @@ def evaluate_agreement(
     human ranks; all images are scored in one batched call. ``"pickapic"`` reads one row per pair and uses
     ``scorer.preference`` (for a pointwise scorer σ of the logit difference, the 2-way softmax of PickScore's
     evaluation); its tie threshold is selected on ``validation`` when given, else ``tie_threshold`` is used.
-    ``columns`` overrides :data:`DEFAULT_COLUMNS`; image paths are relative to ``image_root``.
+    ``columns`` overrides :data:`DEFAULT_COLUMNS`; image paths are relative to ``image_root``; ``progress`` shows
+    the scorer's progress bar.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown agreement protocol {protocol!r}; choose one of {PROTOCOLS}")
     cols = {**DEFAULT_COLUMNS[protocol], **(columns or {})}
     root = Path(image_root) if image_root is not None else None
-    opts = {"batch_size": batch_size, "num_workers": num_workers}
+    opts = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
     if protocol == "pickapic":
         if validation is not None:
             p, labels = _pick_predictions(scorer, validation, cols, root, opts)
@@ -245,7 +250,7 @@ def evaluate_agreement(
 
 
 def _pick_predictions(
-    scorer: Scorer, dataset: Any, cols: Mapping[str, str], root: Path | None, opts: dict[str, int]
+    scorer: Scorer, dataset: Any, cols: Mapping[str, str], root: Path | None, opts: dict[str, Any]
 ) -> tuple[list[float], list[float]]:
     source = str(dataset) if isinstance(dataset, (str, Path)) else "dataset"
     rows = load_rows(dataset)

@@ -35,16 +35,39 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """``None`` -> float32; strings such as ``"bf16"``/``"float16"`` -> the torch dtype; bad names raise."""
+#: CPU features with native bf16 dot products (x86 AVX512-BF16, AMX-BF16; Arm BF16), in ``torch.cpu.get_capabilities``.
+_CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def auto_dtype(device: str | torch.device) -> torch.dtype:
+    """Half precision where ``device`` computes it natively, else float32: CUDA -> bfloat16 (float16 on GPUs without
+    bf16); CPU -> bfloat16 with native bf16 dot products (:data:`_CPU_BF16_FEATURES`), else float32; others float32.
+    Scorers keep their final products (cosines, heads, scores) in float32 whatever this returns."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return torch.bfloat16 if any(capabilities.get(f, False) for f in _CPU_BF16_FEATURES) else torch.float32
+    return torch.float32
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype:
+    """``None`` -> float32; strings such as ``"bf16"``/``"float16"`` -> the torch dtype; ``"auto"`` ->
+    :func:`auto_dtype` of ``device`` (which must then be given); bad names raise."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
+    if str(dtype).lower() == "auto":
+        if device is None:
+            raise ValueError("dtype 'auto' depends on the device, and none was given; pick float32, bfloat16 or "
+                             "float16 explicitly")
+        return auto_dtype(device)
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}") from None
+        raise ValueError(f"unknown dtype {dtype!r}; choose 'auto' or one of {sorted(_DTYPES)}") from None
 
 
 @dataclass(frozen=True)

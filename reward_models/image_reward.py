@@ -128,12 +128,12 @@ class ImageReward(Scorer):
         if len(self.tokenizer) > vocab:
             raise ValueError(f"tokenizer {tokenizer} has {len(self.tokenizer)} tokens (with [DEC], [ENC]) but the "
                              f"text encoder of {model} embeds only {vocab}")
-        net.blip.to(device=device, dtype=resolve_dtype(dtype))
+        net.blip.to(device=device, dtype=resolve_dtype(dtype, device))
         net.mlp.to(device=device, dtype=torch.float32)
         self.net = net.requires_grad_(False)
         self.transform = CenterCropTransform(net.blip.visual_encoder.config.image_size, backend)
         self.provenance = Provenance(str(model), file_sha256(weights), self.transform.variant,
-                                     str(resolve_dtype(dtype)), f"text{MAX_TEXT_TOKENS}")
+                                     str(resolve_dtype(dtype, device)), f"text{MAX_TEXT_TOKENS}")
 
     @property
     def device(self) -> torch.device:

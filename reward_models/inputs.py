@@ -71,8 +71,8 @@ def decode(item: ImageItem, index: int) -> torch.Tensor:
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """PIL image -> ``[3,H,W]`` uint8 RGB tensor."""
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    """PIL image -> ``[3,H,W]`` uint8 RGB tensor (a view of one writable ``[H,W,3]`` copy of the pixels)."""
+    return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,17 @@ PickScore and the torchvision-on-PIL pipelines of clipscore/aesthetic do); float
 ``"torch"`` resizes float tensors with ``interpolate(bicubic, antialias=True)``; it is differentiable and is what
 HPS upstream does (``ToTensor`` then a tensor resize; torchvision >= 0.17 antialiases). The batched
 :meth:`batch` path is always ``"torch"``. All then normalise with the OpenAI CLIP mean/std.
+
+The per-image ``"pil"`` path never leaves uint8 until the last step, which maps each byte through a 256-entry table
+per channel (:func:`normalize_uint8`, bit-identical to ``normalize(x / 255)``). It runs in PIL and numpy, one thread
+per image, so it neither spawns torch's intra-op threads for small tensors (which stall on a busy CPU) nor competes
+with the model for them; parallelism across images comes from DataLoader workers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -73,14 +79,31 @@ def resize_torch(pixels: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels, size=hw, mode="bicubic", antialias=True, align_corners=False)
 
 
-def resize_pil(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """PIL bicubic resize of one ``[3,H,W]`` image (uint8, or float rounded to uint8) -> float32 [0,1]."""
+def resize_pil(image: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """PIL bicubic resize of one ``[3,H,W]`` image (uint8, or float rounded to uint8) -> uint8 ``[h,w,3]`` array."""
     if image.dtype != torch.uint8:
         image = (image.detach().float() * 255.0).round().clamp(0, 255).to(torch.uint8)
     pil = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     if pil.size != (hw[1], hw[0]):
         pil = pil.resize((hw[1], hw[0]), resample=Image.BICUBIC)
-    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255.0
+    return np.asarray(pil)
+
+
+@lru_cache(maxsize=8)
+def _uint8_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[3, 256]`` float32: :func:`normalize` of every byte value ``v / 255``, per channel."""
+    levels = to_float(torch.arange(256, dtype=torch.uint8)).expand(3, 1, 256)
+    return normalize(levels, mean, std)[:, 0].numpy()
+
+
+def normalize_uint8(pixels: np.ndarray, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+    """uint8 ``[H,W,3]`` -> normalised float32 ``[3,H,W]`` by table look-up (bit-identical to ``normalize(x/255)``)."""
+    table = _uint8_table(tuple(mean), tuple(std))
+    planar = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    out = np.empty(planar.shape, dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], planar[c], out=out[c])
+    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)
@@ -105,10 +128,9 @@ class CenterCropTransform:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         hw = shortest_edge_size(image.shape[-2], image.shape[-1], self.size)
         if self.backend == "pil":
-            resized = resize_pil(image, hw)
-        else:
-            resized = resize_torch(to_float(image.detach()).unsqueeze(0), hw)[0]
-        return normalize(self._crop(resized))
+            top, left = center_crop_offsets(*hw, self.size)
+            return normalize_uint8(resize_pil(image, hw)[top : top + self.size, left : left + self.size])
+        return normalize(self._crop(resize_torch(to_float(image.detach()).unsqueeze(0), hw)[0]))
 
     def batch(self, pixels: torch.Tensor) -> torch.Tensor:
         hw = shortest_edge_size(pixels.shape[-2], pixels.shape[-1], self.size)

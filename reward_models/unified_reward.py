@@ -126,7 +126,7 @@ class UnifiedReward(Scorer):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         net, info = AutoModelForImageTextToText.from_pretrained(
-            model, dtype=resolve_dtype(dtype), output_loading_info=True
+            model, dtype=resolve_dtype(dtype, device), output_loading_info=True
         )
         check_loading_info(info, model)
         self.model = net.to(device).eval().requires_grad_(False)
@@ -135,7 +135,7 @@ class UnifiedReward(Scorer):
         self.max_new_tokens = max_new_tokens
         self.transform = ToRGB()
         self.provenance = Provenance(model, files_sha256(pretrained_weight_files(model)), self.transform.variant,
-                                     str(resolve_dtype(dtype)), f"v1-templates-greedy-max{max_new_tokens}")
+                                     str(resolve_dtype(dtype, device)), f"v1-templates-greedy-max{max_new_tokens}")
 
     # ---- generation --------------------------------------------------------------------------------------------
     def chat_text(self, messages: list[dict[str, Any]]) -> str:

@@ -62,3 +62,14 @@ def test_quick_diffusion_bench_prints_every_row(capsys, monkeypatch, tmp_path):
         assert math.isfinite(row.peak_mib), row
         assert row.name in out
     assert "VAE:UNet =" in out
+
+
+def test_quick_scoring_bench_prints_every_row(capsys):
+    bench = _load("scoring")
+    rows = bench.main(["--quick", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert rows[0].name.startswith("PickScore README") and all(r.name.startswith("visalign") for r in rows[1:])
+    for row in rows:
+        assert len(row.rates) == 1 and math.isfinite(row.rate) and row.rate > 0, row
+        assert row.scores.shape == (bench.QUICK["images"],) and row.name in out
+    assert "speed-up vs the README loop" in out and "max |score difference|" in out

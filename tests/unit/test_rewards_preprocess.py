@@ -12,9 +12,12 @@ from reward_models.preprocess import (
     PadTransform,
     center_crop_offsets,
     longest_edge_size,
+    normalize,
+    normalize_uint8,
     pad_amounts,
     shortest_edge_size,
 )
+from reward_models.inputs import to_float
 
 BLACK = torch.tensor([(0 - m) / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
 WHITE = torch.tensor([(1 - m) / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
@@ -83,3 +86,15 @@ def test_tensor_path_is_differentiable_and_close_to_pil():
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="backend"):
         CenterCropTransform(224, "cv2")
+
+
+def test_uint8_table_normalisation_is_bit_identical_to_the_float_formula():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (37, 53, 3), generator=g, dtype=torch.uint8)
+    image[0, :3] = torch.tensor([[0, 0, 0], [255, 255, 255], [1, 128, 254]], dtype=torch.uint8)
+    expected = normalize(to_float(image.permute(2, 0, 1)))
+    out = normalize_uint8(image.numpy())
+    assert out.dtype == torch.float32 and out.shape == (3, 37, 53)
+    assert torch.equal(out, expected)
+    strided = image.numpy()[5:30, 7:40]  # a crop view, as the CLIP transform passes it
+    assert torch.equal(normalize_uint8(strided), expected[:, 5:30, 7:40])
