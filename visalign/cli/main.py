@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("visalign.cli.env", "print versions of visalign and its dependencies for bug reports"),
     "score": ("visalign.cli.score", "score images with a reward model"),
     "relabel": ("visalign.cli.relabel", "relabel preference pairs with a reward model"),
+    "agreement": ("visalign.cli.agreement", "accuracy of a reward model against human preferences (3 protocols)"),
     "eval": ("visalign.cli.eval", "generate and score images, win rates with confidence intervals"),
     "mia-dpo": ("visalign.cli.mia_dpo", "build MIA-DPO multi-image preference data from single-image QA rows"),
 }

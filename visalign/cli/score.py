@@ -34,7 +34,8 @@ def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="extra scorer option, value parsed as YAML (e.g. version=v2.0, head=aes.pth); repeatable")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1")
-    parser.add_argument("--dtype", default="float32", help="compute dtype: float32, float16, bfloat16")
+    parser.add_argument("--dtype", default="float32",
+                        help="compute dtype: float32, bfloat16, float16, or auto (bf16/fp16 where the device has it)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
 
