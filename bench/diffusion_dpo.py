@@ -17,10 +17,15 @@ fp16, 8-bit Adam and gradient checkpointing; ``--full`` trains the whole UNet wi
   (that one-off pass is in the note), then read from safetensors shards every step;
 - (b) ``DiffusionTrainer`` without a cache: PNG decode, resize/crop, VAE encode and both text encoders every step, the
   per-step work of the official scripts (Salesforce ``train.py``, the diffusers port, MaPO), run in our loop;
-- (c) the bare compute, written with plain torch/diffusers and no visalign code: the same UNet + LoRA, one batch of
-  fixed latents and prompt embeddings already in memory, per step draw t and ε (shared within each pair), one policy
-  forward over ``[chosen; rejected]``, one no-grad reference forward on the same tensors, the DPO loss, backward, an
-  AdamW step (negligible for LoRA; gradient clipping and logging left out);
+- (c) the bare compute, written with plain torch/diffusers and no visalign code: the same UNet + LoRA in the same
+  dtypes as (a) (with ``--precision bf16|fp16`` and LoRA, the frozen base in that dtype, the LoRA weights in fp32,
+  under autocast), one batch of fixed latents and prompt embeddings already in memory, per step draw t and ε (shared
+  within each pair), one policy forward over ``[chosen; rejected]``, one no-grad reference forward on the same tensors
+  (adapters toggled with diffusers' ``disable_adapters()``/``enable_adapters()``), the DPO loss, backward and the same
+  fused AdamW step as (a). What (a) must do and (c) leaves out, so (a)/(c) counts it as overhead: reading the batch
+  from the cache, per-pair keyed noise (``visalign.trainers.diffusion`` docstring), eval mode for the reference forward
+  (no effect on this UNet, whose dropout is 0, but required for models with dropout), gradient clipping, the
+  non-finite check and the metrics;
 - MaPO: (a) with ``MaPOConfig`` (no reference forward), compared with (a).
 
 Timing: ``bench/_common.py``'s ``StepClock`` (wall clock from the end of the last warm-up optimizer step to the end of
@@ -272,8 +277,11 @@ def run_bare(s: Settings, memory: PeakMemory) -> dict:
     from peft import LoraConfig
 
     device = torch.device(s.device)
+    low_precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision, torch.float32)
     start = time.perf_counter()
-    unet = UNet2DConditionModel.from_pretrained(s.model_dir, subfolder="unet").to(device)
+    # as the trainer: full fine-tuning keeps fp32 master weights; LoRA puts the frozen base in the autocast dtype
+    unet = UNet2DConditionModel.from_pretrained(s.model_dir, subfolder="unet",
+                                                torch_dtype=torch.float32 if s.full else low_precision).to(device)
     scheduler = DDPMScheduler.from_pretrained(s.model_dir, subfolder="scheduler")
     if s.full:
         reference = copy.deepcopy(unet).requires_grad_(False).eval()
@@ -285,7 +293,10 @@ def run_bare(s: Settings, memory: PeakMemory) -> dict:
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
+    for p in params:  # trainable weights in fp32
+        p.data = p.data.float()
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=True)  # as make_optimizer on cpu/cuda
+    dtype = unet.dtype
     cfg = unet.config
     vae_factor = 2 ** (len(json.loads((Path(s.model_dir) / "vae" / "config.json").read_text())["block_out_channels"])
                        - 1)
@@ -293,10 +304,10 @@ def run_bare(s: Settings, memory: PeakMemory) -> dict:
     pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
     b, g = s.batch_size, torch.Generator().manual_seed(0)
     x0 = torch.randn(2 * b, cfg.in_channels, latent, latent, generator=g).to(device)
-    hidden = torch.randn(b, 77, cfg.cross_attention_dim, generator=g).repeat(2, 1, 1).to(device)
-    cond = {"text_embeds": torch.randn(b, pooled, generator=g).repeat(2, 1).to(device),
+    hidden = torch.randn(b, 77, cfg.cross_attention_dim, generator=g).repeat(2, 1, 1).to(device, dtype)
+    cond = {"text_embeds": torch.randn(b, pooled, generator=g).repeat(2, 1).to(device, dtype),
             "time_ids": torch.tensor([[1.25 * s.resolution, 1.125 * s.resolution, 0, 0, s.resolution,
-                                       s.resolution]]).repeat(2 * b, 1).to(device)}
+                                       s.resolution]]).repeat(2 * b, 1).to(device, dtype)}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if s.precision == "bf16" else torch.float16,
                               enabled=s.precision != "no")
     setup_s = time.perf_counter() - start
@@ -304,7 +315,7 @@ def run_bare(s: Settings, memory: PeakMemory) -> dict:
     for step in range(s.total_steps):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g).repeat(2).to(device)
         noise = torch.randn(b, *x0.shape[1:], generator=g).repeat(2, 1, 1, 1).to(device)
-        x_t = scheduler.add_noise(x0, noise, t)
+        x_t = scheduler.add_noise(x0, noise, t).to(dtype)
         with autocast:
             mse = (unet(x_t, t, hidden, added_cond_kwargs=cond).sample.float() - noise).pow(2).mean(dim=(1, 2, 3))
             with torch.no_grad():

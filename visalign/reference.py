@@ -7,7 +7,10 @@
 
 ``active`` runs the block in eval mode (no dropout; transformers' gradient checkpointing is off outside training)
 and restores every module's train/eval flag afterwards. ``policy`` may be the accelerate-wrapped model; the
-strategies act on the unwrapped module.
+strategies act on the unwrapped module. Per step ``active`` walks no module tree: the unwrapped policy, its list of
+submodules (for the mode flags) and, for ``disable_adapter``, its adapter layers are found once, in
+``make_reference``; so the policy's modules must not change after it (a different ``policy`` object is looked up
+afresh). On an SDXL-shaped UNet with LoRA (2.5k modules) the walks cost ~50 ms per step on a CPU core.
 
 Strategies (``REFERENCE_STRATEGIES``):
 
@@ -30,8 +33,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -40,17 +44,46 @@ REFERENCE_STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precom
 REF_ADAPTER_NAME = "ref"
 
 
+class ModeFlags:
+    """The train/eval flags of every submodule of ``root``, listed once, to switch the tree to eval mode and back.
+
+    ``Module.eval()`` walks the tree and sets each module's ``training`` attribute; when no class in the tree overrides
+    ``train`` or ``__setattr__`` (diffusers UNets with peft LoRA, plain torch modules), :meth:`eval_mode` sets the
+    same attributes from the cached list instead. Otherwise (transformers' ``PreTrainedModel.train`` re-applies
+    kernels, peft's DoRA layers clear a cache) it calls the real ``root.eval()``.
+    """
+
+    def __init__(self, root: torch.nn.Module):
+        self.root = root
+        self.modules = list(root.modules())
+        self._plain = all(type(m).train is torch.nn.Module.train and type(m).__setattr__ is torch.nn.Module.__setattr__
+                          for m in self.modules)
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[torch.nn.Module]:
+        """Eval mode for the block; every submodule's flag is restored after."""
+        flags = [m.training for m in self.modules]
+        set_flag = object.__setattr__ if self._plain else setattr
+        if self._plain:
+            for m in self.modules:
+                set_flag(m, "training", False)
+        else:
+            self.root.eval()
+        try:
+            yield self.root
+        finally:
+            for m, training in zip(self.modules, flags):
+                set_flag(m, "training", training)
+
+
 @contextmanager
-def reference_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``torch.no_grad()`` and eval mode for the block; every submodule's train/eval flag is restored after."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, training in flags:
-            m.training = training
+def reference_mode(module: torch.nn.Module, flags: ModeFlags | None = None) -> Iterator[torch.nn.Module]:
+    """``torch.no_grad()`` and eval mode for the block; every submodule's train/eval flag is restored after.
+
+    ``flags``: the module's :class:`ModeFlags` when the caller keeps them across calls (else listed now).
+    """
+    with (flags or ModeFlags(module)).eval_mode(), torch.no_grad():
+        yield module
 
 
 @dataclass
@@ -64,7 +97,9 @@ class Reference:
 
     strategy: str
     model: torch.nn.Module | None = None
-    _switch: Callable[[torch.nn.Module], object] | None = None
+    _switch: Callable[[], AbstractContextManager] | None = None
+    _policy: torch.nn.Module | None = None
+    _flags: ModeFlags | None = None
 
     @property
     def needs_forward(self) -> bool:
@@ -77,11 +112,16 @@ class Reference:
         if not self.needs_forward:
             raise ValueError(f"reference strategy {self.strategy!r} runs no reference forward")
         if self.model is not None:
-            with reference_mode(self.model) as module:
+            flags = self._flags if self._flags is not None and self._flags.root is self.model else None
+            with reference_mode(self.model, flags) as module:
                 yield module
             return
-        module = extract_model_from_parallel(policy)
-        with reference_mode(module), self._switch(module):
+        if policy is self._policy:
+            flags, switch = self._flags, self._switch
+        else:  # not the policy bound in make_reference: look it up afresh
+            module = extract_model_from_parallel(policy)
+            flags, switch = ModeFlags(module), _SWITCHES[self.strategy](module)
+        with reference_mode(flags.root, flags) as module, switch():
             yield module
 
 
@@ -94,35 +134,48 @@ def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype
     module = extract_model_from_parallel(policy)
     if strategy == "frozen_copy":
         ref = copy.deepcopy(module).eval().requires_grad_(False)
-        return Reference(strategy, model=ref if dtype is None else ref.to(dtype))
+        ref = ref if dtype is None else ref.to(dtype)
+        return Reference(strategy, model=ref, _flags=ModeFlags(ref))
     if strategy == "disable_adapter":
         if not (_is_peft_model(module) or getattr(module, "_hf_peft_config_loaded", False)):
             raise ValueError(
                 "reference 'disable_adapter' needs a model with peft adapters (use_lora); use 'frozen_copy' for "
                 "full fine-tuning"
             )
-        return Reference(strategy, _switch=_adapters_disabled)
-    if strategy == "ref_adapter":
+    elif strategy == "ref_adapter":
         _add_frozen_ref_adapter(module)
-        return Reference(strategy, _switch=_ref_adapter_active)
-    return Reference(strategy)
+    else:
+        return Reference(strategy)
+    return Reference(strategy, _switch=_SWITCHES[strategy](module), _policy=policy, _flags=ModeFlags(module))
 
 
 def _is_peft_model(module: torch.nn.Module) -> bool:
     return hasattr(module, "peft_config") and hasattr(module, "disable_adapter")
 
 
-@contextmanager
-def _adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+def _adapters_disabled(module: torch.nn.Module) -> Callable[[], AbstractContextManager]:
+    """The ``disable_adapter`` switch of ``module``: peft's ``disable_adapter()`` context for a ``PeftModel``; for a
+    diffusers/transformers model with integrated adapters, what their ``disable_adapters()``/``enable_adapters()``
+    do (``enable_adapters(False/True)`` on every peft tuner layer and modules-to-save wrapper) over the layers listed
+    once here instead of a walk of the whole model (and a package-version check) per call."""
     if _is_peft_model(module):
-        with module.disable_adapter():
+        return module.disable_adapter
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
+
+    @contextmanager
+    def switch() -> Iterator[None]:
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
             yield
-        return
-    module.disable_adapters()
-    try:
-        yield
-    finally:
-        module.enable_adapters()
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+
+    return switch
 
 
 def _add_frozen_ref_adapter(module: torch.nn.Module) -> None:
@@ -158,3 +211,9 @@ def _ref_adapter_active(module: torch.nn.Module) -> Iterator[None]:
         module.set_adapter(previous)
         for name, p in module.named_parameters():
             p.requires_grad_(grads[name])
+
+
+#: strategy -> (unwrapped policy -> the context that switches it to the reference for a block).
+_SWITCHES: dict[str, Callable[[torch.nn.Module], Callable[[], AbstractContextManager]]] = {
+    "disable_adapter": _adapters_disabled, "ref_adapter": lambda module: partial(_ref_adapter_active, module),
+}

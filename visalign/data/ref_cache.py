@@ -12,10 +12,14 @@ hashes the model weights (``model_fingerprint``), the token ids (``dataset_finge
 chat template too), ``max_length`` and the per-token flag, so a different model or different data never reads a
 stale file. Files are written under a temporary name and renamed, so a killed run never leaves half a cache.
 
+The pass itself, ``compute_reference_logps``, takes any paired dataset, collator and log-likelihood function and
+keeps the columns in memory: the VLM trainer uses it directly (images are collated on the fly, so there are no token
+columns to key a file by) inside its own adapter-disabled, autocast context.
+
 Differs from TRL: TRL keeps only sums and refuses VLM data; here per-token values can be stored, and the cache is
-safetensors keyed by content rather than a ``datasets`` cache file. The pass runs outside any autocast context, so
-with mixed precision the cached values can differ from a live reference in the last bits. Each process computes the
-cache itself unless another has already written it (the rename makes concurrent writers safe).
+safetensors keyed by content rather than a ``datasets`` cache file. ``attach_reference_logps`` runs outside any
+autocast context, so with mixed precision the cached values can differ from a live reference in the last bits. Each
+process computes the cache itself unless another has already written it (the rename makes concurrent writers safe).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -34,6 +39,7 @@ from tqdm.auto import tqdm
 
 from visalign.data.text import PAIRED_TOKEN_COLUMNS, dataset_fingerprint
 from visalign.likelihood.text import pair_loglik
+from visalign.losses.types import PairLogLik
 from visalign.models.builtin import visalign_cache_dir
 from visalign.reference import reference_mode
 
@@ -71,29 +77,41 @@ def reference_cache_path(dataset: datasets.Dataset, key: str, cache_dir: str | P
 
 def compute_reference_logps(
     model: torch.nn.Module,
-    dataset: datasets.Dataset,
+    dataset,
     collator,
     *,
     batch_size: int,
     per_token: bool = False,
+    num_workers: int = 0,
+    loglik: Callable[..., PairLogLik] = pair_loglik,
     desc: str = "Computing reference log-probs",
-) -> dict[str, torch.Tensor]:
-    """Reference log-probs of every row of a tokenized paired dataset, in order, as CPU fp32 tensors:
-    ``ref_{chosen,rejected}_logps`` ``[N]`` and, with ``per_token``, ``ref_{side}_token_logps`` flattened over rows
-    (row ``i`` holds ``len({side}_input_ids[i])`` values)."""
-    loader = DataLoader(dataset.select_columns(list(PAIRED_TOKEN_COLUMNS)), batch_size=batch_size, shuffle=False,
-                        collate_fn=collator)
-    parts: dict[str, list[torch.Tensor]] = {}
+) -> dict[str, list]:
+    """Reference log-probs of every row of a paired dataset, in order, under ``reference_mode`` (no grad, eval mode).
+
+    Args:
+        dataset: any map-style dataset whose rows ``collator`` turns into a ``[chosen; rejected]`` batch with a
+            ``completion_mask`` (a tokenized ``datasets.Dataset`` with ``PreferenceCollator``; a
+            ``VisionPreferenceDataset`` with ``VisionPreferenceCollator``).
+        loglik: ``loglik(model, batch, return_token_logps=...) -> PairLogLik`` (``pair_loglik``;
+            ``vlm_pair_loglik`` for VLMs).
+
+    Returns per-row columns: ``ref_{chosen,rejected}_logps`` (summed, floats) and, with ``per_token``,
+    ``ref_{side}_token_logps`` (one value per ``completion_mask`` position of the row, as the collators read them).
+    The model runs as it is; the caller chooses adapters and autocast around the call.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
+    columns: dict[str, list] = {key: [] for key in REF_COLUMNS if per_token or "token" not in key}
     with reference_mode(model):
         for batch in tqdm(loader, desc=desc):
-            out = pair_loglik(model, batch, return_token_logps=per_token)
-            parts.setdefault("ref_chosen_logps", []).append(out.chosen.cpu())
-            parts.setdefault("ref_rejected_logps", []).append(out.rejected.cpu())
-            if per_token:
-                masks = batch["completion_mask"].bool().chunk(2)
-                for side, tokens, mask in zip(SIDES, (out.chosen_token_logps, out.rejected_token_logps), masks):
-                    parts.setdefault(f"ref_{side}_token_logps", []).append(tokens.cpu()[mask])
-    return {key: torch.cat(values).float().contiguous() for key, values in parts.items()}
+            out = loglik(model, batch, return_token_logps=per_token)
+            masks = batch["completion_mask"].bool().cpu().chunk(2)
+            for side, sums, tokens, mask in zip(SIDES, (out.chosen, out.rejected),
+                                                (out.chosen_token_logps, out.rejected_token_logps), masks):
+                columns[f"ref_{side}_logps"] += sums.float().tolist()
+                if per_token:
+                    columns[f"ref_{side}_token_logps"] += [row[keep].tolist()
+                                                           for row, keep in zip(tokens.float().cpu(), mask)]
+    return columns
 
 
 def attach_reference_logps(
@@ -113,22 +131,38 @@ def attach_reference_logps(
     key = reference_cache_key(model_fingerprint(model), data_fp, max_length=max_length, per_token=per_token)
     path = reference_cache_path(dataset, key, cache_dir)
     if path.exists():
-        values = load_file(path)
+        columns = _read_cache(path, dataset, per_token=per_token, name=name)
     else:
-        values = compute_reference_logps(model, dataset, collator, batch_size=batch_size, per_token=per_token,
-                                         desc=f"Reference log-probs of {name}")
-        _save_atomically(values, path, key)
+        columns = compute_reference_logps(model, dataset.select_columns(list(PAIRED_TOKEN_COLUMNS)), collator,
+                                          batch_size=batch_size, per_token=per_token,
+                                          desc=f"Reference log-probs of {name}")
+        _save_atomically(_as_tensors(columns), path, key)
+    dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+    for column, values in columns.items():
+        dataset = dataset.add_column(column, values)
+    return dataset
+
+
+def _as_tensors(columns: dict[str, list]) -> dict[str, torch.Tensor]:
+    """The columns as fp32 tensors for the cache file; per-token rows are concatenated."""
+    return {key: torch.tensor([x for row in values for x in row] if "token" in key else values, dtype=torch.float32)
+            for key, values in columns.items()}
+
+
+def _read_cache(path: Path, dataset: datasets.Dataset, *, per_token: bool, name: str) -> dict[str, list]:
+    """The columns stored in ``path``; per-token values are split back into rows by the completion lengths."""
+    values = load_file(path)
     if values["ref_chosen_logps"].numel() != len(dataset):
         raise ValueError(f"reference cache {path} has {values['ref_chosen_logps'].numel()} rows, {name} has "
                          f"{len(dataset)}; delete the file")
-    dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+    columns: dict[str, list] = {}
     for side in SIDES:
-        dataset = dataset.add_column(f"ref_{side}_logps", values[f"ref_{side}_logps"].tolist())
+        columns[f"ref_{side}_logps"] = values[f"ref_{side}_logps"].tolist()
         if per_token:
             lengths = [len(ids) for ids in dataset[f"{side}_input_ids"]]
             rows = values[f"ref_{side}_token_logps"].split(lengths)
-            dataset = dataset.add_column(f"ref_{side}_token_logps", [row.tolist() for row in rows])
-    return dataset
+            columns[f"ref_{side}_token_logps"] = [row.tolist() for row in rows]
+    return columns
 
 
 def _save_atomically(values: dict[str, torch.Tensor], path: Path, key: str) -> None:

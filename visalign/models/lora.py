@@ -45,3 +45,9 @@ def apply_lora(
         task_type="CAUSAL_LM" if hasattr(model, "generate") and hasattr(model, "get_output_embeddings") else None,
     )
     return get_peft_model(model, config)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft ``PeftModel`` (or duck-types one: ``peft_config`` and a ``disable_adapter()``
+    context), i.e. carries adapters that the ``disable_adapter`` reference can switch off."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")

@@ -23,6 +23,10 @@ checkpoint in place). The data stream is deterministic: epoch ``e`` is shuffled 
 micro-batch position is ``step · gradient_accumulation_steps``, so ``resume_from`` restores model, optimizer,
 scheduler and RNG states with ``accelerator.load_state`` and skips to the same position with
 ``accelerator.skip_first_batches`` — a resumed run ends where an uninterrupted one does.
+
+Per-step overhead is kept off the module tree: ``train()`` puts the whole model in train mode once and a step does it
+again only if the top module was left in eval mode (``evaluate``, validation images and the reference restore every
+flag they change); the parameters to clip are listed once, after ``prepare_reference``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class Trainer:
             model, make_optimizer(model, args, device=self.accelerator.device)
         )
         self.prepare_reference()  # may add columns (a precomputed reference) before the loader is built
+        self._parameters = list(self.model.parameters())  # listed once: clipping needs no walk over the modules
         self._data_generator = torch.Generator()
         self._train_loader = self.accelerator.prepare(
             self._dataloader(self.train_dataset, args.per_device_batch_size, shuffle=True)
@@ -179,6 +184,7 @@ class Trainer:
         self._metrics.truncate_after(self.global_step)
         ga = args.gradient_accumulation_steps
         stream = self._micro_batches(self.global_step * ga)
+        self.model.train()
         losses = []
         progress = tqdm(
             total=self.total_steps, initial=self.global_step, desc="training", disable=not acc.is_local_main_process
@@ -213,7 +219,8 @@ class Trainer:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches -> ``(loss, metrics, finite)``."""
         acc, args = self.accelerator, self.args
         ga = args.gradient_accumulation_steps
-        self.model.train()
+        if not self.model.training:  # a hook left it in eval mode (train() put the whole tree in train mode)
+            self.model.train()
         losses, rows = [], []
         for i in range(ga):
             batch = next(stream)
@@ -227,7 +234,7 @@ class Trainer:
             losses.append(loss.detach().float())
             rows.append((1.0, metrics))
         loss = torch.stack(losses).mean()
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+        grad_norm = acc.clip_grad_norm_(self._parameters, args.max_grad_norm or math.inf)
         bad = (~torch.isfinite(loss)).float()
         if grad_norm is not None and acc.scaler is None:  # with fp16 the grad scaler owns overflow handling
             bad = torch.maximum(bad, (~torch.isfinite(grad_norm)).float().to(bad.device))

@@ -64,6 +64,7 @@ from visalign.evaluation.validation import ValidationSettings, run_validation
 from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik
 from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
 from visalign.losses import preference_loss
+from visalign.losses.types import to_floats
 from visalign.models.diffusion import SDXL, DiffusionComponents, encode_images, encode_prompts, sdxl_time_ids
 from visalign.models.diffusion import load_diffusion_components
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
@@ -481,13 +482,11 @@ class DiffusionTrainer(Trainer):
         losses = out.losses
         if "weights" in batch:
             losses = losses * batch["weights"].to(losses.device)
-        metrics = dict(out.metrics)
-        metrics.update({"mse/chosen": float(-2 * policy.chosen.detach().mean()),
-                        "mse/rejected": float(-2 * policy.rejected.detach().mean()),
-                        "data/skipped_pairs": float(batch["num_skipped"])})
+        mse = {"mse/chosen": policy.chosen, "mse/rejected": policy.rejected}
         if ref is not None:
-            metrics.update({"ref_mse/chosen": float(-2 * ref.chosen.mean()),
-                            "ref_mse/rejected": float(-2 * ref.rejected.mean())})
+            mse.update({"ref_mse/chosen": ref.chosen, "ref_mse/rejected": ref.rejected})
+        metrics = {**out.metrics, **to_floats({k: -2 * v.detach().mean() for k, v in mse.items()}),  # one host sync
+                   "data/skipped_pairs": float(batch["num_skipped"])}
         return losses.mean(), metrics
 
     def num_examples(self, batch: dict) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,20 +154,26 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     """Sample pairs, train, evaluate (module docstring); prints the before/after figures and returns them with the
     training metrics."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    seconds = {}
+    started = time.perf_counter()
     print(f"[1/3] sampling {config.samples_per_prompt} images for each of {config.num_prompts} prompts from "
           f"{config.model}, scored by {config.scorer}", flush=True)
     pairs = sample_pairs(config, device)
+    seconds["sample_s"], started = time.perf_counter() - started, time.perf_counter()
     print(f"      {pairs['pairs']} pairs ({config.pairing}; mean score gap {pairs['mean_gap']:.3f}; "
           f"{pairs['skipped_small_gap']} "
-          f"prompt(s) without a gap above {config.min_gap})", flush=True)
+          f"prompt(s) without a gap above {config.min_gap}); {seconds['sample_s']:.0f} s", flush=True)
     print(f"[2/3] training {config.loss_type} (beta {config.beta}) with LoRA r{config.lora_r} for "
           f"{config.max_steps} steps", flush=True)
     output = Path(config.output_dir)
     training = dataclasses.replace(config, dataset=str(output / PAIRS_DIR),
                                    cache_dir=config.cache_dir or str(output / CACHE_DIR))
     train_metrics = DiffusionTrainer(training).train()
+    seconds["train_s"], started = time.perf_counter() - started, time.perf_counter()
+    print(f"      {seconds['train_s']:.0f} s", flush=True)
     print(f"[3/3] evaluating on {config.num_eval_prompts} held-out prompts x {config.eval_seeds} seeds", flush=True)
     report = evaluate_before_after(config, device)
+    seconds["eval_s"] = time.perf_counter() - started
     figures = summarise(report["scorers"][config.scorer])
     eval_dir = Path(config.output_dir) / EVAL_DIR
     print(f"\n{config.scorer} reward before -> after: {figures['reward_before']:.4f} -> {figures['reward_after']:.4f} "
@@ -175,6 +182,8 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
           f"win rate of the trained model against the base: {figures['win_rate']:.1%} "
           f"[{figures['win_rate_ci_low']:.1%}, {figures['win_rate_ci_high']:.1%}], ties {figures['tie_rate']:.1%}, "
           f"losses {figures['loss_rate']:.1%}\n"
+          f"time: sampling {seconds['sample_s']:.0f} s, training {seconds['train_s']:.0f} s, evaluation "
+          f"{seconds['eval_s']:.0f} s\n"
           f"before/after images: {eval_dir / 'grid.png'} (columns: after, before); report: {eval_dir / 'report.md'}"
           f"\nLoRA: {config.output_dir} (pipe.load_lora_weights)", flush=True)
-    return {**train_metrics, **figures}
+    return {**train_metrics, **figures, **seconds}

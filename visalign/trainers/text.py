@@ -30,7 +30,7 @@ from visalign.data.text import tokenize_preferences, tokenize_unpaired, validate
 from visalign.likelihood.text import cached_pair_loglik, pair_loglik, unpaired_loglik
 from visalign.losses import kto_loss, kto_reference_point, preference_loss
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
-from visalign.models.lora import apply_lora
+from visalign.models.lora import apply_lora, is_peft_model
 from visalign.reference import make_reference
 from visalign.data.ref_cache import attach_reference_logps
 from visalign.trainers._loop import Trainer
@@ -201,7 +201,7 @@ class DPOTrainer(Trainer):
         if args.use_lora:
             model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                target_modules=args.lora_target_modules)
-        self.reference_strategy = args.resolved_reference(lora=_is_peft(model))
+        self.reference_strategy = args.resolved_reference(lora=is_peft_model(model))
         return model
 
     def prepare_reference(self) -> None:
@@ -296,10 +296,6 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
 def run(config: DPOConfig) -> dict[str, float]:

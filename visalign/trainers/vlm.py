@@ -29,14 +29,15 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from visalign.data.dense_dpo import DENSE_DPO_SCORES
+from visalign.data.ref_cache import compute_reference_logps
 from visalign.data.sources import load_source
 from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
-from visalign.likelihood.text import cached_pair_loglik, pair_loglik, scored_mask
+from visalign.likelihood.text import cached_pair_loglik, pair_loglik
 from visalign.losses import PairLogLik, preference_loss
 from visalign.models.builtin import resolve_model
-from visalign.models.lora import apply_lora
-from visalign.trainers.text import DPOConfig, DPOTrainer, _is_peft, disable_dropout
+from visalign.models.lora import apply_lora, is_peft_model
+from visalign.trainers.text import DPOConfig, DPOTrainer, disable_dropout
 
 #: Batch keys that are not model inputs.
 NON_MODEL_KEYS = ("completion_mask", "token_weights", "ref_chosen_logps", "ref_rejected_logps",
@@ -186,7 +187,8 @@ class VLMDPOTrainer(DPOTrainer):
                                                                              "eval_dataset")
         if self.tokenizer is None:
             source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
-            self.tokenizer = AutoProcessor.from_pretrained(resolve_model(source), trust_remote_code=self.args.trust_remote_code)
+            self.tokenizer = AutoProcessor.from_pretrained(resolve_model(source),
+                                                           trust_remote_code=self.args.trust_remote_code)
         if not isinstance(self.tokenizer, ProcessorMixin):
             raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got {type(self.tokenizer).__name__}")
         if self.args.chat_template is not None:
@@ -223,34 +225,26 @@ class VLMDPOTrainer(DPOTrainer):
             targets = args.lora_target_modules or language_lora_targets(model)
             model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                                target_modules=targets)
-        self.reference_strategy = args.resolved_reference(lora=_is_peft(model))
+        self.reference_strategy = args.resolved_reference(lora=is_peft_model(model))
         return model
 
     # ---------------------------------------------------------------------------------------------- reference
 
-    @torch.no_grad()
     def _attach_reference(self, dataset: VisionPreferenceDataset, name: str) -> VisionPreferenceDataset:
-        """Run the reference once over ``dataset`` (in order) and return it with per-row ``ref_*`` columns: summed
-        and per-completion-token log-probs, so weighted (dense-DPO) and per-token losses can use them. The reference
-        is the policy before training, with LoRA adapters disabled."""
+        """Run the reference once over ``dataset`` (in order, ``ref_cache.compute_reference_logps``, in memory) and
+        return it with per-row ``ref_*`` columns: summed and per-completion-token log-probs, so weighted (dense-DPO)
+        and per-token losses can use them. The reference is the policy before training, with LoRA adapters disabled,
+        under the training autocast."""
+        args = self.args
         model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        size = self.args.precompute_ref_batch_size or self.args.eval_batch_size or self.args.per_device_batch_size
-        loader = torch.utils.data.DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=self.collator,
-                                             num_workers=self.args.dataloader_num_workers)
-        columns: dict[str, list] = {f"ref_{s}_{k}": [] for s in ("chosen", "rejected") for k in ("logps", "token_logps")}
-        context = model.disable_adapter() if _is_peft(model) else contextlib.nullcontext()
-        with context, self.accelerator.autocast():
-            for batch in loader:
-                pair = vlm_pair_loglik(model, batch, return_token_logps=True)
-                mask = scored_mask(batch["completion_mask"], batch["attention_mask"]).chunk(2)
-                for side, tokens, side_mask in (("chosen", pair.chosen_token_logps, mask[0]),
-                                                ("rejected", pair.rejected_token_logps, mask[1])):
-                    columns[f"ref_{side}_logps"] += (tokens.float() * side_mask.to(tokens.device)).sum(-1).tolist()
-                    for row, row_mask in zip(tokens.float().cpu(), side_mask.bool()):
-                        columns[f"ref_{side}_token_logps"].append(row[row_mask].tolist())
-        model.train(was_training)
+        adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
+        with adapters_off, self.accelerator.autocast():
+            columns = compute_reference_logps(
+                model, dataset, self.collator,
+                batch_size=args.precompute_ref_batch_size or args.eval_batch_size or args.per_device_batch_size,
+                per_token=True, num_workers=args.dataloader_num_workers, loglik=vlm_pair_loglik,
+                desc=f"Reference log-probs of {name}",
+            )
         return dataset.with_columns(columns)
 
     # ---------------------------------------------------------------------------------------------- loss
