@@ -46,7 +46,8 @@ QUICK = {"num_examples": 64, "steps": 3, "batch_size": 8, "warmup_steps": 1, "ev
 
 
 def training_batch(processor, items) -> dict[str, torch.Tensor]:
-    """Processor inputs for ``items`` with the answer as target: ``labels`` = input ids, -100 outside the answer."""
+    """Processor inputs for ``items`` with the answer as target: ``labels`` = input ids, -100 outside the answer
+    (prompt, image tokens and padding)."""
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "right"
     prompts = [processor.apply_chat_template(user_turn(item.question), add_generation_prompt=True) for item in items]
@@ -62,7 +63,7 @@ def training_batch(processor, items) -> dict[str, torch.Tensor]:
     return {**inputs, "labels": labels}
 
 
-def train(model, processor, config: TrainConfig) -> float:
+def train(model, processor, config: TrainConfig, device: torch.device) -> float:
     """Supervised fine-tuning on the answers; returns seconds per step."""
     data = examples(config.num_examples, seed=config.seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -72,7 +73,8 @@ def train(model, processor, config: TrainConfig) -> float:
     started = time.perf_counter()
     for step in range(1, config.steps + 1):
         idx = torch.randint(len(data), (config.batch_size,), generator=g).tolist()
-        loss = model(**training_batch(processor, [data[i] for i in idx])).loss
+        batch = training_batch(processor, [data[i] for i in idx])
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for save_pretrained (model + processor)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for f in fields(TrainConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                             help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
@@ -96,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
     began = time.perf_counter()
+    device = torch.device(args.device)
     model, processor = tiny_llava(hidden_size=config.hidden_size, seed=config.seed, words=WORDS)
-    timings = {"sft_s_per_step": train(model, processor, config)}
+    timings = {"sft_s_per_step": train(model.to(device), processor, config, device)}
     held_out = examples(config.eval_examples, seed=10_000 + config.seed)
     t0 = time.perf_counter()
     answers = generate_answers(model, processor, held_out)

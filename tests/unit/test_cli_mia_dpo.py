@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,20 @@ def test_nothing_kept_is_reported_and_exits_1(model_dir, data, tmp_path, capsys)
     assert dropped["low_perplexity"] + dropped["empty"] + dropped["same_as_ground_truth"] == 2
     assert dropped["attention_ratio"] == dropped["ground_truth_too_long"] == 0
     assert _count(captured.out, DROP_REASONS["low_perplexity"]) == dropped["low_perplexity"]
+
+
+def test_summary_prints_each_drop_reason_count(tmp_path):
+    """Constructed selection counts (a different number per reason) land on their own summary lines."""
+    dropped = {key: number for number, key in enumerate(DROP_REASONS, start=1)}
+    selection = {"generated": 3 + sum(dropped.values()), "kept": 3, "dropped": dropped}
+    rows = [{"kind": "sequence"}, {"kind": "sequence"}, {"kind": "pip"}]
+    printed = mia_dpo.summary(9, Counter(no_image=2), rows, selection, [("sequence", 2), ("grid", 4), ("pip", 1)],
+                              tmp_path / "mia_dpo.json")
+    assert _count(printed, "dropped by the selection filters") == sum(dropped.values())
+    for key, text in DROP_REASONS.items():
+        assert _count(printed, text) == dropped[key]
+    assert _count(printed, "answers generated") == selection["generated"] and _count(printed, "pairs kept") == 3
+    assert [_count(printed, kind) for kind in ("sequence", "grid", "pip")] == [2, 0, 1]
 
 
 def _rows_file(tmp_path: Path, rows: list[dict]) -> Path:

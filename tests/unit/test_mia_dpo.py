@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visalign.data import mia_dpo
+from visalign.data import mia_dpo, mia_dpo_select
 from visalign.data.mia_dpo_select import (
     MIASelectConfig, SourceSample, attention_ratio, build_mia_dpo, greedy_perplexity, image_spans, drop_reason,
     passes_threshold,
@@ -82,6 +82,43 @@ def test_perplexity_thresholds_and_filters():
     assert drop_reason("red", "blue", 1.05, True, config) == "low_perplexity"
     assert drop_reason("x" * 512, "blue", 2, True, config) == "ground_truth_too_long"
     assert drop_reason("red", "blue", 1.5, False, config) == "attention_ratio"
+
+
+def test_selection_counts_each_drop_reason(tmp_path, monkeypatch):
+    """Constructed answers, perplexities and attention maps (pip: one 5x5 map) -> exact per-reason counts; a sample
+    failing several filters counts under the first one only."""
+    from visalign.testing.vlm import tiny_llava
+
+    model, processor = tiny_llava()
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    prompt_ids = [1, *[image_token] * 25, 2]
+    cases = {  # question -> (ground truth, answer, greedy perplexity, attention only on the inset)
+        "case0 ?": ("it is red .", "it is blue .", 2.0, False),  # kept
+        "case1 ?": ("it is red .", " ", 2.0, False),  # empty
+        "case2 ?": ("it is red .", "it is red .", 1.0, True),  # same_as_ground_truth (also low PPL, high ratio)
+        "case3 ?": ("x" * 512, "it is blue .", 2.0, False),  # ground_truth_too_long
+        "case4 ?": ("it is red .", "it is blue .", 1.1, False),  # low_perplexity (PPL must exceed 1.1)
+        "case5 ?": ("it is red .", "it is blue .", 1.05, True),  # low_perplexity (also high ratio)
+        "case6 ?": ("it is red .", "it is blue .", 2.0, True),  # attention_ratio
+    }
+
+    def scripted(model, processor, images, prompt, *, layer, max_new_tokens):
+        _, answer, perplexity, on_inset = cases[prompt.rsplit(", ", 1)[1]]
+        amap = torch.zeros(5, 5) if on_inset else torch.ones(5, 5)
+        amap[1:4, 1:4] = 1.0  # the central 3x3 of 5x5 (pip_fraction 16/24): ratio 1 or 9/25
+        rows = torch.cat([torch.zeros(1), amap.reshape(-1), torch.zeros(1)]).expand(2, -1)
+        return answer, perplexity, rows, prompt_ids
+
+    monkeypatch.setattr(mia_dpo_select, "generate_with_attention", scripted)
+    samples = [SourceSample(Image.new("RGB", (20, 20), (30 * i, 0, 0)), question, gt, str(i))
+               for i, (question, (gt, *_)) in enumerate(cases.items())]
+    out = build_mia_dpo(model, processor, samples, tmp_path, kinds=(("pip", 1),))
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert selection == {"generated": 7, "kept": 1, "dropped": {
+        "empty": 1, "same_as_ground_truth": 1, "ground_truth_too_long": 1, "low_perplexity": 2, "attention_ratio": 1}}
+    rows = json.loads(out.read_text())
+    assert [(r["id"], r["rejected"]) for r in rows] == [("0_pip", "it is blue .")]
+    assert rows[0]["attention_ratio"] == pytest.approx(9 / 25)
 
 
 def test_pipeline_writes_data_the_trainer_reads(tmp_path):

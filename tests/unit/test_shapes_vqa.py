@@ -22,8 +22,10 @@ def test_answers_and_their_check():
     assert not check_answer(SPEC, "describe", "a large red circle on a white background .")
     assert not check_answer(SPEC, "describe", "a small red circle")  # background missing
     assert check_answer(SPEC, "colour", "red")
-    with pytest.raises(KeyError, match="unknown question"):
-        answer_for(SPEC, "size")
+    assert not check_answer(SPEC, "colour", "")
+    for ask in (answer_for, lambda spec, question: check_answer(spec, question, "it is red .")):
+        with pytest.raises(KeyError, match="unknown question 'size'"):
+            ask(SPEC, "size")
 
 
 def test_every_answer_word_is_in_the_vocabulary():
@@ -53,3 +55,27 @@ def test_preference_pairs_reject_the_models_own_mistake_else_a_template():
         assert row["images"] == [item.image] and row["prompt"][0]["content"][0] == {"type": "image"}
     with pytest.raises(ValueError, match="4 examples but 3"):
         preference_pairs(items, said[:3])
+    with pytest.raises(TypeError, match="model answer 1 is a NoneType"):
+        preference_pairs(items, [said[0], None, *said[2:]])
+
+
+def test_preference_pairs_without_templates_keep_only_the_models_mistakes_and_count_the_rest():
+    items = examples(6, seed=11)  # colour, shape, describe, twice
+    wrong_colour = next(c for c in ("red", "blue") if c != items[0].spec.colour)
+    said = [f"it is {wrong_colour} .", items[1].answer, "a a a", "  ", items[4].answer, items[5].answer]
+    rows, counts = preference_pairs(items, said, templates=False)
+    assert counts == {"model": 2, "skipped_right": 3, "skipped_empty": 1}
+    assert [row["rejected"][0]["content"][0]["text"] for row in rows] == [said[0], "a a a"]
+    assert [row["chosen"][0]["content"][0]["text"] for row in rows] == [items[0].answer, items[2].answer]
+    templated, counts = preference_pairs(items, said)
+    assert len(templated) == 6 and counts == {"model": 2, "template": 4}
+
+
+def test_templated_hallucinations_are_wrong_and_seeded():
+    items = examples(30, seed=13)
+    first = preference_pairs(items, [item.answer for item in items], seed=4)[0]
+    again = preference_pairs(items, [item.answer for item in items], seed=4)[0]
+    rejected = [row["rejected"][0]["content"][0]["text"] for row in first]
+    assert rejected == [row["rejected"][0]["content"][0]["text"] for row in again]
+    assert not any(check_answer(item.spec, item.question, text) for item, text in zip(items, rejected))
+    assert all(set(text.split()) <= set(WORDS) for text in rejected)

@@ -18,11 +18,13 @@ it is wrong (an on-policy hallucination), else a templated hallucination with th
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from PIL import Image
 
 from visalign.shapes.render import render
@@ -34,6 +36,8 @@ QUESTIONS: dict[str, str] = {
     "describe": "describe the image .",
 }
 DESCRIBED = ("size", "colour", "shape", "background")
+#: question key -> the scene attributes its answer must name
+ASKED: dict[str, tuple[str, ...]] = {"colour": ("colour",), "shape": ("shape",), "describe": DESCRIBED}
 #: every word a question or an answer uses (the shapes VLM's tokenizer vocabulary)
 WORDS: tuple[str, ...] = tuple(dict.fromkeys(
     [*VOCABULARY, *" ".join(QUESTIONS.values()).split(), "it", "is", "."]))
@@ -49,27 +53,37 @@ class VQAExample:
     answer: str
 
 
+def _check_question(question: str) -> None:
+    if question not in QUESTIONS:
+        raise KeyError(f"unknown question {question!r}; choose from {sorted(QUESTIONS)}")
+
+
 def answer_for(spec: ShapeSpec, question: str) -> str:
     """The templated correct answer to ``question`` (a key of :data:`QUESTIONS`) about ``spec``."""
+    _check_question(question)
     if question == "colour":
         return f"it is {spec.colour} ."
     if question == "shape":
         return f"it is a {spec.shape} ."
-    if question == "describe":
-        return describe(spec, DESCRIBED) + " ."
-    raise KeyError(f"unknown question {question!r}; choose from {sorted(QUESTIONS)}")
+    return describe(spec, DESCRIBED) + " ."
 
 
 def check_answer(spec: ShapeSpec, question: str, answer: str) -> bool:
     """Whether ``answer`` is right about ``spec``: it names exactly the scene's value of every attribute the question
     asks about (``describe``: size, colour, shape, background) and no other value of those attributes."""
+    _check_question(question)
     words = answer.lower().replace(".", " ").split()
-    attributes = {"colour": ("colour",), "shape": ("shape",), "describe": DESCRIBED}[question]
-    for attribute in attributes:
+    for attribute in ASKED[question]:
         named = {w for w in words if w in OPTIONS[attribute]}
         if named != {getattr(spec, attribute)}:
             return False
     return True
+
+
+def chance(question: str) -> float:
+    """Accuracy of uniform guessing on ``question``: the chance of naming every asked attribute right."""
+    _check_question(question)
+    return 1.0 / math.prod(len(OPTIONS[attribute]) for attribute in ASKED[question])
 
 
 def examples(n: int, seed: int, *, resolution: int = 32, questions: Sequence[str] = tuple(QUESTIONS)
@@ -96,26 +110,38 @@ def hallucination(spec: ShapeSpec, question: str, rng: random.Random) -> str:
     return answer_for(wrong, question)
 
 
-def preference_pairs(items: Sequence[VQAExample], model_answers: Sequence[str], *, seed: int = 0
-                     ) -> tuple[list[dict], Counter]:
+def preference_pairs(items: Sequence[VQAExample], model_answers: Sequence[str], *, seed: int = 0,
+                     templates: bool = True) -> tuple[list[dict], Counter]:
     """TRL vision preference rows (``images``, ``prompt``, ``chosen``, ``rejected``, conversational) from each example
-    and the model's answer to it, and a ``Counter`` of where each rejected answer came from (``model`` when the model
-    was wrong, ``template`` when it was right)."""
+    and the model's answer to it: the correct answer is chosen; the model's own answer is rejected when it is wrong
+    (an on-policy hallucination). Where the model was right (or said nothing), a templated hallucination
+    (:func:`hallucination`) is rejected, or with ``templates=False`` the example is skipped.
+
+    Returns the rows and a ``Counter`` of what became of each example: ``model`` and ``template`` (where the rejected
+    answer came from), ``skipped_right`` and ``skipped_empty`` (no row; only with ``templates=False``).
+    """
     if len(items) != len(model_answers):
         raise ValueError(f"{len(items)} examples but {len(model_answers)} model answers")
-    rng, rows, sources = random.Random(seed), [], Counter()
-    for item, said in zip(items, model_answers):
-        own_mistake = said.strip() and not check_answer(item.spec, item.question, said)
-        rejected = said.strip() if own_mistake else hallucination(item.spec, item.question, rng)
-        sources["model" if own_mistake else "template"] += 1
+    rng, rows, counts = random.Random(seed), [], Counter()
+    for index, (item, said) in enumerate(zip(items, model_answers)):
+        if not isinstance(said, str):
+            raise TypeError(f"model answer {index} is a {type(said).__name__}, not a string")
+        said = said.strip()
+        if said and not check_answer(item.spec, item.question, said):
+            rejected, source = said, "model"
+        elif templates:
+            rejected, source = hallucination(item.spec, item.question, rng), "template"
+        else:
+            counts["skipped_right" if said else "skipped_empty"] += 1
+            continue
+        counts[source] += 1
         rows.append({
             "images": [item.image],
-            "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text",
-                                                                          "text": QUESTIONS[item.question]}]}],
+            "prompt": user_turn(item.question),
             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": item.answer}]}],
             "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
         })
-    return rows, sources
+    return rows, counts
 
 
 def user_turn(question: str) -> list[dict]:
@@ -126,8 +152,6 @@ def user_turn(question: str) -> list[dict]:
 def generate_answers(model, processor, items: Sequence[VQAExample], *, batch_size: int = 32,
                      max_new_tokens: int = 12) -> list[str]:
     """Greedy answers of a LLaVA-style ``model`` to each example's question (left-padded batches)."""
-    import torch
-
     tokenizer = processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers = []
