@@ -43,18 +43,40 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextModel
 
 from reward_models.shapes import ShapesScorer
+from visalign.models.diffusion import embed_token_ids, sdxl_time_ids, tokenize_prompts
 from visalign.shapes.render import render_batch
 from visalign.shapes.world import SHAPES, VOCABULARY, describe, sample_scene
 from visalign.testing.clip import clip_text_config, seeded
+from visalign.testing.diffusion import DiffusionShape, tiny_sdxl_components
 from visalign.testing.tokenizers import clip_style_tokenizer
+
+PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+
+#: The SDXL-architecture denoiser: SDXL's block layout (no attention at the top level; cross-attention at the lower
+#: level and in the mid block; linear attention projections) at the SD model's widths, and two text encoders of half
+#: the SD encoder's width, so the UNet attends to 64-d tokens as the SD model does. Added conditioning:
+#: 6 time ids x 8 + the 32-d pooled embedding = 80 inputs (SDXL: 6 x 256 + 1280).
+SDXL_SHAPE = DiffusionShape(unet_channels=(48, 96), attention_heads=4, vae_channels=(32, 64), norm_num_groups=16,
+                            text_hidden_size=32, text_layers=2, text_heads=4, pooled_dim=32, addition_time_embed_dim=8)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    arch: str = field(default="sd", metadata={"help": f"architecture: {' | '.join(PIPELINES)} (the pipeline class)"})
+    vae_from: str = field(default="", metadata={"help": "folder of a trained AutoencoderKL to reuse (e.g. "
+                                                        "visalign/assets/shapes-sd/vae): skips the VAE stage"})
     seed: int = field(default=0, metadata={"help": "seeds rendering, initialisation, batches and sampling"})
     resolution: int = field(default=32, metadata={"help": "image side in pixels"})
     num_images: int = field(default=8000, metadata={"help": "rendered training scenes"})
@@ -69,24 +91,64 @@ class TrainConfig:
     warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up of both stages"})
     caption_dropout: float = field(default=0.1, metadata={"help": "P(caption replaced by the empty prompt)"})
     eval_prompts: int = field(default=60, metadata={"help": "held-out prompts sampled and scored at the end"})
-    eval_steps: int = field(default=25, metadata={"help": "DDIM steps when sampling for the evaluation"})
+    eval_steps: int = field(default=25, metadata={"help": "sampler steps of the evaluation (the saved scheduler)"})
     eval_guidance: float = field(default=1.5, metadata={"help": "classifier-free guidance scale of the evaluation"})
+
+    def __post_init__(self):
+        if self.arch not in PIPELINES:
+            raise ValueError(f"arch must be one of {sorted(PIPELINES)}; got {self.arch!r}")
+        if self.resolution % 4:
+            raise ValueError(f"resolution must be a multiple of 4 (VAE factor 2 x UNet factor 2), got {self.resolution}")
 
 
 QUICK = {"num_images": 512, "vae_steps": 30, "vae_batch_size": 16, "unet_steps": 40, "unet_batch_size": 16,
          "warmup_steps": 5, "eval_prompts": 8, "eval_steps": 10}
 
 
-def build_models(config: TrainConfig):
-    """Tokenizer, text encoder, VAE, UNet and the sampling scheduler, freshly initialised from ``config.seed``."""
+class TextConditioning(torch.nn.Module):
+    """The prompt side of the denoiser, trained with the UNet: SD's one text encoder (last hidden state) or SDXL's two
+    (penultimate hidden states concatenated, pooled embedding of encoder 2, fixed ``time_ids``), as
+    ``visalign.models.diffusion.encode_prompts`` conditions the UNet."""
+
+    def __init__(self, tokenizers, text_encoders, time_ids: torch.Tensor | None = None):
+        super().__init__()
+        self.tokenizers = tuple(tokenizers)
+        self.text_encoders = torch.nn.ModuleList(text_encoders)
+        self.time_ids = time_ids
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """``[N, E, L]``: the ids of every prompt under each of the E tokenizers."""
+        return torch.stack([tokenize_prompts(tokenizer, prompts) for tokenizer in self.tokenizers], dim=1)
+
+    def unet_kwargs(self, ids: torch.Tensor) -> dict:
+        """The UNet's conditioning arguments for ``[N, E, L]`` ids (with autograd)."""
+        embeddings = embed_token_ids(self.text_encoders, ids.unbind(1))
+        if self.time_ids is None:
+            return {"encoder_hidden_states": embeddings.hidden_states}
+        time_ids = self.time_ids.to(embeddings.pooled.device).expand(len(ids), -1)
+        return {"encoder_hidden_states": embeddings.hidden_states,
+                "added_cond_kwargs": {"text_embeds": embeddings.pooled, "time_ids": time_ids}}
+
+
+def build_denoiser(config: TrainConfig) -> tuple[TextConditioning, UNet2DConditionModel, object]:
+    """Text conditioning, UNet and sampling scheduler of ``config.arch``, freshly initialised from ``config.seed``.
+
+    ``sd``: one ``CLIPTextModel``, cross-attention at both UNet levels, DDIM. ``sdxl``: ``tiny_sdxl_components`` at
+    :data:`SDXL_SHAPE` (its VAE is not used), time ids (orig size, crop (0, 0), target size) = the resolution, Euler
+    (SDXL's sampler). Both use SD's ``scaled_linear`` betas.
+    """
+    if config.arch == "sdxl":
+        parts = tiny_sdxl_components(shape=replace(SDXL_SHAPE, image_size=config.resolution), seed=config.seed,
+                                     words=VOCABULARY)
+        size = (config.resolution, config.resolution)
+        conditioning = TextConditioning((parts["tokenizer"], parts["tokenizer_2"]),
+                                        (parts["text_encoder"], parts["text_encoder_2"]),
+                                        time_ids=sdxl_time_ids([size], [(0, 0)], size))
+        return conditioning, parts["unet"], EulerDiscreteScheduler.from_config(parts["scheduler"].config)
     tokenizer = clip_style_tokenizer(VOCABULARY)
     with seeded(config.seed):
         text_encoder = CLIPTextModel(clip_text_config(tokenizer, hidden_size=64, num_layers=2, num_heads=4,
                                                       projection_dim=64))
-    with seeded(config.seed + 1):
-        vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-                            norm_num_groups=32, sample_size=config.resolution)
     with seeded(config.seed + 2):
         unet = UNet2DConditionModel(
             sample_size=config.resolution // 2, in_channels=4, out_channels=4, block_out_channels=(48, 96),
@@ -97,7 +159,40 @@ def build_models(config: TrainConfig):
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type="epsilon", timestep_spacing="leading")
-    return tokenizer, text_encoder, vae, unet, scheduler
+    return TextConditioning((tokenizer,), (text_encoder,)), unet, scheduler
+
+
+def build_vae(config: TrainConfig) -> AutoencoderKL:
+    """The VAE: loaded from ``config.vae_from`` (frozen), else freshly initialised from ``config.seed``."""
+    if not config.vae_from:
+        with seeded(config.seed + 1):
+            return AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                                 norm_num_groups=32, sample_size=config.resolution)
+    folder = Path(config.vae_from)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--vae-from {folder}: no config.json there; expected an AutoencoderKL "
+                                "save_pretrained folder (e.g. visalign/assets/shapes-sd/vae)")
+    vae = AutoencoderKL.from_pretrained(folder)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if factor != 2 or vae.config.latent_channels != 4:
+        raise ValueError(f"--vae-from {folder}: the denoisers take 4-channel latents at 1/2 the image size; this VAE "
+                         f"gives {vae.config.latent_channels} channels at 1/{factor}")
+    return vae.requires_grad_(False).eval()
+
+
+def build_pipeline(config: TrainConfig, conditioning: TextConditioning, vae, unet, scheduler):
+    """The ``StableDiffusion[XL]Pipeline`` of the trained parts. SDXL's unconditional branch is the encoded empty
+    prompt (``force_zeros_for_empty_prompt=False``), which caption dropout trained, not SDXL's zeros."""
+    tokenizers, encoders = conditioning.tokenizers, conditioning.text_encoders
+    if config.arch == "sdxl":
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1],
+                                         tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=unet,
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=False,
+                                         add_watermarker=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=encoders[0], tokenizer=tokenizers[0], unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def render_dataset(config: TrainConfig) -> tuple[torch.Tensor, list[str]]:
@@ -150,29 +245,30 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, config: TrainConfig, dev
 
 @torch.no_grad()
 def cache_latents(vae: AutoencoderKL, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image (CPU tensors), and the VAE's scaling factor set to 1 / latent std."""
+    """Posterior mean and std of every image (CPU tensors)."""
     means, stds = [], []
     for chunk in images.split(256):
         posterior = vae.encode(chunk.to(device)).latent_dist
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
-    latent_std = torch.sqrt(mean.var() + std.pow(2).mean()).item()  # std of a posterior sample over the data
-    vae.register_to_config(scaling_factor=1.0 / latent_std)
-    return mean, std
+    return torch.cat(means), torch.cat(stds)
 
 
-def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents: tuple[torch.Tensor, torch.Tensor],
+def latent_scaling_factor(mean: torch.Tensor, std: torch.Tensor) -> float:
+    """1 / std of a posterior sample over the data (SD's convention for ``vae.config.scaling_factor``)."""
+    return 1.0 / torch.sqrt(mean.var() + std.pow(2).mean()).item()
+
+
+def train_denoiser(unet, conditioning: TextConditioning, scheduler, latents: tuple[torch.Tensor, torch.Tensor],
                    prompts: list[str], scaling_factor: float, config: TrainConfig, device: torch.device) -> float:
-    """Joint ε-prediction training of UNet and text encoder with caption dropout; returns seconds per step."""
+    """Joint ε-prediction training of UNet and text encoder(s) with caption dropout; returns seconds per step."""
     noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    tokens = tokenizer(prompts + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt").input_ids
+    tokens = conditioning.token_ids(prompts + [""])
     ids, empty = tokens[:-1], tokens[-1]
     mean, std = latents
     unet.to(device).train()
-    text_encoder.to(device).train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    conditioning.to(device).train()
+    params = list(unet.parameters()) + list(conditioning.parameters())
     optimizer, schedule = _optimizer(params, config.unet_lr, config.warmup_steps)
     g = torch.Generator().manual_seed(config.seed + 20)
     started = time.perf_counter()
@@ -182,14 +278,14 @@ def train_denoiser(unet, text_encoder, tokenizer, scheduler, latents: tuple[torc
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(idx),), generator=g)
         noisy = noise_scheduler.add_noise(z, noise, t)
-        batch_ids = torch.where((torch.rand(len(idx), generator=g) < config.caption_dropout)[:, None], empty, ids[idx])
-        states = text_encoder(batch_ids.to(device))[0]
-        pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=states).sample
+        drop = torch.rand(len(idx), generator=g) < config.caption_dropout
+        batch_ids = torch.where(drop[:, None, None], empty, ids[idx])
+        pred = unet(noisy.to(device), t.to(device), **conditioning.unet_kwargs(batch_ids)).sample
         loss = F.mse_loss(pred.float(), noise.to(device).float())
         _step(loss, params, optimizer, schedule)
         _log("unet+text", step, config.unet_steps, loss.item(), started)
     unet.eval()
-    text_encoder.eval()
+    conditioning.eval()
     return (time.perf_counter() - started) / config.unet_steps
 
 
@@ -203,7 +299,7 @@ def eval_prompts(config: TrainConfig) -> list[str]:
 @torch.no_grad()
 def evaluate(out: Path, config: TrainConfig, device: torch.device) -> dict:
     """Reload the saved pipeline, sample the held-out prompts, score them; writes ``samples.png``."""
-    pipe = StableDiffusionPipeline.from_pretrained(out).to(device)
+    pipe = PIPELINES[config.arch].from_pretrained(out).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = eval_prompts(config)
     generator = torch.Generator().manual_seed(config.seed + 30)
@@ -214,8 +310,11 @@ def evaluate(out: Path, config: TrainConfig, device: torch.device) -> dict:
     ]).clamp(0, 1)
     result = ShapesScorer().score(images, prompts)
     _save_grid(images, out / "samples.png")
-    metrics = {"mean_reward": result.scores.mean().item(), "prompts": len(prompts),
-               "guidance_scale": config.eval_guidance, "ddim_steps": config.eval_steps}
+    metrics = {"arch": config.arch, "mean_reward": result.scores.mean().item(), "prompts": len(prompts),
+               "guidance_scale": config.eval_guidance, "scheduler": type(pipe.scheduler).__name__,
+               "sampling_steps": config.eval_steps,
+               "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                              for name in ("unet", "text_encoder", "text_encoder_2", "vae") if hasattr(pipe, name)}}
     metrics.update({f"accuracy/{k}": v.mean().item() for k, v in result.details.items()
                     if k in ("colour", "shape", "size", "background", "detected")})
     metrics["chance/colour"], metrics["chance/shape"] = 1 / 6, 1 / len(SHAPES)
@@ -244,27 +343,29 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
-    if config.resolution % 4:
-        parser.error(f"--resolution must be a multiple of 4 (VAE factor 2 x UNet factor 2), got {config.resolution}")
+    try:
+        config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
+    except ValueError as error:
+        parser.error(str(error))
     device = torch.device(args.device)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     began = time.perf_counter()
 
-    tokenizer, text_encoder, vae, unet, scheduler = build_models(config)
+    conditioning, unet, scheduler = build_denoiser(config)
+    vae = build_vae(config)
     images, prompts = render_dataset(config)
     timings["render_s"] = time.perf_counter() - began
-    timings["vae_s_per_step"] = train_vae(vae, images, config, device)
+    if not config.vae_from:
+        timings["vae_s_per_step"] = train_vae(vae, images, config, device)
     t0 = time.perf_counter()
-    latents = cache_latents(vae, images, device)
+    latents = cache_latents(vae.to(device), images, device)
+    if not config.vae_from:
+        vae.register_to_config(scaling_factor=latent_scaling_factor(*latents))
     timings["cache_s"] = time.perf_counter() - t0
-    timings["unet_s_per_step"] = train_denoiser(unet, text_encoder, tokenizer, scheduler, latents, prompts,
+    timings["unet_s_per_step"] = train_denoiser(unet, conditioning, scheduler, latents, prompts,
                                                 vae.config.scaling_factor, config, device)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(args.out)
+    build_pipeline(config, conditioning, vae, unet, scheduler).save_pretrained(args.out)
     (args.out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     t0 = time.perf_counter()
     metrics = evaluate(args.out, config, device)

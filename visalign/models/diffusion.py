@@ -151,7 +151,7 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_prompts(text_encoders: Sequence, tokenizers: Sequence, prompts: Sequence[str]) -> PromptEmbeddings:
-    """Encode prompts as the SD / SDXL pipelines condition the UNet.
+    """Encode prompts as the SD / SDXL pipelines condition the UNet (:func:`embed_token_ids` of each tokenizer's ids).
 
     One encoder (SD1.5/SD2.x): the last hidden state. Two encoders (SDXL): the penultimate hidden states
     (``hidden_states[-2]``) of both, concatenated on the feature axis, and the pooled embedding from encoder 2's
@@ -160,17 +160,23 @@ def encode_prompts(text_encoders: Sequence, tokenizers: Sequence, prompts: Seque
     if len(text_encoders) != len(tokenizers) or len(text_encoders) not in (1, 2):
         raise ValueError(f"encode_prompts: need 1 (SD) or 2 (SDXL) encoder/tokenizer pairs; got "
                          f"{len(text_encoders)} encoders and {len(tokenizers)} tokenizers")
+    return embed_token_ids(text_encoders, [tokenize_prompts(tokenizer, prompts) for tokenizer in tokenizers])
+
+
+def embed_token_ids(text_encoders: Sequence, input_ids: Sequence[torch.Tensor]) -> PromptEmbeddings:
+    """:func:`encode_prompts` from token ids (one ``[N, L]`` tensor per encoder), with autograd, for training the
+    text encoders (``scripts/train_shapes_models.py``)."""
+    if len(text_encoders) != len(input_ids) or len(text_encoders) not in (1, 2):
+        raise ValueError(f"embed_token_ids: need 1 (SD) or 2 (SDXL) encoders with one id tensor each; got "
+                         f"{len(text_encoders)} encoders and {len(input_ids)} id tensors")
     if len(text_encoders) == 1:
         encoder = text_encoders[0]
-        ids = tokenize_prompts(tokenizers[0], prompts).to(encoder.device)
-        return PromptEmbeddings(encoder(ids, return_dict=True).last_hidden_state)
+        return PromptEmbeddings(encoder(input_ids[0].to(encoder.device), return_dict=True).last_hidden_state)
     if not isinstance(text_encoders[1], CLIPTextModelWithProjection):
         raise TypeError("encode_prompts: SDXL's second text encoder must be a CLIPTextModelWithProjection "
                         f"(the pooled embedding is its projection); got {type(text_encoders[1]).__name__}")
-    outputs = [
-        encoder(tokenize_prompts(tokenizer, prompts).to(encoder.device), output_hidden_states=True, return_dict=True)
-        for encoder, tokenizer in zip(text_encoders, tokenizers)
-    ]
+    outputs = [encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=True)
+               for encoder, ids in zip(text_encoders, input_ids)]
     device = outputs[0].hidden_states[-2].device
     hidden = torch.cat([out.hidden_states[-2].to(device) for out in outputs], dim=-1)
     return PromptEmbeddings(hidden, outputs[1].text_embeds.to(device))

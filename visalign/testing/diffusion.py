@@ -13,6 +13,7 @@ is ``2 ** (len(vae_channels) - 1)`` (2 for the tiny shapes), not 8.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from visalign.testing.clip import clip_text_config, seeded
-from visalign.testing.tokenizers import clip_style_tokenizer
+from visalign.testing.tokenizers import DEFAULT_WORDS, clip_style_tokenizer
 
 SDVariant = Literal["sd15", "sd2"]
 
@@ -229,15 +230,18 @@ def save_tiny_sd(path: str | Path, **kwargs) -> Path:
     return path
 
 
-def tiny_sdxl_components(*, shape: DiffusionShape = TINY_SDXL, seed: int = 0) -> dict[str, Any]:
-    """Components of a tiny ``StableDiffusionXLPipeline``, keyed by its constructor arguments.
+def tiny_sdxl_components(
+    *, shape: DiffusionShape = TINY_SDXL, seed: int = 0, words: Sequence[str] = DEFAULT_WORDS
+) -> dict[str, Any]:
+    """Components of a tiny ``StableDiffusionXLPipeline``, keyed by its constructor arguments; both tokenizers are
+    ``clip_style_tokenizer(words)``.
 
     As in SDXL: ``text_encoder`` is a ``CLIPTextModel`` (OpenAI CLIP, ``quick_gelu``), ``text_encoder_2`` a
     ``CLIPTextModelWithProjection`` (OpenCLIP, ``gelu``) whose projection gives the pooled embedding; the UNet
     attends to both encoders' penultimate states concatenated and takes ``addition_embed_type="text_time"`` with
     ``projection_class_embeddings_input_dim = 6 * addition_time_embed_dim + pooled_dim`` (SDXL: 6 * 256 + 1280).
     """
-    tokenizer, tokenizer_2 = clip_style_tokenizer(), clip_style_tokenizer()
+    tokenizer, tokenizer_2 = clip_style_tokenizer(words), clip_style_tokenizer(words)
     unet = _unet(
         shape,
         cross_attention_first=False,

@@ -1,0 +1,63 @@
+"""scripts/train_shapes_models.py --arch sdxl, shrunk below --quick, runs in-process: the saved folder loads with
+StableDiffusionXLPipeline, reuses the --vae-from VAE unchanged, and bad arguments fail naming the argument."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES_SD_VAE = ROOT / "visalign" / "assets" / "shapes-sd" / "vae"
+TINY = ["--quick", "--num-images", "64", "--unet-steps", "3", "--eval-prompts", "2", "--eval-steps", "2"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_shapes_models", ROOT / "scripts" / "train_shapes_models.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+train_shapes_models = _load_script()
+
+
+@pytest.mark.skipif(not (SHAPES_SD_VAE / "config.json").is_file(), reason=f"no trained VAE at {SHAPES_SD_VAE}")
+def test_sdxl_arch_saves_an_sdxl_pipeline_around_the_reused_vae(tmp_path):
+    out = tmp_path / "sdxl"
+    assert train_shapes_models.main(["--arch", "sdxl", "--vae-from", str(SHAPES_SD_VAE), "--out", str(out), *TINY]) == 0
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert pipe.config.force_zeros_for_empty_prompt is False  # caption dropout trained the empty prompt
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.unet.config.projection_class_embeddings_input_dim == (
+        6 * pipe.unet.config.addition_time_embed_dim + pipe.text_encoder_2.config.projection_dim)
+    assert pipe.unet.config.cross_attention_dim == (
+        pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size)
+
+    source = load_file(SHAPES_SD_VAE / "diffusion_pytorch_model.safetensors")
+    saved = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert source.keys() == saved.keys() and all(torch.equal(source[k], saved[k]) for k in source)
+    assert pipe.vae.config.scaling_factor == AutoencoderKL.load_config(SHAPES_SD_VAE)["scaling_factor"]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "train_config.json").read_text())
+    assert metrics["arch"] == config["arch"] == "sdxl" and config["vae_from"] == str(SHAPES_SD_VAE)
+    assert "vae_s_per_step" not in metrics["timings"] and metrics["prompts"] == 2
+    assert 0.0 <= metrics["mean_reward"] <= 1.0 and (out / "samples.png").is_file()
+
+
+def test_bad_arguments_fail_naming_them(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_shapes_models.main(["--arch", "sd3", "--out", str(tmp_path)])
+    assert "arch must be one of ['sd', 'sdxl']" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--vae-from .*missing"):
+        train_shapes_models.build_vae(train_shapes_models.TrainConfig(vae_from=str(tmp_path / "missing")))
