@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from visalign.cli.train import main as train_main
 from visalign.evaluation.report import REPORT_JSON
@@ -41,3 +42,26 @@ def test_onpolicy_config_rejects_full_fine_tuning_and_single_samples():
         OnPolicyConfig(model="m", use_lora=False)
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
         OnPolicyConfig(model="m", samples_per_prompt=1)
+
+
+def test_quickstart_runs_on_the_shipped_sdxl_model(tmp_path, capsys):
+    """The same on-policy loop on ``builtin:shapes-sdxl``: SDXL sampling, SDXL conditioning (two encoders, time ids)
+    in training, and a diffusers LoRA that ``StableDiffusionXLPipeline.load_lora_weights`` takes."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from visalign.models.builtin import resolve_model
+
+    out = tmp_path / "run"
+    assert train_main([*SMALL, "--model", "builtin:shapes-sdxl", "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "eval" / REPORT_JSON).read_text())
+    assert report["models"]["b"]["model"] == "builtin:shapes-sdxl" and report["num_prompts"] == 3
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(resolve_model("builtin:shapes-sdxl"))
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    fused = {k.replace(".base_layer", ""): v for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+    assert fused.keys() == before.keys()
+    changed = [k for k, v in fused.items() if not torch.equal(v, before[k])]
+    assert changed and all(any(m in k for m in ("to_q", "to_k", "to_v", "to_out")) for k in changed)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from reward_models import load_scorer
 from visalign.evaluation.generate import load_prompts
 from visalign.models.builtin import resolve_model
-from visalign.shapes.vqa import accuracy, examples, generate_answers
+from visalign.models.diffusion import SD, SDXL, encode_prompts, load_diffusion_components
+from visalign.shapes.vqa import accuracy, chance, examples, generate_answers
+from visalign.testing.clip import seeded
+
+SHAPES_DIFFUSION = [
+    pytest.param("builtin:shapes-sd", StableDiffusionPipeline, SD, id="shapes-sd"),
+    pytest.param("builtin:shapes-sdxl", StableDiffusionXLPipeline, SDXL, id="shapes-sdxl"),
+]
 
 
 def _mean_reward(pipe, prompts, seed=0) -> float:
@@ -18,21 +26,53 @@ def _mean_reward(pipe, prompts, seed=0) -> float:
     return load_scorer("shapes").score(images, prompts).scores.mean().item()
 
 
-def test_shapes_sd_draws_what_a_random_unet_cannot():
-    pipe = StableDiffusionPipeline.from_pretrained(resolve_model("builtin:shapes-sd"))
+def _folder(name: str) -> str:
+    try:
+        return resolve_model(name)
+    except FileNotFoundError as error:
+        if name == "builtin:shapes-sd":  # trained by a ~30 min run; the others ship with the code that loads them
+            pytest.skip(f"{name} not trained yet: {error}")
+        raise
+
+
+@pytest.mark.parametrize(("name", "pipeline_cls", "family"), SHAPES_DIFFUSION)
+def test_shapes_diffusion_model_draws_what_a_random_unet_cannot(name, pipeline_cls, family):
+    folder = _folder(name)
+    pipe = pipeline_cls.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     prompts = load_prompts("builtin:shapes-prompts", split="test", limit=12)
     trained = _mean_reward(pipe, prompts)
+    with seeded(0):
+        random_unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    untrained = _mean_reward(pipeline_cls(**{**pipe.components, "unet": random_unet}), prompts)
+    assert trained > 0.55 and trained > untrained + 0.2, (trained, untrained)
+
+
+@pytest.mark.parametrize(("name", "pipeline_cls", "family"), SHAPES_DIFFUSION)
+def test_shapes_diffusion_model_loads_for_the_trainers_as_the_pipeline_encodes(name, pipeline_cls, family):
+    """``load_diffusion_components`` finds the family, and its prompt encoding (what the trainers condition on) is the
+    pipeline's own (SDXL: penultimate states of both encoders, pooled from encoder 2)."""
+    folder = _folder(name)
+    components = load_diffusion_components(folder)
+    assert components.family == family and len(components.text_encoders) == (2 if family == SDXL else 1)
+    pipe = pipeline_cls.from_pretrained(folder)
+    prompts = ["a large red circle on a white background", "a small blue star on a black background"]
+    ours = encode_prompts(components.text_encoders, components.tokenizers, prompts)
     with torch.no_grad():
-        for p in pipe.unet.parameters():
-            p.normal_(0, 0.02)
-    assert trained > 0.55 and trained > _mean_reward(pipe, prompts) + 0.2
+        theirs = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours.hidden_states, theirs[0])
+    if family == SDXL:
+        torch.testing.assert_close(ours.pooled, theirs[2])
+        assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
 
 
 def test_shapes_llava_answers_above_chance():
+    """The shipped weights, loaded as a hub model would be, name the colour of held-out scenes well above chance."""
     path = resolve_model("builtin:shapes-llava")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(path)
-    items = examples(24, seed=30_000, questions=("colour", "shape"))
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and type(processor).__name__ == "LlavaProcessor"
+    items = examples(60, seed=30_000, questions=("colour",))
     result = accuracy(items, generate_answers(model, processor, items))
-    assert result["colour"] > 0.5 and result["shape"] > 0.2  # chance: 1/6 and 1/5
+    # chance is 1/6: 10 of 60 right on average (sd 2.9); 24 of 60 is 4.8 sd above it
+    assert result["colour"] >= 0.4 > 2 * chance("colour")

@@ -5,7 +5,8 @@ Two kinds, both loaded through the ordinary ``from_pretrained`` path of their li
 - built in code: ``tiny-llama`` (``visalign.testing.causal_lm``) is saved once into
   ``$VISALIGN_CACHE/builtin/NAME`` (default ``~/.cache/visalign``) and loaded from there;
 - shipped with the package: the shapes world's trained models (``visalign/assets/NAME``, safetensors), each made by a
-  seeded script in ``scripts/``. ``shapes-sd`` is a ``StableDiffusionPipeline`` folder; ``shapes-llava`` a
+  seeded script in ``scripts/``. ``shapes-sd`` is a ``StableDiffusionPipeline`` folder, ``shapes-sdxl`` a
+  ``StableDiffusionXLPipeline`` folder (SDXL architecture, the same VAE); ``shapes-llava`` a
   ``LlavaForConditionalGeneration`` + processor folder.
 
 ``resolve_model(spec)`` turns ``builtin:NAME`` into that folder and passes anything else through unchanged.
@@ -25,6 +26,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # name -> the script that makes the shipped folder (for the error message when it is missing)
 SHIPPED_MODELS: dict[str, str] = {
     "shapes-sd": "scripts/train_shapes_models.py --out visalign/assets/shapes-sd",
+    "shapes-sdxl": "scripts/train_shapes_models.py --arch sdxl --vae-from visalign/assets/shapes-sd/vae "
+                   "--out visalign/assets/shapes-sdxl",
     "shapes-llava": "scripts/train_shapes_vlm.py --out visalign/assets/shapes-llava",
 }
 
