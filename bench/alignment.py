@@ -9,7 +9,8 @@ of training + rendering.
 
 Rows: Diffusion-DPO (sigmoid, β 5000), the core losses ipo and robust on the same log-likelihoods, MaPO (no
 reference; β_m 0.1), DCPO (the rejected image conditioned on a caption of what it actually shows, read back by the
-shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps); ipo and robust keep Diffusion-DPO's β.
+shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps); ipo and robust keep Diffusion-DPO's β, and
+``ipo-beta500`` runs IPO at β 500, whose target margin 1/(2β) = 1e-3 is near the margin Diffusion-DPO ends at.
 
 VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` the way the notebook does: pairs from
 its own answers to 256 shape/description questions (correct answer chosen; its own wrong answer, else a templated
@@ -49,6 +50,7 @@ from visalign.trainers.onpolicy import EVAL_DIR, PAIRS_DIR, OnPolicyConfig, samp
 METHODS: dict[str, tuple[type, dict]] = {
     "diffusion-dpo": (DiffusionConfig, {}),
     "ipo": (DiffusionConfig, {"loss_type": "ipo", "beta": 5000.0}),
+    "ipo-beta500": (DiffusionConfig, {"loss_type": "ipo", "beta": 500.0}),
     "robust": (DiffusionConfig, {"loss_type": "robust", "beta": 5000.0, "label_smoothing": 0.1}),
     "mapo": (MaPOConfig, {"beta": 0.1}),
     "dcpo": (DCPOConfig, {"beta": 500.0}),
@@ -58,6 +60,8 @@ VLM_METHODS = ("vlm-dpo", "dense-dpo")
 #: reduced settings of ``--quick`` (and the CI test): fewer prompts and steps, and the reward reduced to its
 #: ``aesthetic`` component (large, centred shapes), whose gain is large enough to be resolved at this budget
 QUICK = {"num_prompts": 48, "max_steps": 100, "num_eval_prompts": 24, "scorer_args": ["weights={aesthetic: 1.0}"]}
+#: the full bench evaluates on more held-out prompts than the quickstart recipe (40), for tighter intervals
+FULL = {"num_eval_prompts": 48}
 BASE_FIELDS = {f.name: f for f in dataclasses.fields(DiffusionConfig)}
 SHARED_FIELDS = set(BASE_FIELDS) - {"method"}
 
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    overrides = dict(QUICK if args.quick else {})
+    overrides = dict(QUICK if args.quick else FULL)
     overrides.update(item.split("=", 1) for item in args.set)
     methods = ["diffusion-dpo"] if args.quick else args.methods
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-alignment-"))
