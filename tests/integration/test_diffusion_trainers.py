@@ -164,3 +164,22 @@ def test_missing_per_side_caption_columns_fail_before_any_model_loads(tmp_path):
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         DiffusionConfig(**overrides)
+
+
+def test_adamw_8bit_trains_with_8bit_state(pairs, tmp_path):
+    """``optimizer: adamw_8bit`` (the diffusers SDXL DPO port's and MaPO's optimizer) builds bitsandbytes' AdamW8bit,
+    keeps uint8 moments for the tensors large enough for them (bitsandbytes' ``min_8bit_size``, 4096) and trains.
+    The shipped shapes model, since every tensor of the tiny test UNet is below that size."""
+    import bitsandbytes as bnb  # a test dependency (pyproject "test" extra)
+    trainer = DiffusionTrainer(config(model="builtin:shapes-sd", dataset=pairs, output_dir=str(tmp_path / "out"),
+                                      optimizer="adamw_8bit", resolution=32))
+    before = unet_weights(trainer)
+    trainer.train()
+    optimizer = trainer.optimizer.optimizer  # accelerate's AcceleratedOptimizer wraps it
+    assert isinstance(optimizer, bnb.optim.AdamW8bit)
+    states = [s for s in optimizer.state.values() if "state1" in s]
+    assert any(s["state1"].dtype == torch.uint8 for s in states)
+    assert any(p.numel() >= 4096 for p in before.values())
+    after = unet_weights(trainer)
+    assert any(not torch.equal(after[n], before[n]) for n in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
