@@ -176,6 +176,31 @@ def load_rows(source: str | Path | Iterable[Mapping[str, Any]]) -> list[Mapping[
     return list(datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train"))
 
 
+def check_rows(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], image_root: str | Path | None,
+               source: str = "dataset") -> None:
+    """Every row has the protocol's ``columns`` (``{key: column name}``; else ``KeyError``) and every image given as
+    a path exists (else ``ValueError``); :func:`evaluate_agreement` checks this before scoring, ``visalign agreement``
+    before the model loads."""
+    if not rows:
+        raise ValueError(f"{source}: no rows")
+    root = Path(image_root) if image_root is not None else None
+    image_keys = [k for k in columns if k in ("images", "image_0", "image_1")]
+    for i, row in enumerate(rows):
+        missing = [f"{name!r} ({key})" for key, name in columns.items() if name not in row]
+        if missing:
+            raise KeyError(f"{source}, row {i}: no column {', '.join(missing)}; columns: {sorted(row)}; "
+                             "map other names with columns={KEY: NAME} (--column KEY=NAME on the command line)")
+        for key in image_keys:
+            cells = row[columns[key]] if key == "images" else [row[columns[key]]]
+            if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
+                raise ValueError(f"{source}, row {i}, column {columns[key]!r}: expected a list of images, "
+                                 f"got {type(cells).__name__}")
+            for cell in cells:
+                if isinstance(cell, str) and not Path(_image(cell, root)).is_file():
+                    raise ValueError(f"{source}, row {i}, column {columns[key]!r}: image file "
+                                     f"{_image(cell, root)} does not exist")
+
+
 def _field(row: Mapping[str, Any], column: str, index: int, source: str) -> Any:
     try:
         return row[column]
@@ -230,6 +255,7 @@ def evaluate_agreement(
 
     source = str(dataset) if isinstance(dataset, (str, Path)) else "dataset"
     rows = load_rows(dataset)
+    check_rows(rows, cols, root, source)
     images, prompts, ranks, sizes = [], [], [], []
     for i, row in enumerate(rows):
         row_images = list(_field(row, cols["images"], i, source))
@@ -254,8 +280,7 @@ def _pick_predictions(
 ) -> tuple[list[float], list[float]]:
     source = str(dataset) if isinstance(dataset, (str, Path)) else "dataset"
     rows = load_rows(dataset)
-    if not rows:
-        raise ValueError(f"{source}: no rows")
+    check_rows(rows, cols, root, source)
     prompts = [_field(row, cols["prompt"], i, source) for i, row in enumerate(rows)]
     first = [_image(_field(row, cols["image_0"], i, source), root) for i, row in enumerate(rows)]
     second = [_image(_field(row, cols["image_1"], i, source), root) for i, row in enumerate(rows)]

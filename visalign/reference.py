@@ -40,6 +40,8 @@ from functools import partial
 import torch
 from accelerate.utils import extract_model_from_parallel
 
+from visalign.models.lora import is_peft_model
+
 REFERENCE_STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
 REF_ADAPTER_NAME = "ref"
 
@@ -137,7 +139,7 @@ def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype
         ref = ref if dtype is None else ref.to(dtype)
         return Reference(strategy, model=ref, _flags=ModeFlags(ref))
     if strategy == "disable_adapter":
-        if not (_is_peft_model(module) or getattr(module, "_hf_peft_config_loaded", False)):
+        if not (is_peft_model(module) or getattr(module, "_hf_peft_config_loaded", False)):
             raise ValueError(
                 "reference 'disable_adapter' needs a model with peft adapters (use_lora); use 'frozen_copy' for "
                 "full fine-tuning"
@@ -149,16 +151,12 @@ def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype
     return Reference(strategy, _switch=_SWITCHES[strategy](module), _policy=policy, _flags=ModeFlags(module))
 
 
-def _is_peft_model(module: torch.nn.Module) -> bool:
-    return hasattr(module, "peft_config") and hasattr(module, "disable_adapter")
-
-
 def _adapters_disabled(module: torch.nn.Module) -> Callable[[], AbstractContextManager]:
     """The ``disable_adapter`` switch of ``module``: peft's ``disable_adapter()`` context for a ``PeftModel``; for a
     diffusers/transformers model with integrated adapters, what their ``disable_adapters()``/``enable_adapters()``
     do (``enable_adapters(False/True)`` on every peft tuner layer and modules-to-save wrapper) over the layers listed
     once here instead of a walk of the whole model (and a package-version check) per call."""
-    if _is_peft_model(module):
+    if is_peft_model(module):
         return module.disable_adapter
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import ModulesToSaveWrapper
@@ -180,7 +178,7 @@ def _adapters_disabled(module: torch.nn.Module) -> Callable[[], AbstractContextM
 
 def _add_frozen_ref_adapter(module: torch.nn.Module) -> None:
     """Add adapter ``"ref"``: the active adapter's config and current weights, frozen (TRL 1.16 §C.4)."""
-    if not _is_peft_model(module):
+    if not is_peft_model(module):
         raise ValueError("reference 'ref_adapter' needs a peft PeftModel carrying the adapter to copy")
     if REF_ADAPTER_NAME in module.peft_config:
         return

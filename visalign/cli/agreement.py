@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from visalign.cli.score import InputError, add_scorer_arguments, build_scorer, provenance_columns
 
@@ -64,29 +63,6 @@ def column_map(protocol: str, items: Sequence[str]) -> dict[str, str]:
     return columns
 
 
-def check_rows(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], root: Path | None, source: str) -> None:
-    """Every row has the protocol's columns and every image given as a path exists (before any model loads)."""
-    if not rows:
-        raise InputError(f"{source}: no rows")
-    image_keys = [k for k in columns if k in ("images", "image_0", "image_1")]
-    for i, row in enumerate(rows):
-        missing = [f"{name!r} ({key})" for key, name in columns.items() if name not in row]
-        if missing:
-            raise InputError(f"{source}, row {i}: no column {', '.join(missing)}; columns: {sorted(row)}; "
-                             "rename with --column KEY=NAME")
-        for key in image_keys:
-            cells = row[columns[key]] if key == "images" else [row[columns[key]]]
-            if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
-                raise InputError(f"{source}, row {i}, column {columns[key]!r}: expected a list of images, "
-                                 f"got {type(cells).__name__}")
-            for cell in cells:
-                if isinstance(cell, str):
-                    path = root / cell if root is not None else Path(cell)
-                    if not path.is_file():
-                        raise InputError(f"{source}, row {i}, column {columns[key]!r}: image file {path} "
-                                         "does not exist")
-
-
 def default_root(dataset: str) -> Path:
     """The folder a dataset's relative image paths are taken from: the file's folder, or the dataset folder."""
     path = Path(dataset)
@@ -106,7 +82,7 @@ def summary(scorer, result, *, rows: int, source: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from reward_models.agreement import evaluate_agreement, load_rows
+    from reward_models.agreement import check_rows, evaluate_agreement, load_rows
 
     try:
         if args.protocol != "pickapic" and (args.tie_threshold is not None or args.validation is not None):
@@ -127,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             validation=validation, batch_size=args.batch_size, num_workers=args.num_workers, progress=True,
         )
     except (InputError, ValueError, KeyError, FileNotFoundError, TypeError) as err:
-        print(f"visalign agreement: error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"visalign agreement: error: {message}", file=sys.stderr)
         return 2
     if args.out is not None:
         report = {
