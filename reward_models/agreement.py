@@ -201,13 +201,6 @@ def check_rows(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], im
                                      f"{_image(cell, root)} does not exist")
 
 
-def _field(row: Mapping[str, Any], column: str, index: int, source: str) -> Any:
-    try:
-        return row[column]
-    except KeyError:
-        raise KeyError(f"{source}, row {index}: no column {column!r} (columns: {sorted(row)})") from None
-
-
 def _image(value: Any, image_root: Path | None) -> Any:
     """Paths are joined to ``image_root``; raw bytes (Pick-a-Pic's ``jpg_*``) and ``{"bytes": ...}`` are decoded."""
     if isinstance(value, Mapping) and value.get("bytes") is not None:
@@ -258,12 +251,12 @@ def evaluate_agreement(
     check_rows(rows, cols, root, source)
     images, prompts, ranks, sizes = [], [], [], []
     for i, row in enumerate(rows):
-        row_images = list(_field(row, cols["images"], i, source))
-        row_ranks = [float(r) for r in _field(row, cols["ranks"], i, source)]
+        row_images = list(row[cols["images"]])  # check_rows made sure every column is there
+        row_ranks = [float(r) for r in row[cols["ranks"]]]
         if len(row_images) != len(row_ranks):
             raise ValueError(f"{source}, row {i}: {len(row_images)} images but {len(row_ranks)} ranks")
         images += [_image(x, root) for x in row_images]
-        prompts += [_field(row, cols["prompt"], i, source)] * len(row_images)
+        prompts += [row[cols["prompt"]]] * len(row_images)
         ranks.append(row_ranks)
         sizes.append(len(row_images))
     flat = scorer.score(images, prompts, **opts).scores.tolist()
@@ -281,9 +274,9 @@ def _pick_predictions(
     source = str(dataset) if isinstance(dataset, (str, Path)) else "dataset"
     rows = load_rows(dataset)
     check_rows(rows, cols, root, source)
-    prompts = [_field(row, cols["prompt"], i, source) for i, row in enumerate(rows)]
-    first = [_image(_field(row, cols["image_0"], i, source), root) for i, row in enumerate(rows)]
-    second = [_image(_field(row, cols["image_1"], i, source), root) for i, row in enumerate(rows)]
-    labels = [float(_field(row, cols["label"], i, source)) for i, row in enumerate(rows)]
+    prompts = [row[cols["prompt"]] for row in rows]  # check_rows made sure every column is there
+    first = [_image(row[cols["image_0"]], root) for row in rows]
+    second = [_image(row[cols["image_1"]], root) for row in rows]
+    labels = [float(row[cols["label"]]) for row in rows]
     probs = scorer.preference(prompts, first, second, **opts).probs.tolist()
     return probs, labels
