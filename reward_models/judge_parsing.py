@@ -26,8 +26,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)|nan)"
+# A whole number as written: digits with optional thousands commas ("5,000"), decimals and an exponent ("1e3").
+_NUMBER = r"([-+]?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?|nan)"
 _GAP = r"[\s*_]*"  # whitespace and markdown emphasis between a label and its value
+_OUT_OF = rf"(?:{_GAP}/{_GAP}(\d+(?:\.\d+)?))?"  # an optional scale after the score: "3/10"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,18 @@ def _only_value(values: Sequence[float], what: str) -> tuple[float | None, str]:
 
 
 def _to_float(text: str) -> float:
-    return math.nan if text.lower() == "nan" else float(text)
+    return math.nan if text.lower() == "nan" else float(text.replace(",", ""))
+
+
+def _scores(matches: Sequence[tuple[str, str]], high: float, what: str) -> tuple[list[float], str]:
+    """Values of ``(number, out_of)`` matches. A score written with its scale ("4/5") must be on the ``high`` scale:
+    "3/10" on a 1–5 scale is refused rather than read as 3 or guessed as 1.5."""
+    values = []
+    for number, out_of in matches:
+        if out_of and float(out_of) != high:
+            return [], f"{what} {number}/{out_of} is not on the expected scale (out of {high:g})"
+        values.append(_to_float(number))
+    return values, ""
 
 
 def parse_pairwise_verdict(text: str, subject: str = "Image") -> Judgement:
@@ -79,9 +92,13 @@ def parse_pairwise_verdict(text: str, subject: str = "Image") -> Judgement:
 
 def parse_final_score(text: str, low: float = 1.0, high: float = 5.0) -> Judgement:
     """v1 pointwise score: the number after ``"Final Score:"``, which must lie in ``[low, high]`` (1–5 for image
-    generation, 1–10 for video, 0–100 for understanding). ``"Final Score: 4/5"`` reads 4."""
-    matches = re.findall(rf"final{_GAP}score{_GAP}[:：]{_GAP}{_NUMBER}", text, flags=re.IGNORECASE)
-    value, error = _only_value([_to_float(m) for m in matches], "final score")
+    generation, 1–10 for video, 0–100 for understanding). Numbers are read whole (``1e3``, ``5,000``);
+    ``"Final Score: 4/5"`` reads 4, a score on another scale (``3/10`` for 1–5) fails."""
+    matches = re.findall(rf"final{_GAP}score{_GAP}[:：]{_GAP}{_NUMBER}{_OUT_OF}", text, flags=re.IGNORECASE)
+    values, error = _scores(matches, high, "final score")
+    if error:
+        return _fail(error)
+    value, error = _only_value(values, "final score")
     if value is None:
         return _fail(error)
     if not low <= value <= high:  # also rejects NaN
@@ -102,9 +119,9 @@ def parse_dimension_scores(
     fields: dict[str, float] = {}
     errors = []
     for dim in dimensions:
-        pattern = rf"\b{re.escape(dim)}{_GAP}score{_GAP}(?:\([^)]*\))?{_GAP}[:：]{_GAP}{_NUMBER}"
-        matches = [_to_float(m) for m in re.findall(pattern, text, flags=re.IGNORECASE)]
-        value, error = _only_value(matches, f"{dim} score")
+        pattern = rf"\b{re.escape(dim)}{_GAP}score{_GAP}(?:\([^)]*\))?{_GAP}[:：]{_GAP}{_NUMBER}{_OUT_OF}"
+        matches, error = _scores(re.findall(pattern, text, flags=re.IGNORECASE), high, f"{dim} score")
+        value, error = (None, error) if error else _only_value(matches, f"{dim} score")
         if value is not None and not low <= value <= high:
             value, error = None, f"{dim} score {value} outside [{low}, {high}]"
         fields[dim] = math.nan if value is None else value

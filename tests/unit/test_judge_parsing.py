@@ -66,8 +66,24 @@ def test_final_score(text, value):
     assert j.ok and j.value == value
 
 
+@pytest.mark.parametrize("text, value", [("Final Score: 1e3", 1000.0), ("Final Score: 5,000", 5000.0),
+                                         ("Final Score: 2.5E1", 25.0), ("Final Score: 1,234.5", 1234.5)])
+def test_final_score_reads_whole_numbers(text, value):
+    assert parse_final_score(text, low=0, high=1e4).value == value
+    assert_failed(parse_final_score(text), "outside [1.0, 5.0]")  # not read as its first digit, which is in range
+
+
+@pytest.mark.parametrize("text", ["Final Score: 3/10", "Final Score: 3 / 10"])
+def test_score_on_another_scale_is_refused(text):
+    assert_failed(parse_final_score(text), "3/10 is not on the expected scale (out of 5)")
+    assert parse_final_score(text, low=0, high=10).value == 3.0
+    assert_failed(parse_dimension_scores(text.replace("Final", "Alignment"), dimensions=("Alignment",)),
+                  "Alignment score 3/10 is not on the expected scale")
+
+
 def test_final_score_range_is_configurable():
     assert parse_final_score("Final Score: 87", low=0, high=100).value == 87.0
+    assert parse_final_score("Final Score: 87/100", low=0, high=100).value == 87.0
     assert parse_final_score("Final Score: 8", low=1, high=10).value == 8.0
 
 
