@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 import uuid
@@ -44,6 +45,7 @@ T = TypeVar("T")
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
 _NONE = {"none", "null", "~"}
+_NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 
 
 class ConfigError(ValueError):
@@ -361,21 +363,25 @@ def _convert_sequence(value: Any, container: type, args: tuple) -> list | tuple:
 # dataclass -> argparse flags
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any = None) -> None:
     """Add one `--flag` per init field of `cls` (both `--a_b` and `--a-b`), all defaulting to "not given".
 
     Values stay strings here; `load_config` coerces them, so the command line and the YAML share one set of
     rules and error messages. Read the given flags back with `given_overrides(namespace, cls)`. Booleans also
-    accept a bare flag (`--bf16` means `--bf16 true`); lists take one comma-separated value.
+    accept a bare flag (`--bf16` means `--bf16 true`); lists take one comma-separated value. The help shows each
+    field's value in `shown` (an instance of `cls`, e.g. the config a recipe resolves to), else the class default.
     """
     hints = typing.get_type_hints(cls)
+    # argparse reads "-1e-4" as an option, since its negative-number pattern lacks exponents; no config flag starts
+    # with a digit, so every negative number is a value here (the pattern CPython 3.14 adopted).
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         flags += [f"--{alias}" for alias in f.metadata.get("aliases", ())]  # e.g. --loss for loss_type
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help_text(f)}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help_text(f, shown)}
         annotation = hints[f.name]
         choices = _literal_choices(annotation)
         if choices is not None:
@@ -392,9 +398,11 @@ def given_overrides(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
 
 
-def _help_text(f: dataclasses.Field) -> str:
+def _help_text(f: dataclasses.Field, shown_config: Any = None) -> str:
     text = f.metadata.get("help", "").strip()
-    if f.default is not dataclasses.MISSING:
+    if shown_config is not None:
+        shown = _format_default(getattr(shown_config, f.name))
+    elif f.default is not dataclasses.MISSING:
         shown = _format_default(f.default)
     elif f.default_factory is not dataclasses.MISSING:
         shown = _format_default(f.default_factory())

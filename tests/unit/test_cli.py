@@ -251,12 +251,20 @@ def test_recipe_by_name_and_quickstart_default(toy_method, recipe_dir, capsys):
 
 def test_help_lists_the_family_flags(toy_method, tmp_path, capsys):
     path = write_yaml(tmp_path, "method: toy\n")
-    with pytest.raises(SystemExit) as exc:
-        train.main(["--config", str(path), "--help"])
-    assert exc.value.code == 0
+    assert train.main(["--config", str(path), "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--beta FLOAT DPO beta (default: 0.1)" in out and "--loss-type" in out and "--print-config" in out
     assert "method 'toy' (ToyTrainConfig)" in out
+
+
+def test_help_shows_the_values_that_will_run(toy_method, tmp_path, capsys):
+    # The recipe's values, then the flags given beside --help, replace the class defaults in the help text.
+    path = write_yaml(tmp_path, "method: toy\nbeta: 0.5\nmax_steps: 2000\nloss_type: [ipo, sft]\n")
+    assert train.main(["--config", str(path), "--max_steps", "7", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "DPO beta (default: 0.5)" in out and "--max_steps INT, --max-steps INT (default: 7)" in out
+    assert "(default: ipo,sft)" in out and "(default: tiny)" in out  # model: not in the recipe, class default
+    assert toy_method == []
 
 
 # ---------------------------------------------------------------- visalign train: errors before any model loads

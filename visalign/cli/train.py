@@ -52,8 +52,11 @@ def import_object(spec: str) -> Any:
         raise ImportError(f"{module_name} has no attribute {attr!r} (needed for {spec})") from None
 
 
-def make_parser(config_cls: type | None = None, method: str | None = None) -> argparse.ArgumentParser:
-    """The `visalign train` parser; with `config_cls`, one `--flag` per field of that trainer family's config."""
+def make_parser(
+    config_cls: type | None = None, method: str | None = None, resolved: Any = None
+) -> argparse.ArgumentParser:
+    """The `visalign train` parser; with `config_cls`, one `--flag` per field of that trainer family's config, its
+    help showing the values of `resolved` (the config the recipe and the given flags resolve to) when given."""
     parser = argparse.ArgumentParser(
         prog="visalign train",
         description="Train from a shipped recipe or a YAML config; `--flag value` pairs override its keys. "
@@ -77,7 +80,9 @@ def make_parser(config_cls: type | None = None, method: str | None = None) -> ar
     if config_cls is not None:
         if method is not None:
             parser.description += f" Options below are for method {method!r} ({config_cls.__name__})."
-        add_config_arguments(parser, config_cls)
+        if resolved is not None:
+            parser.description += " Defaults shown are the values this run would use (recipe and flags applied)."
+        add_config_arguments(parser, config_cls, resolved)
     return parser
 
 
@@ -124,10 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             method = _pick_method(yaml_method, getattr(base, "method", None), str(config_path))
             config_cls = _config_class(method)
             parser = make_parser(config_cls, method)
-            args, unknown = parser.parse_known_args(argv)
+            args, unknown = parser.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])
             if unknown:
                 raise ConfigError(_unknown_options_message(unknown, parser))
             config = load_config(config_cls, config_path, given_overrides(args, config_cls), ignore_keys=("method",))
+        if wants_help:
+            make_parser(config_cls, method, config).print_help()
+            return 0
     except ConfigError as exc:
         if wants_help:
             make_parser().print_help()
