@@ -117,20 +117,43 @@ def test_cache_gives_the_same_losses_as_the_uncached_path(sd15, pairs, tmp_path)
     assert len(list((tmp_path / "cache").glob("latents-*"))) == 1  # the second cached run reused the shards
 
 
-def test_resume_equals_an_uninterrupted_run(sd15, pairs, tmp_path):
-    whole = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(tmp_path / "whole"), max_steps=4,
-                                    per_device_batch_size=1, caption_dropout=0.5))
+class Killed(Exception):
+    """Stands for a SIGKILL of the run."""
+
+
+class _KilledAfter(DiffusionTrainer):
+    """Dies (like a killed job) right after optimizer step ``kill_after`` and its checkpoint."""
+
+    kill_after = -1
+
+    def on_step_end(self, step):
+        super().on_step_end(step)
+        if step == self.kill_after:
+            raise Killed
+
+
+@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
+def test_resume_with_augmentation_equals_an_uninterrupted_run(sd15, pairs, tmp_path, use_lora):
+    """Random flips, random crops and caption dropout on; 4 pairs x 1 per batch x 2 accumulation = 2 steps per
+    epoch over 3 epochs; killed after step 4, resumed from checkpoint-3, mid-epoch 1 (issue 16: accelerate's loader
+    used to reset the augmentation epoch to 0 on resume)."""
+    common = dict(model=sd15, dataset=pairs, max_steps=6, per_device_batch_size=1, gradient_accumulation_steps=2,
+                  random_flip=True, center_crop=False, caption_dropout=0.5, resolution=32, use_lora=use_lora)
+    whole = DiffusionTrainer(config(output_dir=str(tmp_path / "whole"), **common))
     whole.train()
     interrupted = tmp_path / "interrupted"
-    DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(interrupted), max_steps=2,
-                            per_device_batch_size=1, caption_dropout=0.5, save_steps=2)).train()
-    resumed = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(interrupted), max_steps=4,
-                                      per_device_batch_size=1, caption_dropout=0.5, resume_from="latest"))
+    killed = _KilledAfter(config(output_dir=str(interrupted), save_steps=3, **common))
+    killed.kill_after = 4
+    with pytest.raises(Killed):
+        killed.train()
+    resumed = DiffusionTrainer(config(output_dir=str(interrupted), save_steps=3, resume_from="latest", **common))
     resumed.train()
+    assert resumed.resumed_from == interrupted / "checkpoints" / "checkpoint-3"
     expected = unet_weights(whole)
     for name, value in unet_weights(resumed).items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
     losses = [[m["loss"] for m in metrics(out) if "loss" in m] for out in (tmp_path / "whole", interrupted)]
+    assert len(losses[1]) == 6
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
 
 

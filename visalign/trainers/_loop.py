@@ -99,6 +99,7 @@ class Trainer:
         self.total_steps = total_optimizer_steps(args, len(self._train_loader))
         self.lr_scheduler = self.accelerator.prepare(make_scheduler(self.optimizer, args, self.total_steps))
         self.global_step = 0
+        self.resumed_from: Path | None = None
         self.nonfinite_total = 0
         self._nonfinite_streak = 0
         self._metrics = MetricsLog(self.accelerator, args.output_dir)
@@ -166,7 +167,11 @@ class Trainer:
         epoch, skip = divmod(start, per_epoch)
         while True:
             self._data_generator.manual_seed(self.args.seed + epoch)
-            if hasattr(self.train_dataset, "set_epoch"):  # per-epoch augmentation draws (flip, caption dropout)
+            # accelerate's loader calls dataset.set_epoch(loader.iteration) when iterated, and a resumed run's fresh
+            # loader (or skip_first_batches' copy of it) starts at iteration 0: the epoch goes to the loader, which
+            # passes it on. The dataset is told directly too, as the loader skips that when its sampler is seedable.
+            self._train_loader.set_epoch(epoch)
+            if hasattr(self.train_dataset, "set_epoch"):  # per-epoch augmentation draws (flip, crop, caption dropout)
                 self.train_dataset.set_epoch(epoch)
             loader = self.accelerator.skip_first_batches(self._train_loader, skip) if skip else self._train_loader
             yield from loader
@@ -298,6 +303,7 @@ class Trainer:
                 logger.info("resume_from=latest: no checkpoint in %s yet, starting from step 0", self.args.output_dir)
             return
         self.accelerator.load_state(str(checkpoint))
+        self.resumed_from = checkpoint
         state = read_trainer_state(checkpoint)
         self.global_step = state["step"]
         self.nonfinite_total = state["nonfinite_total"]
