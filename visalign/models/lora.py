@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def apply_lora(
@@ -33,6 +37,8 @@ def apply_lora(
             ``None`` means every linear layer except the output head (peft's ``"all-linear"``).
         init_lora_weights: peft's init (``True``: zero ``B``; ``"gaussian"`` ...).
     """
+    from peft import LoraConfig, get_peft_model  # here, not at import: peft loads bitsandbytes and takes seconds
+
     if r <= 0:
         raise ValueError(f"lora_r must be positive; got {r}")
     if not 0.0 <= dropout < 1.0:
@@ -40,6 +46,8 @@ def apply_lora(
     targets = "all-linear" if target_modules is None else (
         target_modules if isinstance(target_modules, str) else list(target_modules)
     )
+    if not isinstance(targets, str):
+        check_lora_targets(model, targets)
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=init_lora_weights,
         task_type="CAUSAL_LM" if hasattr(model, "generate") and hasattr(model, "get_output_embeddings") else None,
@@ -51,3 +59,20 @@ def is_peft_model(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a peft ``PeftModel`` (or duck-types one: ``peft_config`` and a ``disable_adapter()``
     context), i.e. carries adapters that the ``disable_adapter`` reference can switch off."""
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def check_lora_targets(model: torch.nn.Module, targets: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming every LoRA target that matches no module of ``model`` (peft's rule: the full
+    module name or a dotted suffix of it), listing the adaptable names that exist. peft itself only fails when no
+    target matches, so one misspelled name among several would silently go unadapted."""
+    names = [name for name, module in model.named_modules() if isinstance(module, _ADAPTABLE)]
+    unknown = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if unknown:
+        suffixes = sorted({".".join(name.split(".")[-2:]) if name.split(".")[-1].isdigit() else name.split(".")[-1]
+                           for name in names})
+        raise ValueError(f"lora_target_modules {unknown} match no layer of {type(model).__name__}; adaptable layer "
+                         f"names are {suffixes}")
+
+
+#: Layer types peft's LoRA adapts.
+_ADAPTABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)

@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from transformers import SchedulerType
-
 from visalign.losses import LOSSES, needs_reference, plan_losses
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -27,7 +25,13 @@ OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
 TRACKERS = ("none", "tensorboard", "wandb")
 REFERENCES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
 REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
-LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+# transformers' `SchedulerType` values (a test keeps them equal), listed here because importing transformers.trainer_utils
+# loads peft and bitsandbytes, seconds that `visalign train --help` and `--print-config` should not pay.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+#: Largest accepted β: 200x the papers' largest (Diffusion-DPO's 5000); β·Δ beyond this saturates or overflows.
+MAX_BETA = 1e6
 
 
 def _help(text: str) -> dict[str, str]:
@@ -126,6 +130,8 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         c = type(self).__name__
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**32, c, "seed", "an integer in [0, 2**32) (numpy's "
+               "seed range)", self.seed)
         _check(_is_number(self.learning_rate) and self.learning_rate > 0, c, "learning_rate", "> 0", self.learning_rate)
         _check(self.lr_scheduler in LR_SCHEDULERS, c, "lr_scheduler", f"one of {', '.join(LR_SCHEDULERS)}",
                self.lr_scheduler)
@@ -143,7 +149,11 @@ class TrainingConfig:
         _check(self.optimizer in OPTIMIZERS, c, "optimizer", " | ".join(OPTIMIZERS), self.optimizer)
         if self.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError(f"{c}.optimizer 'adamw_8bit' needs bitsandbytes: pip install bitsandbytes")
-        _check(self.weight_decay >= 0, c, "weight_decay", ">= 0", self.weight_decay)
+        for key in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, key)
+            _check(_is_number(value) and 0 <= value < 1, c, key, "in [0, 1)", value)
+        _check(_is_number(self.adam_epsilon) and self.adam_epsilon > 0, c, "adam_epsilon", "> 0", self.adam_epsilon)
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, c, "weight_decay", ">= 0", self.weight_decay)
         _check(self.dataloader_num_workers >= 0, c, "dataloader_num_workers", ">= 0", self.dataloader_num_workers)
         _check(self.save_steps >= 0, c, "save_steps", ">= 0", self.save_steps)
         _check(self.save_total_limit is None or self.save_total_limit >= 1, c, "save_total_limit", "none or >= 1",
@@ -234,7 +244,8 @@ class PreferenceConfig(_PreferenceWithHparams):
         c = type(self).__name__
         if isinstance(self.loss_type, (list, tuple)) and len(self.loss_type) == 1:
             self.loss_type = self.loss_type[0]
-        _check(_is_number(self.beta) and self.beta > 0, c, "beta", "> 0", self.beta)
+        _check(_is_number(self.beta) and 0 < self.beta <= MAX_BETA, c, "beta",
+               f"> 0 and <= {MAX_BETA:g} (larger values overflow the loss's logits)", self.beta)
         if self.loss_weights is not None and isinstance(self.loss_type, str):
             raise ValueError(f"{c}.loss_weights is only for a list of losses; loss_type is {self.loss_type!r}")
         try:

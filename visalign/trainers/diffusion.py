@@ -166,7 +166,8 @@ class DiffusionConfig(PreferenceConfig):
         checks = [
             (self.reference in DIFFUSION_REFERENCES, "reference", " | ".join(DIFFUSION_REFERENCES), self.reference),
             (self.data_schema in SCHEMAS, "data_schema", " | ".join(SCHEMAS), self.data_schema),
-            (self.resolution is None or self.resolution >= 8, "resolution", "none or >= 8", self.resolution),
+            (self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "resolution",
+             "none or a positive multiple of 8 (the VAE downsamples by 8)", self.resolution),
             (0.0 <= self.caption_dropout <= 1.0, "caption_dropout", "in [0, 1]", self.caption_dropout),
             (self.cache_latent_dtype in LATENT_DTYPES, "cache_latent_dtype", " | ".join(LATENT_DTYPES),
              self.cache_latent_dtype),
@@ -385,10 +386,14 @@ class DiffusionTrainer(Trainer):
         args = self.args
         unet = self.components.unet
         if args.use_lora:
+            from visalign.models.lora import check_lora_targets
+
             unet.requires_grad_(False)
+            targets = list(args.lora_target_modules or LORA_TARGETS)
+            check_lora_targets(unet, targets)
             unet.add_adapter(LoraConfig(
                 r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                init_lora_weights="gaussian", target_modules=list(args.lora_target_modules or LORA_TARGETS),
+                init_lora_weights="gaussian", target_modules=targets,
             ))
             for param in unet.parameters():  # trainable LoRA weights in fp32 over a low-precision base
                 if param.requires_grad:
