@@ -4,6 +4,7 @@ input."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image
+from safetensors.torch import load_file
 
 from tests.helpers.diffusion import CAPTIONS, pairs, sd15, sdxl, write_pairs  # noqa: F401 (pytest fixtures)
 from visalign.config_io import read_yaml_mapping
@@ -157,6 +159,21 @@ def test_resume_with_augmentation_equals_an_uninterrupted_run(sd15, pairs, tmp_p
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
 
 
+def test_lora_checkpoint_holds_the_adapter_not_the_frozen_unet(sd15, pairs, tmp_path):
+    """Issue 16: a LoRA checkpoint held the whole frozen UNet (65x the adapter). Exact resume from it: above."""
+    trainer = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(tmp_path / "out"), use_lora=True,
+                                      max_steps=1, save_steps=1))
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-1"
+    saved = load_file(checkpoint / "model.safetensors")
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(saved) == set(trainable) and all("lora_" in key for key in saved)
+    assert len(saved) < len(trainer.model.state_dict()) / 2
+    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable.values())
+    size = (checkpoint / "model.safetensors").stat().st_size
+    assert trainable_bytes <= size < trainable_bytes + 256 * len(saved)  # the tensors plus the safetensors header
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -175,6 +192,53 @@ def test_missing_per_side_caption_columns_fail_before_any_model_loads(tmp_path):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['caption_chosen', 'caption_rejected'\]"):
         DiffusionTrainer(DCPOConfig(model=str(tmp_path / "no-model-here"), dataset=str(rows),
                                     output_dir=str(tmp_path / "out")))
+
+
+def write_pick_double_caption(path, labels) -> str:
+    """A Pick-Double Caption-shaped parquet file (DCPO's data): jpg_0, jpg_1 (PNG bytes), label_0, caption_0 and
+    caption_1, each caption describing its own image."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+
+    def png() -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    n = len(labels)
+    datasets.Dataset.from_dict({
+        "jpg_0": [png() for _ in range(n)], "jpg_1": [png() for _ in range(n)], "label_0": labels,
+        "caption_0": [f"image 0 of row {i}" for i in range(n)], "caption_1": [f"image 1 of row {i}" for i in range(n)],
+    }).to_parquet(str(path))
+    return str(path)
+
+
+def test_dcpo_trains_on_pick_double_caption_with_each_caption_following_its_image(sd15, tmp_path):
+    data = write_pick_double_caption(tmp_path / "pdc.parquet", [1.0, 0.0, 0.0, 1.0])
+    trainer = DiffusionTrainer(DCPOConfig(model=sd15, dataset=data, output_dir=str(tmp_path / "out"), max_steps=1,
+                                          per_device_batch_size=4, save_steps=0, use_lora=True))
+    batch = next(iter(trainer._train_loader))
+    winners = {0: 0, 1: 1, 2: 1, 3: 0}  # row -> the image label_0 picks
+    expected = {(f"image {w} of row {row}", f"image {1 - w} of row {row}") for row, w in winners.items()}
+    assert set(zip(batch["captions_chosen"], batch["captions_rejected"])) == expected
+    loss, _ = trainer.compute_loss(batch)
+    assert torch.isfinite(loss)
+
+
+def test_dcpo_without_per_side_captions_fails_before_any_model_loads(tmp_path):
+    no_model = str(tmp_path / "no-model-here")
+    pickapic = write_pick_double_caption(tmp_path / "pickapic.parquet", [1.0, 0.0])
+    import datasets
+
+    datasets.load_dataset("parquet", data_files=pickapic, split="train").remove_columns(
+        ["caption_0", "caption_1"]).add_column("caption", ["x", "y"]).to_parquet(str(tmp_path / "plain.parquet"))
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['caption_0', 'caption_1'\] for the 'pickapic'"):
+        DiffusionTrainer(DCPOConfig(model=no_model, dataset=str(tmp_path / "plain.parquet"),
+                                    output_dir=str(tmp_path / "out")))
+    shared = write_pairs(tmp_path / "folder", ["a red square", "a blue circle"])  # one caption per pair
+    with pytest.raises(ValueError, match=r"DCPO needs a caption per image, but every pair has one caption"):
+        DiffusionTrainer(DCPOConfig(model=no_model, dataset=shared, output_dir=str(tmp_path / "out")))
 
 
 @pytest.mark.parametrize("overrides, message", [

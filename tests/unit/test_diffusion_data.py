@@ -152,6 +152,67 @@ def test_pickapic_bad_labels_and_missing_columns_name_the_row_and_column(tmp_pat
         load_preference_pairs(str(no_caption))
 
 
+def double_caption_rows(labels):
+    """Pick-Double Caption's shape (DCPO): Pick-a-Pic columns plus ``caption_0``/``caption_1``, each describing its
+    own image (``jpg_0`` / ``jpg_1``)."""
+    rows = pickapic_rows(labels)
+    return rows.add_column("caption_0", [f"jpg_0 of row {i}" for i in range(len(labels))]).add_column(
+        "caption_1", [f"jpg_1 of row {i}" for i in range(len(labels))])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_pick_double_caption_captions_follow_their_image_for_label_0_one_and_zero(tmp_path, fmt):
+    rows = double_caption_rows([1.0, 0.0, 0.5, 0.0])
+    spec = tmp_path / f"pick_double_caption.{fmt}"
+    if fmt == "parquet":
+        rows.to_parquet(str(spec))
+    else:  # jsonl has no bytes type: images as files
+        for i, row in enumerate(rows):
+            for column in ("jpg_0", "jpg_1"):
+                (tmp_path / f"{column}_{i}.png").write_bytes(row[column])
+        rows = rows.map(lambda row, i: {c: str(tmp_path / f"{c}_{i}.png") for c in ("jpg_0", "jpg_1")},
+                        with_indices=True)
+        rows.to_json(str(spec))
+    pairs = load_preference_pairs(str(spec), caption_0_column="caption_0", caption_1_column="caption_1")
+    assert pairs.source_rows.tolist() == [0, 1, 3]  # the tie is dropped
+    # label_0 = 1: jpg_0 and caption_0 are chosen; label_0 = 0: jpg_1 and caption_1 are
+    assert pairs.captions_chosen == ["jpg_0 of row 0", "jpg_1 of row 1", "jpg_1 of row 3"]
+    assert pairs.captions_rejected == ["jpg_1 of row 0", "jpg_0 of row 1", "jpg_0 of row 3"]
+    transform = PairTransform(4, random_flip=False)
+    dataset = DiffusionPreferenceDataset(pairs, transform)
+    for index, (row, winner) in enumerate([(0, 0), (1, 1), (3, 1)]):
+        item = dataset[index]
+        loser = 1 - winner
+        assert item["caption_chosen"] == f"jpg_{winner} of row {row}"
+        torch.testing.assert_close(item["pixel_values_chosen"], expected_pixels(pattern(4, 4, 10 * (winner + 1) + row)),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(item["pixel_values_rejected"], expected_pixels(pattern(4, 4, 10 * (loser + 1) + row)),
+                                   rtol=0, atol=0)
+
+
+def test_per_side_caption_columns_of_the_wrong_kind_fail_naming_them(tmp_path):
+    pickapic = tmp_path / "pickapic"
+    double_caption_rows([1.0]).save_to_disk(str(pickapic))
+    with pytest.raises(ValueError, match=r"caption_chosen_column='zw' and caption_rejected_column='zl' cannot be "
+                                         r"read; .*caption_0_column and caption_1_column"):
+        load_preference_pairs(str(pickapic), caption_chosen_column="zw", caption_rejected_column="zl")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['c0', 'c1'\] for the 'pickapic'"):
+        load_preference_pairs(str(pickapic), caption_0_column="c0", caption_1_column="c1")
+    generic = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "a.png", "rejected": "b.png", "caption": "x"}])
+    with pytest.raises(ValueError, match=r"caption_0_column='caption_0' and caption_1_column='caption_1' are "
+                                         r"per-image captions of Pick-a-Pic-shaped data"):
+        load_preference_pairs(str(generic), caption_0_column="caption_0", caption_1_column="caption_1")
+
+
+def test_generic_schema_refuses_a_label_0_column(tmp_path):
+    """Pick-a-Pic-shaped data read as generic would take jpg_0 as chosen even where label_0 = 0."""
+    spec = tmp_path / "pairs.parquet"
+    double_caption_rows([0.0]).to_parquet(str(spec))
+    with pytest.raises(ValueError, match=r"'label_0' column, which the generic schema does not read .*pickapic"):
+        load_preference_pairs(str(spec), schema="generic", chosen_column="jpg_0", rejected_column="jpg_1",
+                              caption_chosen_column="caption_0", caption_rejected_column="caption_1")
+
+
 def write_image(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

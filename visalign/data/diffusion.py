@@ -11,7 +11,9 @@ them. Schemas (:func:`load_preference_pairs`):
 - ``pickapic``: columns ``jpg_0``, ``jpg_1`` (bytes), ``label_0``, ``caption``. The winner goes first
   (``label_0 > 0.5``: ``jpg_0`` is chosen; ``< 0.5``: ``jpg_1``). Ties (``label_0 == 0.5``) are dropped and counted
   (Salesforce ``train.py``, reference ``diffusion-methods.md`` §3.3); with ``keep_ties=True`` a tie is kept with
-  ``jpg_0`` as chosen, as the diffusers port silently does (§4.1).
+  ``jpg_0`` as chosen, as the diffusers port silently does (§4.1). Per-image captions (DCPO's Pick-Double Caption:
+  ``caption_0`` describes ``jpg_0``, ``caption_1`` describes ``jpg_1``) via ``caption_0_column``/``caption_1_column``
+  follow their image when ``label_0`` swaps the pair, as DCPO's ``src/dcpo_trainer.py`` does (§10.1).
 - ``paired_folder``: ``chosen/`` and ``rejected/`` with matching file names (stems; extensions may differ) and captions
   in ``captions.jsonl`` (``{"file_name", "caption"}`` or per-side ``caption_chosen``/``caption_rejected``) or in
   ``.txt`` sidecars (``chosen/NAME.txt``; ``rejected/NAME.txt`` gives the rejected side its own caption). Files
@@ -19,6 +21,8 @@ them. Schemas (:func:`load_preference_pairs`):
 - ``generic``: any ``load_source`` dataset (jsonl/json/parquet/csv, ``save_to_disk`` folder, hub id) whose image
   columns hold bytes, ``datasets.Image`` values or paths (relative to the file or folder); column names are
   arguments, per-side captions (DCPO, arXiv 2502.06023) via ``caption_chosen_column``/``caption_rejected_column``.
+  The chosen column always holds the chosen image, so a dataset with a ``label_0`` column is refused (its order is
+  Pick-a-Pic's: use the ``pickapic`` schema).
 
 Missing columns raise before any model loads. An unreadable image is skipped at read time: the dataset yields a
 marker (``{SKIPPED: reason}``), :func:`collate_diffusion_pairs` drops it and reports ``num_skipped`` in the batch, for
@@ -45,6 +49,7 @@ from PIL import Image
 
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, open_rgb
 from visalign.data.sources import load_source
+from visalign.errors import DataError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -122,23 +127,41 @@ def load_preference_pairs(
     caption_column: str = "caption",
     caption_chosen_column: str | None = None,
     caption_rejected_column: str | None = None,
+    caption_0_column: str | None = None,
+    caption_1_column: str | None = None,
     weight_column: str | None = None,
 ) -> PreferencePairs:
     """Load ``spec`` (a paired folder or any ``load_source`` spec) as :class:`PreferencePairs`.
 
     ``schema="auto"``: a folder with ``chosen/`` and ``rejected/`` is a paired folder; a dataset with ``jpg_0``,
     ``jpg_1`` and ``label_0`` is Pick-a-Pic; anything else is generic. Column arguments apply where the schema has
-    that column (Pick-a-Pic uses ``caption_column`` and ``weight_column``).
+    that column (Pick-a-Pic uses ``caption_column`` or ``caption_0_column``/``caption_1_column``, and
+    ``weight_column``). Per-side caption columns of the other kind alone (chosen/rejected for Pick-a-Pic, 0/1 for
+    generic data) raise, naming the columns to use.
     """
     if schema not in SCHEMAS:
-        raise ValueError(f"unknown diffusion data schema {schema!r}; use one of {SCHEMAS}")
+        raise DataError(f"unknown diffusion data schema {schema!r}; use one of {SCHEMAS}")
     path = Path(spec).expanduser()
     if schema == "paired_folder" or (schema == "auto" and (path / "chosen").is_dir() and (path / "rejected").is_dir()):
         return paired_folder_pairs(path)
     dataset = load_source(spec, split=split)
     if schema == "pickapic" or (schema == "auto" and set(PICKAPIC_COLUMNS) <= set(dataset.column_names)):
+        if caption_chosen_column is not None and caption_0_column is None:
+            raise DataError(
+                f"{spec}: Pick-a-Pic-shaped data (jpg_0, jpg_1, label_0) has no chosen/rejected columns, so "
+                f"caption_chosen_column={caption_chosen_column!r} and caption_rejected_column="
+                f"{caption_rejected_column!r} cannot be read; name its per-image captions with caption_0_column and "
+                "caption_1_column (Pick-Double Caption: caption_0, caption_1)"
+            )
         return pickapic_pairs(dataset, name=spec, keep_ties=keep_ties, caption_column=caption_column,
+                              caption_0_column=caption_0_column, caption_1_column=caption_1_column,
                               weight_column=weight_column)
+    if caption_0_column is not None and caption_chosen_column is None:
+        raise DataError(
+            f"{spec}: caption_0_column={caption_0_column!r} and caption_1_column={caption_1_column!r} are per-image "
+            f"captions of Pick-a-Pic-shaped data (jpg_0, jpg_1, label_0), which {spec} is not (schema {schema!r}); "
+            "name chosen/rejected-side captions with caption_chosen_column and caption_rejected_column"
+        )
     base_dir = path if path.is_dir() else path.parent if path.is_file() else None
     return generic_pairs(
         dataset, name=spec, base_dir=base_dir, chosen_column=chosen_column, rejected_column=rejected_column,
@@ -153,18 +176,28 @@ def pickapic_pairs(
     name: str = "pickapic",
     keep_ties: bool = False,
     caption_column: str = "caption",
+    caption_0_column: str | None = None,
+    caption_1_column: str | None = None,
     weight_column: str | None = None,
 ) -> PreferencePairs:
-    """Pick-a-Pic rows (``jpg_0``, ``jpg_1``, ``label_0``, caption) as pairs, winner first (module docstring)."""
-    _require_columns(dataset, [*PICKAPIC_COLUMNS, caption_column, weight_column], name, "pickapic")
+    """Pick-a-Pic rows (``jpg_0``, ``jpg_1``, ``label_0``, caption) as pairs, winner first (module docstring).
+
+    With ``caption_0_column``/``caption_1_column`` (DCPO's Pick-Double Caption) each image keeps its own caption:
+    the chosen side's caption is the one of the image ``label_0`` picks."""
+    if (caption_0_column is None) != (caption_1_column is None):
+        raise DataError(f"{name}: per-image captions need both caption_0_column and caption_1_column; got "
+                        f"caption_0_column={caption_0_column!r}, caption_1_column={caption_1_column!r}")
+    caption_columns = (caption_0_column, caption_1_column) if caption_0_column else (caption_column, caption_column)
+    _require_columns(dataset, [*PICKAPIC_COLUMNS, *caption_columns, weight_column], name, "pickapic")
     labels = _numbers(dataset, "label_0", name)
     bad = np.flatnonzero((labels < 0) | (labels > 1))
     if bad.size:
-        raise ValueError(f"{name} row {bad[0]}: label_0={labels[bad[0]]} is outside [0, 1]")
+        raise DataError(f"{name} row {bad[0]}: label_0={labels[bad[0]]} is outside [0, 1]")
     ties = labels == 0.5
     rows = np.arange(len(labels)) if keep_ties else np.flatnonzero(~ties)
-    captions = _strings(dataset, caption_column, name)
-    captions = [captions[i] for i in rows]
+    swap = labels[rows] < 0.5
+    first, second = (_strings(dataset, column, name) for column in caption_columns)
+    captions = [(second[i], first[i]) if swapped else (first[i], second[i]) for i, swapped in zip(rows, swap)]
     report = {"rows": len(labels), "pairs": len(rows), "ties": int(ties.sum()),
               "ties_dropped": 0 if keep_ties else int(ties.sum())}
     logger.info("%s: %d pairs from %d rows; %d ties %s", name, len(rows), len(labels), report["ties"],
@@ -173,10 +206,10 @@ def pickapic_pairs(
         name=name,
         images=_image_columns(dataset, ("jpg_0", "jpg_1"), name, rows),
         image_columns=("jpg_0", "jpg_1"),
-        captions_chosen=captions,
-        captions_rejected=list(captions),
+        captions_chosen=[chosen for chosen, _ in captions],
+        captions_rejected=[rejected for _, rejected in captions],
         weights=_weights(dataset, weight_column, name, rows),
-        swap=labels[rows] < 0.5,
+        swap=swap,
         source_rows=rows,
         report=report,
     )
@@ -197,13 +230,19 @@ def generic_pairs(
     """Pairs from named columns: images as bytes, ``datasets.Image`` or paths relative to ``base_dir``; one caption
     column, or per-side caption columns (DCPO)."""
     if (caption_chosen_column is None) != (caption_rejected_column is None):
-        raise ValueError(
+        raise DataError(
             f"{name}: per-side captions need both caption_chosen_column and caption_rejected_column; got "
             f"caption_chosen_column={caption_chosen_column!r}, caption_rejected_column={caption_rejected_column!r}"
         )
     caption_columns = (caption_chosen_column, caption_rejected_column) if caption_chosen_column else (
         caption_column, caption_column)
     _require_columns(dataset, [chosen_column, rejected_column, *caption_columns, weight_column], name, "generic")
+    if "label_0" in dataset.column_names:
+        raise DataError(
+            f"{name}: has a 'label_0' column, which the generic schema does not read (it takes {chosen_column!r} as "
+            "the chosen image in every row); use data_schema pickapic (columns jpg_0, jpg_1, label_0), which orders "
+            "each pair by label_0, or drop label_0 once the columns are in chosen/rejected order"
+        )
     base_dir = None if base_dir is None else Path(base_dir)
     images = _image_columns(dataset, (chosen_column, rejected_column), name, None)
     report = {"rows": len(dataset), "pairs": len(dataset)}
@@ -233,7 +272,7 @@ def paired_folder_pairs(root: str | Path) -> PreferencePairs:
             logger.warning("%s: %d file(s) in %s/ have no partner in %s/ and are not used: %s", root, len(missing),
                            side, other, [sides[side][s] for s in missing[:5]])
     if not stems:
-        raise ValueError(f"{root}: no file name appears in both chosen/ and rejected/")
+        raise DataError(f"{root}: no file name appears in both chosen/ and rejected/")
     captions = _folder_captions(root, stems, sides)
     table = datasets.Dataset.from_dict({
         "chosen": [f"chosen/{sides['chosen'][s]}" for s in stems],
@@ -255,8 +294,8 @@ def _image_files(folder: Path) -> dict[str, str]:
         if not path.is_file() or path.suffix.lower() not in extensions:
             continue
         if path.stem in files:
-            raise ValueError(f"{folder}: {files[path.stem]!r} and {path.name!r} have the same name; pairs are matched "
-                             "by file name without extension")
+            raise DataError(f"{folder}: {files[path.stem]!r} and {path.name!r} have the same name; pairs are matched "
+                            "by file name without extension")
         files[path.stem] = path.name
     return files
 
@@ -272,7 +311,7 @@ def _folder_captions(root: Path, stems: Sequence[str], sides: dict) -> dict[str,
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{jsonl} line {line_no}: not valid JSON ({err})") from None
+                raise DataError(f"{jsonl} line {line_no}: not valid JSON ({err})") from None
             captions[Path(str(entry.get("file_name", ""))).stem] = _entry_captions(entry, f"{jsonl} line {line_no}")
         orphans = captions.keys() - set(stems)
         if orphans:
@@ -288,37 +327,37 @@ def _folder_captions(root: Path, stems: Sequence[str], sides: dict) -> dict[str,
     missing = [sides["chosen"][s] for s in stems if s not in captions]
     if missing:
         where = jsonl if jsonl.is_file() else f"{root}/chosen/NAME.txt sidecars"
-        raise ValueError(f"{root}: {len(missing)} pair(s) have no caption in {where}, e.g. {missing[:5]}")
+        raise DataError(f"{root}: {len(missing)} pair(s) have no caption in {where}, e.g. {missing[:5]}")
     return captions
 
 
 def _entry_captions(entry: dict, where: str) -> tuple[str, str]:
     if "file_name" not in entry:
-        raise ValueError(f"{where}: missing key 'file_name'")
+        raise DataError(f"{where}: missing key 'file_name'")
     if "caption_chosen" in entry or "caption_rejected" in entry:
         keys = ("caption_chosen", "caption_rejected")
     elif "caption" in entry:
         keys = ("caption", "caption")
     else:
-        raise ValueError(f"{where}: needs 'caption', or 'caption_chosen' and 'caption_rejected'")
+        raise DataError(f"{where}: needs 'caption', or 'caption_chosen' and 'caption_rejected'")
     for key in keys:
         if not isinstance(entry.get(key), str):
-            raise ValueError(f"{where}: {key!r} must be a string; got {entry.get(key)!r}")
+            raise DataError(f"{where}: {key!r} must be a string; got {entry.get(key)!r}")
     return entry[keys[0]], entry[keys[1]]
 
 
 def _require_columns(dataset: datasets.Dataset, columns: Sequence[str | None], name: str, schema: str) -> None:
     missing = sorted({c for c in columns if c is not None and c not in dataset.column_names})
     if missing:
-        raise ValueError(f"{name}: missing column(s) {missing} for the {schema!r} diffusion preference schema; it has "
-                         f"{dataset.column_names}")
+        raise DataError(f"{name}: missing column(s) {missing} for the {schema!r} diffusion preference schema; it has "
+                        f"{dataset.column_names}")
 
 
 def _numbers(dataset: datasets.Dataset, column: str, name: str) -> np.ndarray:
     values = list(dataset[column])
     for row, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} row {row}: column {column!r} must be a finite number; got {value!r}")
+            raise DataError(f"{name} row {row}: column {column!r} must be a finite number; got {value!r}")
     return np.asarray(values, dtype=np.float64)
 
 
@@ -326,7 +365,7 @@ def _strings(dataset: datasets.Dataset, column: str, name: str) -> list[str]:
     values = list(dataset[column])
     for row, value in enumerate(values):
         if not isinstance(value, str):
-            raise ValueError(f"{name} row {row}: column {column!r} must be a string caption; got {value!r}")
+            raise DataError(f"{name} row {row}: column {column!r} must be a string caption; got {value!r}")
     return values
 
 
@@ -346,7 +385,7 @@ def _image_columns(dataset, columns: tuple[str, str], name: str, rows: np.ndarra
             if feature.decode:
                 images = images.cast_column(column, datasets.Image(decode=False))
         elif not (isinstance(feature, datasets.Value) and feature.dtype in _BYTES_TYPES + _PATH_TYPES):
-            raise ValueError(f"{name}: image column {column!r} must hold bytes, datasets.Image or paths; got {feature}")
+            raise DataError(f"{name}: image column {column!r} must hold bytes, datasets.Image or paths; got {feature}")
     if rows is not None and len(rows) != len(images):
         images = images.select(rows)
     return images
@@ -372,8 +411,8 @@ def _path_digest(images, columns, base_dir: Path | None, name: str, report: dict
                 missing.append(str(path))
     report["missing_images"] = len(missing)
     if missing and len(missing) == total:
-        raise FileNotFoundError(f"{name}: none of the {total} image paths exist (e.g. {missing[0]}); relative "
-                                f"paths are resolved against {base_dir or 'the working directory'}")
+        raise NotFoundError(f"{name}: none of the {total} image paths exist (e.g. {missing[0]}); relative "
+                            f"paths are resolved against {base_dir or 'the working directory'}")
     if missing:
         logger.warning("%s: %d image file(s) do not exist and will be skipped, e.g. %s", name, len(missing),
                        missing[:5])

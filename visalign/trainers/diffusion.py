@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import DistributedType
-from peft import LoraConfig
 
 from visalign.config_io import save_config
 from visalign.data.diffusion import (
@@ -126,6 +125,11 @@ class DiffusionConfig(PreferenceConfig):
         default=None, metadata=_help("per-side captions (DCPO): the chosen image's caption column"))
     caption_rejected_column: str | None = field(
         default=None, metadata=_help("per-side captions (DCPO): the rejected image's caption column"))
+    caption_0_column: str | None = field(
+        default=None, metadata=_help("Pick-a-Pic schema, per-image captions (DCPO's Pick-Double Caption): jpg_0's "
+                                     "caption column; swapped with the image by label_0"))
+    caption_1_column: str | None = field(
+        default=None, metadata=_help("Pick-a-Pic schema, per-image captions: jpg_1's caption column"))
     weight_column: str | None = field(default=None, metadata=_help("optional per-pair loss weight column"))
     resolution: int | None = field(
         default=None, metadata=_help("training resolution in pixels; none = the UNet's native size (SD1.5 512, "
@@ -182,9 +186,11 @@ class DiffusionConfig(PreferenceConfig):
         for ok, key, expected_text, value in checks:
             if not ok:
                 raise ValueError(f"{c}.{key} must be {expected_text}; got {value!r}")
-        if (self.caption_chosen_column is None) != (self.caption_rejected_column is None):
-            raise ValueError(f"{c}.caption_chosen_column and caption_rejected_column go together; got "
-                             f"{self.caption_chosen_column!r} and {self.caption_rejected_column!r}")
+        for first, second in (("caption_chosen_column", "caption_rejected_column"),
+                              ("caption_0_column", "caption_1_column")):
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                raise ValueError(f"{c}.{first} and {second} go together; got {getattr(self, first)!r} and "
+                                 f"{getattr(self, second)!r}")
         if self.cache_dir is not None and not self.center_crop:
             raise ValueError(f"{c}.cache_dir needs center_crop: true (random crops cannot be cached)")
         if self.reference == "disable_adapter" and not self.use_lora:
@@ -223,14 +229,22 @@ class DCPOConfig(DiffusionConfig):
 
     method: str = field(default="dcpo", metadata=_help("trainer family (`visalign train` picks it)"))
     beta: float = field(default=500.0, metadata=_help("β of the DPO sigmoid (DCPO: 500, paper convention)"))
-    caption_chosen_column: str | None = field(default="caption_chosen", metadata=_help("chosen image's caption"))
-    caption_rejected_column: str | None = field(default="caption_rejected", metadata=_help("rejected's caption"))
+    caption_chosen_column: str | None = field(default="caption_chosen", metadata=_help(
+        "generic schema: the chosen image's caption column"))
+    caption_rejected_column: str | None = field(default="caption_rejected", metadata=_help(
+        "generic schema: the rejected image's caption column"))
+    caption_0_column: str | None = field(default="caption_0", metadata=_help(
+        "Pick-a-Pic schema (Pick-Double Caption): jpg_0's caption column, swapped with the image by label_0"))
+    caption_1_column: str | None = field(default="caption_1", metadata=_help(
+        "Pick-a-Pic schema (Pick-Double Caption): jpg_1's caption column"))
     caption_dropout: float = field(default=0.0, metadata=_help("probability of dropping captions (DCPO: 0)"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.caption_chosen_column is None:
-            raise ValueError("DCPOConfig.caption_chosen_column and caption_rejected_column are required")
+        if self.caption_chosen_column is None or self.caption_0_column is None:
+            raise ValueError("DCPOConfig: per-side captions are required: caption_chosen_column/"
+                             "caption_rejected_column (generic data) and caption_0_column/caption_1_column "
+                             "(Pick-a-Pic-shaped data) must name columns")
 
 
 @dataclass
@@ -319,10 +333,18 @@ class DiffusionTrainer(Trainer):
                 spec, schema=a.data_schema, split=split, keep_ties=a.keep_ties, chosen_column=a.chosen_column,
                 rejected_column=a.rejected_column, caption_column=a.caption_column,
                 caption_chosen_column=a.caption_chosen_column, caption_rejected_column=a.caption_rejected_column,
+                caption_0_column=a.caption_0_column, caption_1_column=a.caption_1_column,
                 weight_column=a.weight_column,
             )
         if len(pairs) == 0:
             raise ValueError(f"{pairs.name}: no preference pairs left to train on (report: {pairs.report})")
+        if isinstance(self.args, DCPOConfig) and pairs.captions_chosen == pairs.captions_rejected:
+            raise ValueError(
+                f"{pairs.name}: DCPO needs a caption per image, but every pair has one caption for both images, so "
+                "this would train plain Diffusion-DPO; name the per-side caption columns (caption_0_column/"
+                "caption_1_column for Pick-a-Pic-shaped data, caption_chosen_column/caption_rejected_column "
+                "otherwise) or give a paired folder per-side captions"
+            )
         return pairs
 
     def build_datasets(self):
@@ -386,6 +408,8 @@ class DiffusionTrainer(Trainer):
         args = self.args
         unet = self.components.unet
         if args.use_lora:
+            from peft import LoraConfig  # here, not at import: keeps `visalign train --help` fast
+
             from visalign.models.lora import check_lora_targets
 
             unet.requires_grad_(False)
