@@ -63,7 +63,7 @@ def decode(item: ImageItem, index: int) -> torch.Tensor:
         try:
             with Image.open(path) as img:
                 return pil_to_uint8(img)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"image {index}: cannot read image file {path}: {err}") from err
     if isinstance(item, Image.Image):
         return pil_to_uint8(item)
@@ -72,7 +72,24 @@ def decode(item: ImageItem, index: int) -> torch.Tensor:
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     """PIL image -> ``[3,H,W]`` uint8 RGB tensor (a view of one writable ``[H,W,3]`` copy of the pixels)."""
-    return torch.from_numpy(np.array(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
+
+
+#: Greyscale modes holding 16-bit samples (16-bit PNG, TIFF and PGM decode to these).
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, the one conversion every image decoder here uses (scoring and training).
+
+    16-bit greyscale (:data:`WIDE_GREY_MODES`; ``I`` is clipped to ``[0, 65535]``) is scaled to 8 bits,
+    ``round(v * 255 / 65535)``: PIL's own ``convert("RGB")`` clips the samples to 255, so these images would read
+    as solid white. Other modes use ``convert("RGB")`` (alpha is dropped, palettes expanded).
+    """
+    if img.mode in WIDE_GREY_MODES:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:

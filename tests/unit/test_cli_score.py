@@ -97,3 +97,17 @@ def test_relabel_adds_scores_probabilities_and_labels(model_dir, image_dir, tmp_
     assert relabel.main(["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs),
                          "--out", str(tmp_path / "x")]) == 2
     assert "no column(s) ['prompt', 'image_0', 'image_1']" in capsys.readouterr().err
+
+
+def test_decompression_bombs_are_named(model_dir, image_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # every test image is over 2x this: PIL's bomb error
+    assert score.main(["--scorer", "pickscore", "--model", model_dir, "--images", str(image_dir),
+                       "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image file {image_dir / 'img0.png'}" in err and "decompression bomb" in err
+    pairs = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_dict({"prompt": ["a"], "image_0": [(image_dir / "img1.png").read_bytes()],
+                                "image_1": [(image_dir / "img2.png").read_bytes()]}).to_parquet(str(pairs))
+    assert relabel.main(["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs),
+                         "--out", str(tmp_path / "out")]) == 2
+    assert "row 0, column 'image_0': undecodable image bytes" in capsys.readouterr().err

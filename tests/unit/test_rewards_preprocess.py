@@ -98,3 +98,19 @@ def test_uint8_table_normalisation_is_bit_identical_to_the_float_formula():
     assert torch.equal(out, expected)
     strided = image.numpy()[5:30, 7:40]  # a crop view, as the CLIP transform passes it
     assert torch.equal(normalize_uint8(strided), expected[:, 5:30, 7:40])
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_in_scoring_and_training(tmp_path):
+    # PIL's convert("RGB") clips I;16 samples to 255 (a solid white image); both decoders must scale them instead.
+    import numpy as np
+
+    from reward_models.inputs import decode
+    from visalign.data.image_transforms import open_rgb
+
+    wide = (np.arange(48 * 40).reshape(48, 40) * 34).astype(np.uint16)  # 0 .. 65246
+    Image.fromarray(wide).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    expected = torch.from_numpy(np.round(wide / 257.0).astype(np.uint8)).expand(3, -1, -1)
+    torch.testing.assert_close(decode(tmp_path / "grey16.png", 0), expected, rtol=0, atol=0)
+    training = torch.from_numpy(np.array(open_rgb(str(tmp_path / "grey16.png")))).permute(2, 0, 1)
+    torch.testing.assert_close(training, expected, rtol=0, atol=0)

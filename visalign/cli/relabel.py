@@ -47,7 +47,7 @@ def to_image(cell, root: Path | None, row: int, column: str):
     if isinstance(cell, (bytes, bytearray)):
         try:
             return Image.open(io.BytesIO(cell))
-        except OSError as err:
+        except (OSError, Image.DecompressionBombError) as err:
             raise InputError(f"row {row}, column {column!r}: undecodable image bytes ({err})") from err
     if isinstance(cell, str):
         path = Path(cell)

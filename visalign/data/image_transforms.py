@@ -27,12 +27,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from reward_models.inputs import to_rgb
+
 #: What decoding a corrupt, truncated, missing or otherwise unreadable image raises (PIL raises all of these).
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def open_rgb(source, *, base_dir: str | Path | None = None) -> Image.Image:
-    """Decode an image reference to a fully loaded RGB image, EXIF orientation applied.
+    """Decode an image reference to a fully loaded 8-bit RGB image (``reward_models.inputs.to_rgb``: 16-bit
+    greyscale is scaled, not clipped), EXIF orientation applied.
 
     ``source`` is encoded bytes, a ``datasets`` ``Image(decode=False)`` value (``{"bytes", "path"}``), a path (relative
     paths are taken relative to ``base_dir``) or a PIL image. Raises one of :data:`IMAGE_ERRORS` when unreadable.
@@ -49,7 +52,7 @@ def open_rgb(source, *, base_dir: str | Path | None = None) -> Image.Image:
     else:
         raise ValueError(f"not an image reference: {type(source).__name__}")
     image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
