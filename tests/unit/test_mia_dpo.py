@@ -52,6 +52,71 @@ def test_picture_in_picture_geometry():
     assert aug.question.startswith("<image>\n") and aug.question.endswith(", what colour?")
 
 
+#: nine distinct cell colours, far apart in RGB
+CELL_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+                (240, 50, 230), (210, 245, 60), (0, 0, 128)]
+
+
+def _seen(image_processor, image: Image.Image) -> torch.Tensor:
+    """``image`` as the model sees it after the processor: ``[H, W, 3]`` on the 0..255 scale."""
+    pixels = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (image_processor.image_mean, image_processor.image_std))
+    return ((pixels * std + mean) * 255).permute(1, 2, 0)
+
+
+def _visible_share(seen: torch.Tensor, colour, box, side: int) -> float:
+    """Pixels of ``colour`` in the processed image / the area the ``box`` of a ``side``-px square image should get."""
+    scale = seen.shape[0] / side
+    expected = (box[2] - box[0]) * scale * (box[3] - box[1]) * scale
+    found = ((seen - torch.tensor(colour)).abs().amax(-1) < 16).sum().item()
+    return found / expected
+
+
+@pytest.mark.parametrize("count", sorted(mia_dpo.GRID_LAYOUTS))
+def test_every_grid_cell_is_seen_through_llava_preprocessing(count):
+    """LLaVA-1.5's image processor (shortest edge 336, centre crop) would cut cells off wide collages; padded to a
+    square of its mean colour, every cell reaches the model whole."""
+    from visalign.testing.clip import clip_image_processor
+
+    image_processor = clip_image_processor(336)
+    fill = mia_dpo.square_fill(image_processor)
+    assert fill == tuple(int(m * 255) for m in image_processor.image_mean)
+    cells = [Image.new("RGB", (64, 64), c) for c in CELL_COLOURS[:count]]
+    aug = mia_dpo.pad_to_square(mia_dpo.grid_collage(cells[0], cells[1:], "what ?", 1), fill)
+    square = aug.images[0]
+    assert square.width == square.height == max(mia_dpo.grid_canvas_size(count))
+    assert square.getpixel((0, 0)) == fill or square.getpixel((square.width - 1, square.height - 1)) == fill
+    seen = _seen(image_processor, square)
+    for n, (colour, box) in enumerate(zip(CELL_COLOURS, aug.boxes), start=1):
+        assert square.getpixel(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)) == colour  # boxes moved along
+        assert _visible_share(seen, colour, box, square.width) > 0.8, f"{count}-image grid: cell {n} not seen"
+
+
+def test_picture_in_picture_on_a_wide_host_is_seen_whole():
+    """A 4:1 host would lose three quarters of its area to the centre crop; padded, host and inset are seen whole."""
+    from visalign.testing.clip import clip_image_processor
+
+    image_processor = clip_image_processor(336)
+    aug = mia_dpo.picture_in_picture(Image.new("RGB", (50, 50), RED), Image.new("RGB", (400, 100), BLUE), "what ?",
+                                     rng=random.Random(0))
+    aug = mia_dpo.pad_to_square(aug, mia_dpo.square_fill(image_processor))
+    assert aug.images[0].size == (400, 400) and aug.boxes == [(165, 165, 235, 235)]  # 70x70 inset, centred
+    seen = _seen(image_processor, aug.images[0])
+    assert _visible_share(seen, RED, aug.boxes[0], 400) > 0.8
+    host_outside_inset = (0, 0, 400, 100 - 70 * 70 / 400)  # the host's area less the inset's, as a box
+    assert _visible_share(seen, BLUE, host_outside_inset, 400) > 0.8
+
+
+def test_square_fill_only_where_the_processor_crops():
+    from visalign.testing.vlm import tiny_llava, tiny_llava_next, tiny_qwen2_vl
+
+    assert mia_dpo.square_fill(tiny_llava()[1]) is not None
+    assert mia_dpo.square_fill(tiny_llava_next()[1]) is None  # any-resolution tiles keep the whole image
+    assert mia_dpo.square_fill(tiny_qwen2_vl()[1]) is None  # dynamic resolution, no crop
+    image = Image.new("RGB", (6, 6), RED)
+    assert mia_dpo.expand_to_square(image, (1, 2, 3)) == (image, (0, 0))
+
+
 def test_attention_ratio_on_constructed_maps():
     rows = torch.zeros(2, 12)
     rows[:, 1:5], rows[:, 6:10] = 0.1, 0.3
@@ -140,6 +205,8 @@ def test_pipeline_writes_data_the_trainer_reads(tmp_path):
     selection = json.loads((out.parent / "selection.json").read_text())
     assert selection["generated"] == selection["kept"] == 3 and sum(selection["dropped"].values()) == 0
     assert isinstance(rows[0]["image"], list) and len(rows[0]["image"]) == 2
+    grid = Image.open(tmp_path / "mia" / rows[1]["image"])  # 936x488 collage, padded: the processor crops
+    assert grid.width == grid.height == 936 and grid.getpixel((0, 0)) == mia_dpo.square_fill(processor)
     assert all(0.0 <= r["attention_ratio"] <= 1.0 for r in rows)
     args = VLMDPOConfig(output_dir=str(tmp_path / "o"), per_device_batch_size=3, max_steps=1, save_steps=0,
                         image_folder=str(tmp_path / "mia"), use_lora=True, lora_r=2, learning_rate=1e-3)

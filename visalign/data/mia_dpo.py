@@ -17,12 +17,19 @@ Where visalign differs from the released notebooks: only the first letter of the
 notebooks lower-case all of it, which mangles OCR answers and proper nouns); a leading ``<image>`` placeholder is
 removed from the question; the label font is a TrueType file if given, else PIL's built-in font at size 36 (the
 notebooks load ``Arial.ttf``); ``PIP_PREFIXES`` holds a dozen of the ~90 phrasings.
+
+Square padding: MIA-DPO trained LLaVA-1.5 with ``image_aspect_ratio pad``, which centres every image on a square of
+the image processor's mean colour (LLaVA's ``expand2square``) before the processor. LLaVA-1.5's HF image processor
+instead resizes the short side and centre-crops, which would cut a 1×3 collage down to its middle cell and half of
+the outer cells of 1×2 and 2×3 collages (and the sides of a wide picture-in-picture host).
+``square_fill(processor)`` says whether a processor crops so (and with which colour to pad); ``pad_to_square`` pads
+an augmentation's images and moves its cell boxes with them.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -50,15 +57,22 @@ PIP_PREFIXES = (
 )
 
 
+Box = tuple[int, int, int, int]
+
+
 @dataclass
 class Augmented:
     """One augmented sample: the images to feed the model, the rewritten question, the 1-based index of the true
-    image among the cells or images (1 for picture-in-picture) and the augmentation's name."""
+    image among the cells or images (1 for picture-in-picture) and the augmentation's name; for a grid, its
+    ``(rows, cols)`` ``layout`` and the ``(left, top, right, bottom)`` ``boxes`` of its cells in the image; for
+    picture-in-picture, the inset's box."""
 
     images: list[Image.Image]
     question: str
     target: int
     kind: str
+    layout: tuple[int, int] | None = None
+    boxes: list[Box] = field(default_factory=list)
 
 
 def refer(question: str, prefix: str) -> str:
@@ -93,7 +107,7 @@ def fit_into(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.convert("RGB").resize(size, Image.LANCZOS)
 
 
-def grid_cell_boxes(count: int, *, cell: int = GRID_CELL, margin: int = GRID_MARGIN) -> list[tuple[int, int, int, int]]:
+def grid_cell_boxes(count: int, *, cell: int = GRID_CELL, margin: int = GRID_MARGIN) -> list[Box]:
     """``(left, top, right, bottom)`` of each cell of a ``count``-image collage, row-major (module docstring)."""
     if count not in GRID_LAYOUTS:
         raise ValueError(f"a grid collage holds {sorted(GRID_LAYOUTS)} images; got {count}")
@@ -137,7 +151,8 @@ def grid_collage(
         padded.paste(fit_into(img, cell, cell), (0, 0))
         canvas.paste(padded, (x, y))
         draw.text((x + GRID_LABEL_OFFSET[0], y + GRID_LABEL_OFFSET[1]), f"Image{n}", fill=(0, 0, 0), font=font)
-    return Augmented([canvas], f"{IMAGE_PLACEHOLDER}\n" + refer(question, f"In Image{position}"), position, "grid")
+    return Augmented([canvas], f"{IMAGE_PLACEHOLDER}\n" + refer(question, f"In Image{position}"), position, "grid",
+                     layout=GRID_LAYOUTS[len(images)], boxes=boxes)
 
 
 def pip_box(host_size: tuple[int, int], inset_size: tuple[int, int], scale: float = PIP_SCALE) -> tuple[int, int, int, int]:
@@ -161,7 +176,41 @@ def picture_in_picture(
     canvas = host.convert("RGB").copy()
     canvas.paste(image.convert("RGB").resize((right - left, bottom - top), Image.LANCZOS), (left, top))
     prefix = rng.choice(PIP_PREFIXES)
-    return Augmented([canvas], f"{IMAGE_PLACEHOLDER}\n" + refer(question, prefix), 1, "pip")
+    return Augmented([canvas], f"{IMAGE_PLACEHOLDER}\n" + refer(question, prefix), 1, "pip",
+                     boxes=[(left, top, right, bottom)])
+
+
+def square_fill(processor) -> tuple[int, int, int] | None:
+    """The colour to pad images to a square with (the image processor's mean, 0..255, as LLaVA's ``expand2square``)
+    when ``processor`` would centre-crop them (LLaVA-1.5's ``CLIPImageProcessor``); ``None`` when it keeps the whole
+    image (any-resolution tiling such as LLaVA-NeXT's, Qwen2-VL's dynamic resolution)."""
+    image_processor = getattr(processor, "image_processor", processor)
+    if not getattr(image_processor, "do_center_crop", False) or getattr(image_processor, "image_grid_pinpoints", None):
+        return None
+    return tuple(int(m * 255) for m in image_processor.image_mean)
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """LLaVA's ``expand2square``: ``image`` centred on a ``fill``-coloured square of its longer side; returns the
+    square and the ``(dx, dy)`` offset of the image in it."""
+    width, height = image.size
+    if width == height:
+        return image, (0, 0)
+    side = max(width, height)
+    offset = ((side - width) // 2, (side - height) // 2)
+    square = Image.new("RGB", (side, side), fill)
+    square.paste(image.convert("RGB"), offset)
+    return square, offset
+
+
+def pad_to_square(aug: Augmented, fill: tuple[int, int, int]) -> Augmented:
+    """``aug`` with every image expanded to a square (``expand_to_square``) and its boxes moved with the image."""
+    squares = [expand_to_square(image, fill) for image in aug.images]
+    boxes = aug.boxes
+    if boxes:
+        dx, dy = squares[0][1]
+        boxes = [(left + dx, top + dy, right + dx, bottom + dy) for left, top, right, bottom in boxes]
+    return replace(aug, images=[square for square, _ in squares], boxes=boxes)
 
 
 def choose_distractors(pool_size: int, own: int, count: int, rng: random.Random) -> list[int]:

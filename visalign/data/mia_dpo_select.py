@@ -16,12 +16,15 @@ chosen = the ground-truth answer, rejected = the model's answer, kept only when 
 Attention ratio (``attention_ratio``): layer ``layer`` (16), averaged over heads; the rows of the generated tokens;
 the columns of each image's visual tokens (runs of the image token in the prompt); averaged over generated tokens.
 Sequence: mean attention on the true image / Σ over images of the mean attention on each. Grid: the single image's
-``side``×``side`` map is cut into the collage's rows×cols blocks (ignoring the margins, as the reference), ratio =
-the true cell's block sum / total. Picture-in-picture: sum over the central ``pip_fraction`` of the map (16×16 of
-24×24 for LLaVA-1.5) / total.
+``side``×``side`` map is cut into the collage's rows×cols blocks (ignoring the margins and padding, as the
+reference), ratio = the true cell's block sum / total. Picture-in-picture: sum over the central ``pip_fraction`` of
+the map (16×16 of 24×24 for LLaVA-1.5) / total.
 
-Before generation the image is corrupted with Gaussian noise (``noise_sigma``: grid σ=225 on the true cell only, pip
-σ=49 on the whole image, none for sequences); the written data set keeps the clean image.
+Where the model's image processor would centre-crop (LLaVA-1.5's), every augmented image is first padded to a square
+of the processor's mean colour (``mia_dpo.pad_to_square``, LLaVA's ``expand2square``, as MIA-DPO's LLaVA saw it), so
+the model sees every cell and the whole host; the written images are the padded ones, so training sees them whole
+too. Before generation the image is corrupted with Gaussian noise (``noise_sigma``: grid σ=225 on the true cell only,
+pip σ=49 on the whole image, none for sequences); the written data set keeps the clean image.
 
 Where visalign differs: the "rows of generated tokens" are the query rows that *predict* each generated token
 (the last prompt row, then each generated token's row but the last), so a one-token answer has a ratio too; the
@@ -241,17 +244,8 @@ def augment(sample: SourceSample, pool: Sequence[Image.Image], own: int, kind: s
 def _noisy(aug: mia_dpo.Augmented, config: MIASelectConfig, rng: np.random.Generator) -> list[Image.Image]:
     sigma = config.noise_sigma.get(aug.kind, 0.0)
     if aug.kind == "grid":
-        box = mia_dpo.grid_cell_boxes(_grid_count(aug))[aug.target - 1]
-        return [add_gaussian_noise(aug.images[0], sigma, rng=rng, box=box)]
+        return [add_gaussian_noise(aug.images[0], sigma, rng=rng, box=aug.boxes[aug.target - 1])]
     return [add_gaussian_noise(image, sigma, rng=rng) for image in aug.images]
-
-
-def _grid_count(aug: mia_dpo.Augmented) -> int:
-    width, height = aug.images[0].size
-    for count in mia_dpo.GRID_LAYOUTS:
-        if mia_dpo.grid_canvas_size(count) == (width, height):
-            return count
-    raise ValueError(f"grid image of size {width}x{height} matches no collage layout")
 
 
 def build_mia_dpo(
@@ -275,17 +269,19 @@ def build_mia_dpo(
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     pool = [s.image for s in samples]
+    fill = mia_dpo.square_fill(processor)
     rows: list[dict[str, Any]] = []
     dropped: Counter = Counter()
     for index, sample in enumerate(samples):
         kind, num_images = kinds[index % len(kinds)]
         aug = augment(sample, pool, index, kind, num_images, rng)
+        if fill is not None:
+            aug = mia_dpo.pad_to_square(aug, fill)
         answer, ppl, attn, prompt_ids = generate_with_attention(
             model, processor, _noisy(aug, config, np_rng), aug.question, layer=config.layer,
             max_new_tokens=config.max_new_tokens,
         )
-        grid = mia_dpo.GRID_LAYOUTS[_grid_count(aug)] if kind == "grid" else None
-        ratio = attention_ratio(attn, image_spans(prompt_ids, image_token_id), kind, aug.target, grid=grid,
+        ratio = attention_ratio(attn, image_spans(prompt_ids, image_token_id), kind, aug.target, grid=aug.layout,
                                 pip_fraction=config.pip_fraction)
         count = num_images if kind != "pip" else 1
         ratio_ok = passes_threshold(ratio, kind, count, config.thresholds)
