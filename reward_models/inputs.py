@@ -84,7 +84,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
     16-bit greyscale (:data:`WIDE_GREY_MODES`; ``I`` is clipped to ``[0, 65535]``) is scaled to 8 bits,
     ``round(v * 255 / 65535)``: PIL's own ``convert("RGB")`` clips the samples to 255, so these images would read
-    as solid white. Other modes use ``convert("RGB")`` (alpha is dropped, palettes expanded).
+    as solid white. Other modes use ``convert("RGB")`` (alpha is dropped, palettes expanded); an RGB ``img`` is
+    returned as it is.
     """
     if img.mode in WIDE_GREY_MODES:
         wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)

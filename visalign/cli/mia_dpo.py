@@ -38,6 +38,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from reward_models.inputs import to_rgb
 from visalign.data.mia_dpo import IMAGE_PLACEHOLDER
 from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS, DROP_REASONS, SELECTION_JSON, MIASelectConfig, SourceSample
 from visalign.data.mia_dpo_select import build_mia_dpo
@@ -164,8 +165,9 @@ def iter_samples(rows: list[Any], path: Path, image_folder: Path,
                              f"relative paths are read from --image-folder {image_folder})")
         try:
             with Image.open(file) as handle:
-                picture = handle.convert("RGB")
-        except (UnidentifiedImageError, OSError):
+                picture = to_rgb(handle)
+                picture.load()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             skipped["unreadable_image"] += 1
             continue
         yield SourceSample(picture, question, answer.strip(), _safe_id(row.get("id"), number, seen))
