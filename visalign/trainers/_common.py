@@ -1,7 +1,9 @@
 """Private helpers shared by every trainer: optimizer and schedule factories, checkpoint I/O, metrics logging.
 
 Checkpoint layout under ``<output_dir>/checkpoints/``: ``checkpoint-<step>/`` holds ``accelerator.save_state``
-output (model, optimizer, scheduler, RNG states), ``trainer_state.json`` and the resolved ``config.yaml``. A
+output (model, optimizer, scheduler, RNG states), ``trainer_state.json`` and the resolved ``config.yaml``. The model
+files hold what training changes only, not the frozen parameters (a LoRA checkpoint is the adapter, not the base
+model; :func:`register_trainable_state_hooks`): a resume rebuilds the frozen part from the config's ``model``. A
 checkpoint is written as ``checkpoint-<step>.tmp`` and renamed when complete, so an interrupted save leaves only a
 ``.tmp`` folder, which is never picked up and is removed by the next save of that step.
 """
@@ -18,8 +20,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-from transformers import get_scheduler
 
 from visalign.config_io import save_config
 from visalign.trainers.config import TrainingConfig
@@ -72,6 +74,8 @@ def make_optimizer(
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int):
     """transformers' ``get_scheduler(config.lr_scheduler)``: ``warmup_steps`` of warmup over ``total_steps``."""
+    from transformers import get_scheduler  # here, not at import: it loads peft (see config.LR_SCHEDULERS)
+
     return get_scheduler(
         config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
     )
@@ -142,6 +146,42 @@ def save_checkpoint(
         tmp.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _frozen_parameters(model: torch.nn.Module) -> set[str]:
+    return {name for name, param in model.named_parameters() if not param.requires_grad}
+
+
+def register_trainable_state_hooks(accelerator: Accelerator) -> None:
+    """Make ``save_state``/``load_state`` skip frozen parameters (plain and DDP runs; FSDP and DeepSpeed save their
+    own way): the saved state dict of each prepared model drops them, and loading checks that the file holds exactly
+    the trainable parameters and buffers of the model being resumed before loading it (the frozen ones stay as the
+    model was loaded)."""
+
+    def drop_frozen(models: list, weights: list, output_dir: str) -> None:
+        for i, (model, state) in enumerate(zip(models, weights)):
+            frozen = _frozen_parameters(model)
+            weights[i] = {key: value for key, value in state.items() if key not in frozen}
+
+    def load_trainable(models: list, input_dir: str) -> None:
+        for i, model in enumerate(models):
+            path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing from the checkpoint; resume from another checkpoint")
+            state = load_file(path)
+            expected = set(model.state_dict()) - _frozen_parameters(model)
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path} does not hold this run's trainable weights ({len(missing)} missing, e.g. {missing[:3]}; "
+                    f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}): resume with the model, LoRA and freezing "
+                    "settings the checkpoint was written with"
+                )
+            model.load_state_dict(state, strict=False)
+        models.clear()  # loaded here: accelerate must not load them again (strictly, expecting the frozen weights)
+
+    accelerator.register_save_state_pre_hook(drop_frozen)
+    accelerator.register_load_state_pre_hook(load_trainable)
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:

@@ -52,6 +52,7 @@ from visalign.trainers._common import (
     make_scheduler,
     prune_checkpoints,
     read_trainer_state,
+    register_trainable_state_hooks,
     resolve_resume,
     save_checkpoint,
     total_optimizer_steps,
@@ -81,6 +82,7 @@ class Trainer:
             project_dir=args.output_dir,
             step_scheduler_with_optimizer=False,
         )
+        register_trainable_state_hooks(self.accelerator)
         set_seed(args.seed)
         self.train_dataset, self.eval_dataset = self.build_datasets()
         model = self.build_model()
