@@ -111,3 +111,22 @@ def test_decompression_bombs_are_named(model_dir, image_dir, tmp_path, capsys, m
     assert relabel.main(["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs),
                          "--out", str(tmp_path / "out")]) == 2
     assert "row 0, column 'image_0': undecodable image bytes" in capsys.readouterr().err
+
+
+def test_relabel_keeps_unparsed_judge_answers_nan_and_counts_them_apart_from_ties(image_dir, tmp_path, capsys):
+    """A random tiny Qwen2-VL judge never answers in the template, so every preference is NaN: label_0 stays NaN
+    (not the tie 0.5) and the summary counts the pairs as unparsed, not as ties."""
+    from visalign.testing.vlm import save_tiny_qwen2_vl
+
+    judge = save_tiny_qwen2_vl(tmp_path / "judge")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "a red circle", "image_0": "images/img0.png", "image_1": "images/img1.png"},
+            {"prompt": "a cat", "image_0": "images/img2.png", "image_1": "images/img0.png"}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "relabelled"
+    assert relabel.main(["--scorer", "unifiedreward", "--model", str(judge), "--scorer-arg", "max_new_tokens=3",
+                         "--dataset", str(pairs), "--out", str(out)]) == 0
+    data = datasets.load_from_disk(str(out))
+    assert all(p != p for p in data["prob_0"]) and all(label != label for label in data["label_0"])  # NaN
+    assert "score_0" not in data.column_names  # a pairwise judge has no per-image scores
+    assert "ties 0, no preference (unparsed, label_0 NaN) 2" in capsys.readouterr().out

@@ -6,9 +6,10 @@ relabelling), keeping the scores so trainers can weight pairs.
 
 ``PAIRS`` is anything ``visalign.data.sources.load_source`` reads (jsonl/csv/parquet file, saved dataset, hub id).
 Image cells may be file paths (relative ones resolve against the dataset file's folder), PIL images, bytes, or
-``{"bytes"|"path"}`` dicts (datasets' undecoded ``Image`` feature). Added columns: ``score_0``, ``score_1``,
-``prob_0`` = P(image_0 ≻ image_1) from the scorer's ``preference``, and ``label_0`` = 1, 0 or 0.5 (tie when
-``|prob_0 - 0.5| <= tie_threshold``), Pick-a-Pic's label convention. The dataset is written with ``save_to_disk``
+``{"bytes"|"path"}`` dicts (datasets' undecoded ``Image`` feature). Added columns: ``score_0``, ``score_1`` (pointwise
+scorers), ``prob_0`` = P(image_0 ≻ image_1) from the scorer's ``preference``, and ``label_0`` = 1, 0 or 0.5 (tie when
+``|prob_0 - 0.5| <= tie_threshold``), Pick-a-Pic's label convention. A pair without a preference (a judge answer that
+did not parse: ``prob_0`` NaN) keeps ``label_0`` NaN, never a tie, and is counted apart. The dataset is written with ``save_to_disk``
 and the scorer's provenance to ``DIR/relabel.json``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +63,8 @@ def to_image(cell, root: Path | None, row: int, column: str):
 
 def relabel(scorer, dataset, *, prompt_column: str, image_columns: Sequence[str], root: Path | None,
             tie_threshold: float, batch_size: int, num_workers: int):
-    """The dataset with ``score_0``, ``score_1``, ``prob_0`` and ``label_0`` columns added."""
+    """The dataset with ``score_0``, ``score_1`` (when the scorer gives them), ``prob_0`` and ``label_0`` columns
+    added; ``label_0`` is NaN where ``prob_0`` is (no preference), not a tie."""
     missing = [c for c in (prompt_column, *image_columns) if c not in dataset.column_names]
     if missing:
         raise InputError(f"dataset has no column(s) {missing}; columns are {dataset.column_names}")
@@ -76,9 +79,10 @@ def relabel(scorer, dataset, *, prompt_column: str, image_columns: Sequence[str]
     b = [to_image(c, root, i, col1) for i, c in enumerate(dataset[col1])]
     result = scorer.preference(prompts, a, b, batch_size=batch_size, num_workers=num_workers, progress=True)
     prob = result.probs.double().cpu()
-    label = ((prob > 0.5).double()).where((prob - 0.5).abs() > tie_threshold, 0.5)
-    columns = {"score_0": result.details["score_a"], "score_1": result.details["score_b"], "prob_0": prob,
-               "label_0": label}
+    label = ((prob > 0.5).double()).where((prob - 0.5).abs() > tie_threshold, 0.5).where(~prob.isnan(), prob)
+    scores = {f"score_{i}": result.details[key] for i, key in enumerate(("score_a", "score_b"))
+              if key in result.details}
+    columns = {**scores, "prob_0": prob, "label_0": label}
     for name, values in columns.items():
         if name in dataset.column_names:
             dataset = dataset.remove_columns(name)
@@ -107,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "provenance": {k: provenance_columns(v) for k, v in provenance.items()}}
     (args.out / "relabel.json").write_text(json.dumps(meta, indent=2))
     labels = list(labelled["label_0"])
+    unparsed = sum(math.isnan(label) for label in labels)
     print(f"relabelled {len(labels)} pairs with {scorer.info.name}: image_0 preferred {labels.count(1.0)}, "
-          f"image_1 preferred {labels.count(0.0)}, ties {labels.count(0.5)}; written to {args.out}")
+          f"image_1 preferred {labels.count(0.0)}, ties {labels.count(0.5)}, no preference (unparsed, label_0 NaN) "
+          f"{unparsed}; written to {args.out}")
     return 0
 
 
