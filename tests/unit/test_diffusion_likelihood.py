@@ -91,6 +91,22 @@ def test_unsupported_prediction_type_names_the_config_key(sd15):
         diffusion_pair_loglik(sd15["unet"], noised, pair_cond(UNetCond(torch.randn(B, *TEXT))), scheduler=scheduler)
 
 
+def test_sft_term_is_the_references_mean_mse_on_the_chosen_images(sd15):
+    """Salesforce ``--sft``: ``F.mse_loss(pred[:B], target[:B], reduction="mean")``; MaPO's SFT term: ``mean(L_w)``.
+    The ``sft`` loss on the diffusion likelihood equals both (not half: the loglik is ``-0.5·MSE``)."""
+    unet, scheduler = sd15["unet"], sd15["scheduler"]
+    latents, text = _latents(), torch.randn(B, *TEXT)
+    noised = RandomNoise()(latents, scheduler=scheduler, generator=torch.Generator().manual_seed(1))
+    policy = diffusion_pair_loglik(unet, noised, pair_cond(UNetCond(text)), scheduler=scheduler)
+    with torch.no_grad():
+        pred = unet(noised.noisy_latents, noised.timesteps, encoder_hidden_states=torch.cat([text, text])).sample
+    salesforce_sft = F.mse_loss(pred[:B], noised.noise[:B], reduction="mean")
+    out = preference_loss("sft", policy, None, beta=1.0)
+    torch.testing.assert_close(out.loss.detach(), salesforce_sft, rtol=1e-5, atol=1e-7)
+    mapo_sft_term = preference_loss("mapo", policy, None, beta=0.1).metrics["mse/chosen"]  # mean(L_w)
+    assert out.loss.item() == pytest.approx(mapo_sft_term, rel=1e-5)
+
+
 def test_diffusion_loglik_by_hand():
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[3.0, -1.0], [0.0, 0.0]]]])

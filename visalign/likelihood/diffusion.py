@@ -23,6 +23,8 @@ import torch
 from visalign.losses.types import PairLogLik
 
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: ``PairLogLik.nll_scale`` of the ELBO surrogate: the supervised (SFT) loss is the denoising MSE, ``-2 * loglik``.
+DIFFUSION_NLL_SCALE = 2.0
 
 
 @dataclass
@@ -169,4 +171,4 @@ def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, schedu
     pred = unet_predict(unet, noised.noisy_latents, noised.timesteps, cond)
     target = diffusion_target(noised, scheduler).to(pred.device)
     chosen, rejected = diffusion_loglik(pred, target).chunk(2)
-    return PairLogLik(chosen=chosen, rejected=rejected)
+    return PairLogLik(chosen=chosen, rejected=rejected, nll_scale=DIFFUSION_NLL_SCALE)

@@ -20,12 +20,14 @@ _SERIES_RADIUS = 1e-2
 
 
 def chosen_nll(policy: PairLogLik) -> torch.Tensor:
-    """Token-mean negative log-likelihood of the chosen completions over the whole batch: ``−Σ chosen / Σ count``.
+    """The supervised loss of the chosen samples over the whole batch: ``−nll_scale · Σ chosen / Σ count``.
 
-    This is the cross-entropy TRL averages over every chosen token (DPO ``sft``, CPO and ORPO ``nll_loss``).
+    Text: the cross-entropy TRL averages over every chosen token (DPO ``sft``, CPO and ORPO ``nll_loss``). Diffusion
+    (``nll_scale`` 2): the mean denoising MSE of the chosen images, Salesforce Diffusion-DPO's ``--sft``
+    (``F.mse_loss(..., "mean")``) and MaPO's ``mean(L_w)`` (reference ``diffusion-methods.md`` §3.1, §5.1).
     """
     count, _ = policy.counts
-    return -policy.chosen.sum() / count.sum().clamp(min=1.0)
+    return -policy.nll_scale * policy.chosen.sum() / count.sum().clamp(min=1.0)
 
 
 def _mean_token_logps(policy: PairLogLik) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +37,8 @@ def _mean_token_logps(policy: PairLogLik) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sft(policy, ref, *, beta) -> LossTerms:
     """SFT / RPO term (Pang et al. 2024, "Iterative Reasoning Preference Optimization", the NLL term):
-    the batch token-mean NLL of the chosen completions, broadcast to every pair (TRL's ``sft`` loss type)."""
+    the batch token-mean NLL of the chosen completions, broadcast to every pair (TRL's ``sft`` loss type); on
+    diffusion the mean denoising MSE of the chosen images (:func:`chosen_nll`)."""
     nll = chosen_nll(policy)
     return LossTerms(nll.expand_as(policy.chosen), metrics={"nll_loss": nll.detach()})
 

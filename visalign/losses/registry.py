@@ -122,7 +122,9 @@ LOSSES: dict[str, LossSpec] = {
         discopop_tau=0.05, checks={"discopop_tau": _POSITIVE},
     ),
     "sft": LossSpec(
-        reference_free.sft, "SFT/RPO term (Pang et al. 2024): token-mean NLL of chosen, -Σchosen/Σcount, per pair",
+        reference_free.sft,
+        "SFT/RPO term (Pang et al. 2024): token-mean NLL of chosen, -Σchosen/Σcount, per pair; diffusion: the mean "
+        "denoising MSE of chosen (-2·loglik, = Salesforce --sft and MaPO's SFT term)",
         reference_free=True, f_divergence=True,
     ),
     "sigmoid_norm": _fdiv(dpo_family.sigmoid_norm, "length-normalised DPO (Tülu 3): -log σ(β(lc/|y_w| - lr/|y_l|))"),

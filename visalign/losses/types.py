@@ -25,6 +25,10 @@ class PairLogLik:
         rejected_count: same for ``rejected``.
         chosen_token_logps: optional ``[B, T]`` per-token log-probs (0 where masked) for losses that need them.
         rejected_token_logps: same for ``rejected``.
+        nll_scale: the factor that turns ``−loglik / count`` into the family's own supervised loss, read by the SFT
+            term (``sft``, and the NLL of ``cpo``/``orpo``): 1 for tokens (cross-entropy); 2 for the diffusion ELBO
+            surrogate, whose supervised loss is the denoising MSE ``−2·loglik`` (Salesforce ``--sft``, MaPO's SFT
+            term). Set by the likelihood provider, like the log-likelihood's own scale.
     """
 
     chosen: torch.Tensor
@@ -33,6 +37,7 @@ class PairLogLik:
     rejected_count: torch.Tensor | None = None
     chosen_token_logps: torch.Tensor | None = None
     rejected_token_logps: torch.Tensor | None = None
+    nll_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.chosen.ndim != 1 or self.chosen.shape != self.rejected.shape:
@@ -57,7 +62,7 @@ class PairLogLik:
 
         return PairLogLik(
             f(self.chosen), f(self.rejected), f(self.chosen_count), f(self.rejected_count),
-            f(self.chosen_token_logps), f(self.rejected_token_logps),
+            f(self.chosen_token_logps), f(self.rejected_token_logps), self.nll_scale,
         )
 
     def detach(self) -> "PairLogLik":
@@ -66,7 +71,7 @@ class PairLogLik:
 
         return PairLogLik(
             d(self.chosen), d(self.rejected), d(self.chosen_count), d(self.rejected_count),
-            d(self.chosen_token_logps), d(self.rejected_token_logps),
+            d(self.chosen_token_logps), d(self.rejected_token_logps), self.nll_scale,
         )
 
 
