@@ -304,6 +304,43 @@ def test_generic_paths_that_all_miss_raise_naming_the_base_dir(tmp_path):
         load_preference_pairs(str(spec))
 
 
+def test_pickapic_image_paths_resolve_against_the_file_folder_and_missing_ones_are_counted(tmp_path, monkeypatch,
+                                                                                          caplog):
+    data = tmp_path / "data"
+    write_image(data / "img" / "a.png", pattern(4, 4, 0))
+    write_image(data / "img" / "b.png", pattern(4, 4, 1))
+    spec = write_jsonl(data / "pick.jsonl", [
+        {"jpg_0": "img/a.png", "jpg_1": "img/b.png", "label_0": 0.0, "caption": "x"},
+        {"jpg_0": "img/a.png", "jpg_1": "img/gone.png", "label_0": 1.0, "caption": "y"}])
+    monkeypatch.chdir(tmp_path)  # not the file's folder: relative paths must not resolve against it
+    with caplog.at_level(logging.WARNING):
+        pairs = load_preference_pairs(str(spec))
+    assert pairs.base_dir == data and pairs.report["missing_images"] == 1
+    assert "1 image file(s) do not exist" in caplog.text and str(data / "img" / "gone.png") in caplog.text
+    item = DiffusionPreferenceDataset(pairs, PairTransform(4, random_flip=False))[0]
+    torch.testing.assert_close(item["pixel_values_chosen"], expected_pixels(pattern(4, 4, 1)), rtol=0, atol=0)
+    spec.write_text(json.dumps({"jpg_0": "img/x.png", "jpg_1": "img/y.png", "label_0": 1.0, "caption": "x"}) + "\n")
+    with pytest.raises(FileNotFoundError, match=rf"none of the 2 image paths exist .*resolved against {data}"):
+        load_preference_pairs(str(spec))
+
+
+def test_confine_image_paths_refuses_paths_outside_the_dataset_folder(tmp_path):
+    data = tmp_path / "data"
+    write_image(data / "in.png", pattern(4, 4, 0))
+    write_image(tmp_path / "outside.png", pattern(4, 4, 1))
+    (data / "link.png").symlink_to(tmp_path / "outside.png")
+    for escaping in (str(tmp_path / "outside.png"), "../outside.png", "link.png"):
+        spec = write_jsonl(data / "pairs.jsonl", [{"chosen": "in.png", "rejected": "in.png", "caption": "x"},
+                                                  {"chosen": "in.png", "rejected": escaping, "caption": "x"}])
+        assert len(load_preference_pairs(str(spec))) == 2  # the default: paths may point anywhere
+        with pytest.raises(ValueError, match=rf"pairs\.jsonl row 1, column 'rejected': image path '{escaping}' is "
+                                             rf"outside the dataset folder {data}"):
+            load_preference_pairs(str(spec), confine_image_paths=True)
+    spec = write_jsonl(data / "pairs.jsonl", [{"chosen": "in.png", "rejected": "./in.png", "caption": "x"}])
+    pairs = load_preference_pairs(str(spec), confine_image_paths=True)
+    assert SKIPPED not in DiffusionPreferenceDataset(pairs, PairTransform(4))[0]
+
+
 def test_unknown_schema_is_refused():
     with pytest.raises(ValueError, match="unknown diffusion data schema 'kohya'"):
         load_preference_pairs("x", schema="kohya")

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, open_rgb
+from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, open_rgb, resolve_image_path
 from visalign.data.sources import load_source
 from visalign.errors import DataError, NotFoundError
 
@@ -75,6 +75,7 @@ class PreferencePairs:
         captions_chosen, captions_rejected: one caption per pair.
         weights: optional per-pair weight.
         base_dir: folder relative image paths are resolved against.
+        confine_image_paths: image paths must stay under ``base_dir`` (checked when loading and when reading).
         source_rows: the row of the original dataset behind each pair (for messages).
         report: counts of what loading kept, dropped or could not match (e.g. ``ties_dropped``).
         path_digest: for path-valued images, a hash of every file's size and modification time.
@@ -88,6 +89,7 @@ class PreferencePairs:
     weights: list[float] | None = None
     swap: np.ndarray | None = None
     base_dir: Path | None = None
+    confine_image_paths: bool = False
     source_rows: np.ndarray | None = None
     report: dict[str, int] = field(default_factory=dict)
     path_digest: str | None = None
@@ -100,6 +102,12 @@ class PreferencePairs:
         row = self.images[int(index)]
         first, second = (row[c] for c in self.image_columns)
         return (second, first) if self.swap is not None and self.swap[index] else (first, second)
+
+    def open_images(self, index: int) -> tuple[Image.Image, Image.Image]:
+        """``(chosen, rejected)`` of pair ``index`` decoded to RGB; raises one of ``IMAGE_ERRORS`` when unreadable."""
+        chosen, rejected = (open_rgb(ref, base_dir=self.base_dir, confine=self.confine_image_paths)
+                            for ref in self.image_refs(index))
+        return chosen, rejected
 
     def describe(self, index: int) -> str:
         row = index if self.source_rows is None else int(self.source_rows[index])
@@ -130,6 +138,7 @@ def load_preference_pairs(
     caption_0_column: str | None = None,
     caption_1_column: str | None = None,
     weight_column: str | None = None,
+    confine_image_paths: bool = False,
 ) -> PreferencePairs:
     """Load ``spec`` (a paired folder or any ``load_source`` spec) as :class:`PreferencePairs`.
 
@@ -137,14 +146,16 @@ def load_preference_pairs(
     ``jpg_1`` and ``label_0`` is Pick-a-Pic; anything else is generic. Column arguments apply where the schema has
     that column (Pick-a-Pic uses ``caption_column`` or ``caption_0_column``/``caption_1_column``, and
     ``weight_column``). Per-side caption columns of the other kind alone (chosen/rejected for Pick-a-Pic, 0/1 for
-    generic data) raise, naming the columns to use.
+    generic data) raise, naming the columns to use. Image paths of every schema are relative to the dataset file's
+    folder (or the dataset folder); ``confine_image_paths`` refuses paths that lead outside it.
     """
     if schema not in SCHEMAS:
         raise DataError(f"unknown diffusion data schema {schema!r}; use one of {SCHEMAS}")
     path = Path(spec).expanduser()
     if schema == "paired_folder" or (schema == "auto" and (path / "chosen").is_dir() and (path / "rejected").is_dir()):
-        return paired_folder_pairs(path)
+        return paired_folder_pairs(path, confine_image_paths=confine_image_paths)
     dataset = load_source(spec, split=split)
+    base_dir = path if path.is_dir() else path.parent if path.is_file() else None
     if schema == "pickapic" or (schema == "auto" and set(PICKAPIC_COLUMNS) <= set(dataset.column_names)):
         if caption_chosen_column is not None and caption_0_column is None:
             raise DataError(
@@ -155,18 +166,19 @@ def load_preference_pairs(
             )
         return pickapic_pairs(dataset, name=spec, keep_ties=keep_ties, caption_column=caption_column,
                               caption_0_column=caption_0_column, caption_1_column=caption_1_column,
-                              weight_column=weight_column)
+                              weight_column=weight_column, base_dir=base_dir,
+                              confine_image_paths=confine_image_paths)
     if caption_0_column is not None and caption_chosen_column is None:
         raise DataError(
             f"{spec}: caption_0_column={caption_0_column!r} and caption_1_column={caption_1_column!r} are per-image "
             f"captions of Pick-a-Pic-shaped data (jpg_0, jpg_1, label_0), which {spec} is not (schema {schema!r}); "
             "name chosen/rejected-side captions with caption_chosen_column and caption_rejected_column"
         )
-    base_dir = path if path.is_dir() else path.parent if path.is_file() else None
     return generic_pairs(
         dataset, name=spec, base_dir=base_dir, chosen_column=chosen_column, rejected_column=rejected_column,
         caption_column=caption_column, caption_chosen_column=caption_chosen_column,
         caption_rejected_column=caption_rejected_column, weight_column=weight_column,
+        confine_image_paths=confine_image_paths,
     )
 
 
@@ -179,8 +191,11 @@ def pickapic_pairs(
     caption_0_column: str | None = None,
     caption_1_column: str | None = None,
     weight_column: str | None = None,
+    base_dir: str | Path | None = None,
+    confine_image_paths: bool = False,
 ) -> PreferencePairs:
     """Pick-a-Pic rows (``jpg_0``, ``jpg_1``, ``label_0``, caption) as pairs, winner first (module docstring).
+    Path-valued images are relative to ``base_dir``, as in :func:`generic_pairs`.
 
     With ``caption_0_column``/``caption_1_column`` (DCPO's Pick-Double Caption) each image keeps its own caption:
     the chosen side's caption is the one of the image ``label_0`` picks."""
@@ -202,16 +217,22 @@ def pickapic_pairs(
               "ties_dropped": 0 if keep_ties else int(ties.sum())}
     logger.info("%s: %d pairs from %d rows; %d ties %s", name, len(rows), len(labels), report["ties"],
                 "kept (jpg_0 as chosen)" if keep_ties else "dropped")
+    base_dir = None if base_dir is None else Path(base_dir)
+    images = _image_columns(dataset, ("jpg_0", "jpg_1"), name, rows)
+    path_digest = _path_digest(images, ("jpg_0", "jpg_1"), base_dir, name, report, confine_image_paths, rows)
     return PreferencePairs(
         name=name,
-        images=_image_columns(dataset, ("jpg_0", "jpg_1"), name, rows),
+        images=images,
         image_columns=("jpg_0", "jpg_1"),
         captions_chosen=[chosen for chosen, _ in captions],
         captions_rejected=[rejected for _, rejected in captions],
         weights=_weights(dataset, weight_column, name, rows),
         swap=swap,
+        base_dir=base_dir,
+        confine_image_paths=confine_image_paths,
         source_rows=rows,
         report=report,
+        path_digest=path_digest,
     )
 
 
@@ -226,9 +247,11 @@ def generic_pairs(
     caption_chosen_column: str | None = None,
     caption_rejected_column: str | None = None,
     weight_column: str | None = None,
+    confine_image_paths: bool = False,
 ) -> PreferencePairs:
-    """Pairs from named columns: images as bytes, ``datasets.Image`` or paths relative to ``base_dir``; one caption
-    column, or per-side caption columns (DCPO)."""
+    """Pairs from named columns: images as bytes, ``datasets.Image`` or paths relative to ``base_dir`` (which
+    ``confine_image_paths`` makes them stay under); one caption column, or per-side caption columns (DCPO).
+    Missing image files are counted and named before anything loads; all of them missing raises."""
     if (caption_chosen_column is None) != (caption_rejected_column is None):
         raise DataError(
             f"{name}: per-side captions need both caption_chosen_column and caption_rejected_column; got "
@@ -246,7 +269,7 @@ def generic_pairs(
     base_dir = None if base_dir is None else Path(base_dir)
     images = _image_columns(dataset, (chosen_column, rejected_column), name, None)
     report = {"rows": len(dataset), "pairs": len(dataset)}
-    path_digest = _path_digest(images, (chosen_column, rejected_column), base_dir, name, report)
+    path_digest = _path_digest(images, (chosen_column, rejected_column), base_dir, name, report, confine_image_paths)
     return PreferencePairs(
         name=name,
         images=images,
@@ -255,13 +278,15 @@ def generic_pairs(
         captions_rejected=_strings(dataset, caption_columns[1], name),
         weights=_weights(dataset, weight_column, name, None),
         base_dir=base_dir,
+        confine_image_paths=confine_image_paths,
         report=report,
         path_digest=path_digest,
     )
 
 
-def paired_folder_pairs(root: str | Path) -> PreferencePairs:
-    """Pairs from ``root/chosen`` and ``root/rejected`` with matching file stems (module docstring)."""
+def paired_folder_pairs(root: str | Path, *, confine_image_paths: bool = False) -> PreferencePairs:
+    """Pairs from ``root/chosen`` and ``root/rejected`` with matching file stems (module docstring);
+    ``confine_image_paths`` refuses files that are symlinks to outside ``root``."""
     root = Path(root)
     sides = {side: _image_files(root / side) for side in ("chosen", "rejected")}
     stems = sorted(sides["chosen"].keys() & sides["rejected"].keys())
@@ -281,7 +306,7 @@ def paired_folder_pairs(root: str | Path) -> PreferencePairs:
         "caption_rejected": [captions[s][1] for s in stems],
     })
     pairs = generic_pairs(table, name=str(root), base_dir=root, caption_chosen_column="caption_chosen",
-                          caption_rejected_column="caption_rejected")
+                          caption_rejected_column="caption_rejected", confine_image_paths=confine_image_paths)
     pairs.report.update(unmatched_chosen=len(unmatched["chosen"]), unmatched_rejected=len(unmatched["rejected"]))
     return pairs
 
@@ -391,8 +416,11 @@ def _image_columns(dataset, columns: tuple[str, str], name: str, rows: np.ndarra
     return images
 
 
-def _path_digest(images, columns, base_dir: Path | None, name: str, report: dict) -> str | None:
-    """sha256 of ``(size, mtime_ns)`` of every path-valued image, for the fingerprint. Missing files are counted in
+def _path_digest(images, columns, base_dir: Path | None, name: str, report: dict, confine: bool = False,
+                 rows: np.ndarray | None = None) -> str | None:
+    """sha256 of ``(size, mtime_ns)`` of every path-valued image, for the fingerprint. Paths resolve against
+    ``base_dir`` (:func:`resolve_image_path`); a null path, or with ``confine`` a path outside ``base_dir``, raises
+    naming the row (``rows``: the source row of each image row). Missing files are counted in
     ``report["missing_images"]`` (they are skipped at read time); all of them missing raises."""
     path_columns = [c for c in columns
                     if isinstance(images.features[c], datasets.Value) and images.features[c].dtype in _PATH_TYPES]
@@ -400,8 +428,15 @@ def _path_digest(images, columns, base_dir: Path | None, name: str, report: dict
         return None
     digest, missing, total = hashlib.sha256(), [], 0
     for column in path_columns:
-        for value in images[column]:
-            path = Path(value) if base_dir is None or Path(value).is_absolute() else base_dir / value
+        for row, value in enumerate(images[column]):
+            where = f"{name} row {row if rows is None else int(rows[row])}, column {column!r}"
+            if value is None:
+                raise DataError(f"{where}: the image path is null; give every pair both images")
+            try:
+                path = resolve_image_path(value, base_dir, confine=confine)
+            except ValueError as err:
+                raise DataError(f"{where}: {err}; use paths inside the dataset folder, or set confine_image_paths: "
+                                "false") from None
             total += 1
             try:
                 st = path.stat()
@@ -491,9 +526,8 @@ class DiffusionPreferenceDataset(SeededPairDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         captions, augmentation_rng = self.draw(index)
-        refs = self.pairs.image_refs(index)
         try:
-            chosen, rejected = (open_rgb(ref, base_dir=self.pairs.base_dir) for ref in refs)
+            chosen, rejected = self.pairs.open_images(index)
         except IMAGE_ERRORS as err:
             return skip_marker(self, index, f"unreadable image skipped ({type(err).__name__}: {err})")
         out = self.transform(chosen, rejected, augmentation_rng)

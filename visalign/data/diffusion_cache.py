@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from visalign.data.diffusion import PreferencePairs, SeededPairDataset, skip_marker
-from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip, open_rgb
+from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip
 from visalign.models.diffusion import encode_images, encode_prompts, sdxl_time_ids
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class _VariantPairs(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict | None:
         index = self.indices[i]
         try:
-            chosen, rejected = (open_rgb(ref, base_dir=self.pairs.base_dir) for ref in self.pairs.image_refs(index))
+            chosen, rejected = self.pairs.open_images(index)
         except IMAGE_ERRORS as err:
             logger.warning("%s: unreadable image not cached (%s: %s)", self.pairs.describe(index),
                            type(err).__name__, err)

@@ -33,20 +33,37 @@ from reward_models.inputs import to_rgb
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def open_rgb(source, *, base_dir: str | Path | None = None) -> Image.Image:
+def resolve_image_path(path: str | Path, base_dir: str | Path | None = None, *, confine: bool = False) -> Path:
+    """The file an image path names: relative paths are taken relative to ``base_dir`` (the dataset's folder).
+
+    With ``confine`` the file, symlinks followed, must lie under ``base_dir``; anything else (``/etc/passwd``,
+    ``../x.png``, no ``base_dir``) raises ``ValueError``.
+    """
+    path = Path(path)
+    full = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+    if confine:
+        if base_dir is None:
+            raise ValueError(f"image path {str(path)!r} cannot be confined: the dataset has no local folder")
+        root = Path(base_dir).resolve()
+        if not full.resolve().is_relative_to(root):
+            raise ValueError(f"image path {str(path)!r} is outside the dataset folder {root} (confine_image_paths)")
+    return full
+
+
+def open_rgb(source, *, base_dir: str | Path | None = None, confine: bool = False) -> Image.Image:
     """Decode an image reference to a fully loaded 8-bit RGB image (``reward_models.inputs.to_rgb``: 16-bit
     greyscale is scaled, not clipped), EXIF orientation applied.
 
-    ``source`` is encoded bytes, a ``datasets`` ``Image(decode=False)`` value (``{"bytes", "path"}``), a path (relative
-    paths are taken relative to ``base_dir``) or a PIL image. Raises one of :data:`IMAGE_ERRORS` when unreadable.
+    ``source`` is encoded bytes, a ``datasets`` ``Image(decode=False)`` value (``{"bytes", "path"}``), a path (as
+    :func:`resolve_image_path` with ``base_dir`` and ``confine``) or a PIL image. Raises one of :data:`IMAGE_ERRORS`
+    when unreadable.
     """
     if isinstance(source, dict):
         source = source.get("bytes") or source.get("path")
     if isinstance(source, (bytes, bytearray, memoryview)):
         image = Image.open(io.BytesIO(source))
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        image = Image.open(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
+        image = Image.open(resolve_image_path(source, base_dir, confine=confine))
     elif isinstance(source, Image.Image):
         image = source
     else:

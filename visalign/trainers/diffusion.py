@@ -131,6 +131,9 @@ class DiffusionConfig(PreferenceConfig):
     caption_1_column: str | None = field(
         default=None, metadata=_help("Pick-a-Pic schema, per-image captions: jpg_1's caption column"))
     weight_column: str | None = field(default=None, metadata=_help("optional per-pair loss weight column"))
+    confine_image_paths: bool = field(
+        default=False, metadata=_help("refuse image paths that lead outside the dataset's folder (absolute paths, "
+                                      "../, symlinks out); off by default: paths may point anywhere readable"))
     resolution: int | None = field(
         default=None, metadata=_help("training resolution in pixels; none = the UNet's native size (SD1.5 512, "
                                      "SDXL 1024)"))
@@ -334,7 +337,7 @@ class DiffusionTrainer(Trainer):
                 rejected_column=a.rejected_column, caption_column=a.caption_column,
                 caption_chosen_column=a.caption_chosen_column, caption_rejected_column=a.caption_rejected_column,
                 caption_0_column=a.caption_0_column, caption_1_column=a.caption_1_column,
-                weight_column=a.weight_column,
+                weight_column=a.weight_column, confine_image_paths=a.confine_image_paths,
             )
         if len(pairs) == 0:
             raise ValueError(f"{pairs.name}: no preference pairs left to train on (report: {pairs.report})")
