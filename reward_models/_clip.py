@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from .base import Provenance, Scorer, resolve_dtype
-from .weights import check_loading_info, files_sha256, load_strict, pretrained_weight_files, read_state_dict, resolve_file
+from .weights import (
+    check_loading_info,
+    check_model_source,
+    files_sha256,
+    load_strict,
+    pretrained_weight_files,
+    read_state_dict,
+    resolve_file,
+)
 
 TEXT_CHUNK = 64  #: prompts per text-encoder forward
 
@@ -41,10 +49,14 @@ class HFClip:
         from transformers import AutoTokenizer, CLIPModel
 
         self.model_id = model
-        net, info = CLIPModel.from_pretrained(model, dtype=resolve_dtype(dtype, device), output_loading_info=True)
+        net, info = CLIPModel.from_pretrained(check_model_source(model, what="scorer model"),
+                                              dtype=resolve_dtype(dtype, device), output_loading_info=True)
         check_loading_info(info, model)
         self.net = net.to(device).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model) if load_tokenizer else None
+        if load_tokenizer:
+            self.tokenizer = AutoTokenizer.from_pretrained(check_model_source(tokenizer or model, what="tokenizer"))
+        else:
+            self.tokenizer = None
         self.max_length = net.config.text_config.max_position_embeddings
         self.image_size = net.config.vision_config.image_size
         self.weights_sha256 = files_sha256(pretrained_weight_files(model))

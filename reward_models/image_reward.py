@@ -28,7 +28,7 @@ import torch
 from ._blip import BlipViTConfig, ImageRewardModel, text_config_from_med
 from .base import UNBOUNDED, Provenance, Scorer, ScorerInfo, resolve_dtype
 from .preprocess import CenterCropTransform
-from .weights import file_sha256, load_strict, read_state_dict, resolve_file
+from .weights import check_model_source, file_sha256, load_strict, read_state_dict, resolve_file
 
 IMAGEREWARD_MEAN = 0.16717362830052426  #: mean raw reward on the ImageReward test set
 IMAGEREWARD_STD = 1.0333394966054072  #: std of raw rewards on the ImageReward test set
@@ -46,7 +46,7 @@ def load_tokenizer(tokenizer: str | Path = DEFAULT_TOKENIZER):
     """BLIP's ``init_tokenizer``: a BERT tokenizer with ``[DEC]`` as bos and ``[ENC]`` as an extra special token."""
     from transformers import BertTokenizer
 
-    tok = BertTokenizer.from_pretrained(str(tokenizer))
+    tok = BertTokenizer.from_pretrained(check_model_source(tokenizer, what="tokenizer"))
     tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tok

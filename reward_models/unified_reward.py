@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .base import PreferenceResult, Provenance, Scorer, ScorerInfo, resolve_dtype
 from .inputs import Images, ImageItem, as_items, decode, per_image_prompts
 from .judge_parsing import Judgement, parse_final_score, parse_pairwise_verdict
-from .weights import check_loading_info, files_sha256, pretrained_weight_files
+from .weights import check_loading_info, check_model_source, files_sha256, pretrained_weight_files
 
 #: v1 pairwise rank template for image generation (reward-scorers.md §8.2 (a)), verbatim.
 PAIRWISE_TEMPLATE = (
@@ -126,11 +126,11 @@ class UnifiedReward(Scorer):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         net, info = AutoModelForImageTextToText.from_pretrained(
-            model, dtype=resolve_dtype(dtype, device), output_loading_info=True
+            check_model_source(model, what="scorer model"), dtype=resolve_dtype(dtype, device), output_loading_info=True
         )
         check_loading_info(info, model)
         self.model = net.to(device).eval().requires_grad_(False)
-        self.processor = AutoProcessor.from_pretrained(processor or model)
+        self.processor = AutoProcessor.from_pretrained(check_model_source(processor or model, what="processor"))
         self.processor.tokenizer.padding_side = "left"  # batched generation: new tokens start at the same column
         self.max_new_tokens = max_new_tokens
         self.transform = ToRGB()

@@ -1,4 +1,5 @@
-"""Weight files: find them (local path or hub id), hash them, load state dicts safely and strictly.
+"""Weight files: find them (local path or hub id, checked by ``check_model_source``), hash them, load state dicts
+safely and strictly.
 
 Loading follows the design's rules: safetensors or ``torch.load(weights_only=True)``; missing or unexpected keys
 raise, naming the file and keys (ImageReward upstream loads with ``strict=False`` and silently keeps a random head
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from visalign.errors import NotFoundError
+from visalign.models.hub import check_model_source
 
 _HASHES: dict[tuple[str, int, float], str] = {}
 
@@ -77,11 +81,11 @@ def resolve_file(model: str, filename: str) -> Path:
         if not (path / filename).is_file():
             raise FileNotFoundError(f"{path} has no weight file {filename!r}")
         return path / filename
-    if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or model.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"weight file {model} does not exist")
+    if path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
+        raise NotFoundError(f"weight file {model} does not exist")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(model, filename))
+    return Path(hf_hub_download(check_model_source(model, what="scorer weights"), filename))
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

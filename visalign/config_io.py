@@ -30,6 +30,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from visalign.errors import UserError
+
 __all__ = [
     "ConfigError",
     "add_config_arguments",
@@ -48,8 +50,8 @@ _NONE = {"none", "null", "~"}
 _NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the file or source."""
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot be used; the message names the key and the file or source (CLI: exit 2)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any 
     """
     hints = typing.get_type_hints(cls)
     # argparse reads "-1e-4" as an option, since its negative-number pattern lacks exponents; no config flag starts
-    # with a digit, so every negative number is a value here (the pattern CPython 3.14 adopted).
+    # with a digit, so every negative number is a value here.
     parser._negative_number_matcher = _NEGATIVE_NUMBER
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):

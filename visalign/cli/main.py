@@ -2,7 +2,8 @@
 
 Keeping the imports lazy makes `visalign --help` fast (no torch import) and lets it work when a command's
 optional dependencies, or the command itself, are missing. Every command module exposes `make_parser()` and
-`main(argv) -> int`. Multi-GPU: `accelerate launch -m visalign.cli.main train --config ...`.
+`main(argv) -> int`. A `visalign.errors.UserError` (bad config, data or model path) escaping a command is printed as
+one line and exits 2. Multi-GPU: `accelerate launch -m visalign.cli.main train --config ...`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 import visalign
+from visalign.errors import UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -77,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"visalign: error: {exc}", file=sys.stderr)
         return 1
-    return module.main(rest)
+    try:
+        return module.main(rest)
+    except UserError as exc:  # bad config, data or model path: the message says what to pass instead
+        print(f"visalign {command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (newlines of multi-line library messages joined with ' ')."""
+    return " ".join(str(exc).split())
 
 
 def entry_point() -> None:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from visalign.errors import UserError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad command-line input (missing files, mismatched prompts); reported without a traceback."""
 
 

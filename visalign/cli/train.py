@@ -5,7 +5,8 @@
 Without `--config` the shipped `quickstart` recipe runs. The whole config is resolved and validated before
 any model loads; `--print-config` prints it as YAML (itself a valid `--config` file) and stops there.
 
-Exit codes: 0 success, 2 usage or config error (message on stderr naming the key), 1 runtime failure.
+Exit codes: 0 success, 2 usage, config, data or model-path error (one line on stderr naming the key, file or
+model and the fix), 1 runtime failure.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 
 import yaml
 
+from visalign.cli.main import one_line
 from visalign.cli.recipes import recipe_file
 from visalign.config_io import ConfigError, add_config_arguments, config_to_dict, given_overrides, load_config
 from visalign.config_io import read_yaml_mapping
+from visalign.errors import UserError
 
 DEFAULT_RECIPE = "quickstart"
 
@@ -155,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visalign train: interrupted", file=sys.stderr)
         return 1
+    except UserError as exc:  # bad data or model path found after the config was read: one line, exit 2
+        return _fail(one_line(exc))
     except Exception as exc:  # noqa: BLE001 - any failure of a run is reported with its traceback
         traceback.print_exc()
         print(f"visalign train: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)

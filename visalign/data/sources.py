@@ -18,6 +18,8 @@ from pathlib import Path
 
 import datasets
 
+from visalign.errors import DataError, NotFoundError
+
 #: builtin name -> ``module:function(split=...) -> datasets.Dataset``. Add a line to register a new built-in set.
 BUILTIN_DATASETS: dict[str, str] = {
     "synthetic-preferences": "visalign.testing.text_data:synthetic_preferences",
@@ -39,7 +41,7 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
     if path.is_file():
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(
+            raise DataError(
                 f"dataset file {spec!r} has an unsupported suffix {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}"
             )
         return datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -48,14 +50,14 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
             return _select_split(datasets.load_from_disk(str(path)), split, spec)
         return datasets.load_dataset(str(path), split=split)
     if path.suffix.lower() in FILE_BUILDERS or spec.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset file or folder {spec!r} does not exist")
+        raise NotFoundError(f"dataset file or folder {spec!r} does not exist")
     name, _, config = spec.partition(":")
     return datasets.load_dataset(name, config or None, split=split)
 
 
 def _load_builtin(name: str, split: str) -> datasets.Dataset:
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f"unknown built-in dataset 'builtin:{name}'; available: {sorted(BUILTIN_DATASETS)}")
+        raise DataError(f"unknown built-in dataset 'builtin:{name}'; available: {sorted(BUILTIN_DATASETS)}")
     module, _, function = BUILTIN_DATASETS[name].partition(":")
     return getattr(importlib.import_module(module), function)(split=split)
 
@@ -63,6 +65,6 @@ def _load_builtin(name: str, split: str) -> datasets.Dataset:
 def _select_split(data: datasets.Dataset | datasets.DatasetDict, split: str, spec: str) -> datasets.Dataset:
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
-            raise ValueError(f"dataset folder {spec!r} has no split {split!r}; available: {sorted(data)}")
+            raise DataError(f"dataset folder {spec!r} has no split {split!r}; available: {sorted(data)}")
         return data[split]
     return data

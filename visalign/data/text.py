@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
+from visalign.errors import DataError
+
 PAIRED_TOKEN_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 
 
@@ -51,10 +53,10 @@ def extract_prompt(example: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_columns(dataset: datasets.Dataset, required: Sequence[str], *, name: str = "dataset") -> None:
-    """Raise a ``ValueError`` naming every column of ``required`` that ``dataset`` lacks."""
+    """Raise a ``DataError`` (a ``ValueError``) naming every column of ``required`` that ``dataset`` lacks."""
     missing = [c for c in required if c not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{name} is missing column(s) {missing}; it has {dataset.column_names}. Paired preference data needs "
             "'chosen' and 'rejected' (and 'prompt', unless it is the common start of both); unpaired (KTO) data "
             "needs 'prompt', 'completion' and 'label'."
@@ -102,7 +104,7 @@ def _prepare_unpaired(dataset: datasets.Dataset, name: str, num_proc: int | None
     validate_columns(dataset, ("prompt", "completion", "label"), name=name)
     for row, label in enumerate(dataset["label"]):
         if not isinstance(label, bool):
-            raise ValueError(f"{name} row {row}: column 'label' must be a bool (True = desirable); got {label!r}")
+            raise DataError(f"{name} row {row}: column 'label' must be a bool (True = desirable); got {label!r}")
     return dataset
 
 
@@ -130,7 +132,7 @@ def _tokenize(
         out = {"prompt_input_ids": prompt_ids, "_prompt_too_long": False}
         if max_length is not None and len(prompt_ids) >= max_length:
             if not drop_long_prompts:
-                raise ValueError(
+                raise DataError(
                     f"{name} row {row}: the prompt has {len(prompt_ids)} tokens, which leaves no room for the "
                     f"completion within max_length={max_length}. Raise max_length, shorten the prompt, or set "
                     "drop_long_prompts to drop such rows."
@@ -165,13 +167,13 @@ def _encode_row(example, row, tokenizer, completion_columns, chat_kwargs, name):
     for column in ("prompt", *completion_columns):
         value = example[column]
         if conversational != is_conversational(value) and not (column == "prompt" and value in ("", [])):
-            raise ValueError(f"{name} row {row}: column {column!r} mixes plain text and message lists")
+            raise DataError(f"{name} row {row}: column {column!r} mixes plain text and message lists")
         if column != "prompt" and _is_empty(value):
-            raise ValueError(f"{name} row {row}: column {column!r} is an empty completion")
+            raise DataError(f"{name} row {row}: column {column!r} is an empty completion")
     if conversational:
         prompt = prompt or []
         if tokenizer.chat_template is None:
-            raise ValueError(f"{name} row {row} is conversational but the tokenizer has no chat template")
+            raise DataError(f"{name} row {row} is conversational but the tokenizer has no chat template")
         prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True, **chat_kwargs)
         full_ids = [_chat_ids(tokenizer, prompt + example[c], **chat_kwargs) for c in completion_columns]
     else:
@@ -195,7 +197,7 @@ def _encode_row(example, row, tokenizer, completion_columns, chat_kwargs, name):
     completion_ids = [ids[prompt_len:] for ids in full_ids]
     for column, ids in zip(completion_columns, completion_ids):
         if not ids:
-            raise ValueError(f"{name} row {row}: column {column!r} tokenizes to an empty completion")
+            raise DataError(f"{name} row {row}: column {column!r} tokenizes to an empty completion")
     return prompt_ids[:prompt_len], completion_ids
 
 

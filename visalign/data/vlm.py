@@ -27,6 +27,7 @@ import datasets
 import torch
 
 from visalign.data.text import is_conversational
+from visalign.errors import DataError
 
 IMAGE_PLACEHOLDER = "<image>"
 SCHEMAS = ("trl", "rlhfv", "mia_dpo")
@@ -39,11 +40,11 @@ def detect_schema(columns: list[str], first_row: Mapping[str, Any] | None = None
     else ``trl``. Raises naming the missing columns."""
     if "text" in columns and "prompt" not in columns:
         if "image" not in columns:
-            raise ValueError(f"{name}: RLHF-V rows need an 'image' column beside 'text'; columns are {columns}")
+            raise DataError(f"{name}: RLHF-V rows need an 'image' column beside 'text'; columns are {columns}")
         return "rlhfv"
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in columns]
     if missing or not ({"image", "images"} & set(columns)):
-        raise ValueError(
+        raise DataError(
             f"{name} is missing {missing or ['image or images']}; it has {columns}. Vision preference data needs "
             "'images' (or 'image'), 'prompt', 'chosen', 'rejected' (TRL / MIA-DPO), or RLHF-V's 'text' + 'image'"
         )
@@ -82,7 +83,7 @@ def structured_messages(messages: list[dict[str, Any]], num_images: int, *, row:
         out.append(message)
     found = sum(1 for m in out for part in (m.get("content") or []) if part.get("type") == "image")
     if found != num_images:
-        raise ValueError(f"{row}: {num_images} image(s) but {found} image placeholder(s) in the messages")
+        raise DataError(f"{row}: {num_images} image(s) but {found} image placeholder(s) in the messages")
     return out
 
 
@@ -100,10 +101,10 @@ def normalize_row(row: Mapping[str, Any], index: int, schema: str, *, name: str 
         try:
             text = json.loads(row["text"]) if isinstance(row["text"], str) else dict(row["text"])
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: column 'text' is not RLHF-V JSON ({exc})") from None
+            raise DataError(f"{where}: column 'text' is not RLHF-V JSON ({exc})") from None
         missing = [k for k in ("question", "chosen", "rejected") if k not in text]
         if missing:
-            raise ValueError(f"{where}: RLHF-V 'text' JSON lacks {missing}")
+            raise DataError(f"{where}: RLHF-V 'text' JSON lacks {missing}")
         out = {"images": [row["image"]], "prompt": f"{IMAGE_PLACEHOLDER}\n{text['question']}",
                "chosen": text["chosen"], "rejected": text["rejected"]}
     else:
@@ -113,16 +114,16 @@ def normalize_row(row: Mapping[str, Any], index: int, schema: str, *, name: str 
     for column in ("chosen", "rejected"):
         value = out[column]
         if (isinstance(value, str) and not value.strip()) or (not isinstance(value, str) and not value):
-            raise ValueError(f"{where}: column {column!r} is an empty completion")
+            raise DataError(f"{where}: column {column!r} is an empty completion")
     if isinstance(out["prompt"], str):
         placeholders = count_placeholders(out["prompt"])
         if placeholders == 0 and len(out["images"]) == 1:
             out["prompt"] = f"{IMAGE_PLACEHOLDER}\n{out['prompt']}"
         elif placeholders != len(out["images"]):
-            raise ValueError(f"{where}: {len(out['images'])} image(s) but {placeholders} '{IMAGE_PLACEHOLDER}' "
-                             "placeholder(s) in the prompt")
+            raise DataError(f"{where}: {len(out['images'])} image(s) but {placeholders} '{IMAGE_PLACEHOLDER}' "
+                            "placeholder(s) in the prompt")
     elif not is_conversational(out["prompt"]):
-        raise ValueError(f"{where}: 'prompt' must be a string or a message list; got {type(out['prompt']).__name__}")
+        raise DataError(f"{where}: 'prompt' must be a string or a message list; got {type(out['prompt']).__name__}")
     out.update({key: row[key] for key in REF_COLUMNS if key in row})
     out["index"] = index
     return out
@@ -145,13 +146,13 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         if isinstance(data, list):
             data = datasets.Dataset.from_list(data)
         if len(data) == 0:
-            raise ValueError(f"{name} is empty")
+            raise DataError(f"{name} is empty")
         self.data = data
         self.name = name
         self.image_folder = None if image_folder is None else Path(image_folder)
         self.schema = schema or detect_schema(list(data.column_names), data[0], name=name)
         if self.schema not in SCHEMAS:
-            raise ValueError(f"{name}: unknown schema {self.schema!r}; use one of {SCHEMAS}")
+            raise DataError(f"{name}: unknown schema {self.schema!r}; use one of {SCHEMAS}")
         self.extra: dict[str, list] = {}
 
     def __len__(self) -> int:
@@ -168,7 +169,7 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         """A copy that also returns ``columns`` (one value per row) with each row."""
         for key, values in columns.items():
             if len(values) != len(self):
-                raise ValueError(f"{self.name}: column {key!r} has {len(values)} values for {len(self)} rows")
+                raise DataError(f"{self.name}: column {key!r} has {len(values)} values for {len(self)} rows")
         copy = VisionPreferenceDataset(self.data, name=self.name, image_folder=self.image_folder, schema=self.schema)
         copy.extra = {**self.extra, **columns}
         return copy

@@ -9,7 +9,8 @@ Two kinds, both loaded through the ordinary ``from_pretrained`` path of their li
   ``StableDiffusionXLPipeline`` folder (SDXL architecture, the same VAE); ``shapes-llava`` a
   ``LlavaForConditionalGeneration`` + processor folder.
 
-``resolve_model(spec)`` turns ``builtin:NAME`` into that folder and passes anything else through unchanged.
+``resolve_model(spec)`` turns ``builtin:NAME`` into that folder and passes anything else through unchanged once
+``visalign.models.hub.check_model_source`` finds it (a missing path or an uncached id offline fails at once).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from visalign.errors import NotFoundError
+from visalign.models.hub import check_model_source
 
 PREFIX = "builtin:"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -56,20 +60,21 @@ def is_builtin(spec: object) -> bool:
     return isinstance(spec, str) and spec.startswith(PREFIX)
 
 
-def resolve_model(spec: str | os.PathLike) -> str:
-    """The folder of ``builtin:NAME``; any other hub id or path unchanged (as ``str``)."""
+def resolve_model(spec: str | os.PathLike, *, revision: str | None = None, what: str = "model") -> str:
+    """The folder of ``builtin:NAME``; any other hub id or path unchanged (as ``str``) once
+    :func:`~visalign.models.hub.check_model_source` finds it loadable (else one-line ``NotFoundError``)."""
     if not is_builtin(spec):
-        return os.fspath(spec)
+        return check_model_source(spec, revision=revision, what=what)
     name = spec.removeprefix(PREFIX)
     if name in SHIPPED_MODELS:
         folder = ASSETS / name
         if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"built-in model '{spec}' is not installed at {folder}; "
-                                    f"make it with: python {SHIPPED_MODELS[name]}")
+            raise NotFoundError(f"built-in model '{spec}' is not installed at {folder}; "
+                                f"make it with: python {SHIPPED_MODELS[name]}")
         return str(folder)
     if name in CODE_MODELS:
         return str(_code_model_folder(name))
-    raise ValueError(f"unknown built-in model '{spec}'; available: {', '.join(PREFIX + n for n in builtin_models())}")
+    raise NotFoundError(f"unknown built-in model '{spec}'; available: {', '.join(PREFIX + n for n in builtin_models())}")
 
 
 def _code_model_folder(name: str) -> Path:

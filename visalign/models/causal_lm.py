@@ -37,7 +37,7 @@ def load_causal_lm(
     device_map: str | dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` from a hub id, a local folder or ``builtin:tiny-llama`` (module docstring)."""
-    name_or_path = resolve_model(name_or_path)
+    name_or_path = resolve_model(name_or_path, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         dtype=resolve_dtype(dtype),
@@ -53,7 +53,7 @@ def load_tokenizer(
     name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of a hub id, local folder or ``builtin:NAME``; a missing pad token becomes the EOS token."""
-    name_or_path = resolve_model(name_or_path)
+    name_or_path = resolve_model(name_or_path, revision=revision)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

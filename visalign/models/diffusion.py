@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
 from visalign.models.builtin import resolve_model
+
+if TYPE_CHECKING:  # imported where models load, so `visalign train --help` does not pay for diffusers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 SD = "sd"
 SDXL = "sdxl"
@@ -83,14 +85,18 @@ def load_diffusion_components(
 
     The VAE and text encoders are frozen (``requires_grad_(False)``, eval mode); the UNet is left as loaded.
     """
-    model = resolve_model(model)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    model = resolve_model(model, revision=revision)
     common = {"revision": revision, "variant": variant}
     unet = _load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
     family = detect_family(unet.config)
     if vae is None:
         vae_model = _load_strict(AutoencoderKL, model, subfolder="vae", dtype=vae_dtype or torch.float32, **common)
     else:
-        vae_model = _load_strict(AutoencoderKL, resolve_model(vae), subfolder=vae_subfolder, dtype=vae_dtype or weight_dtype)
+        vae_model = _load_strict(AutoencoderKL, resolve_model(vae, what="VAE"), subfolder=vae_subfolder,
+                                 dtype=vae_dtype or weight_dtype)
 
     encoder_classes = (CLIPTextModel,) if family == SD else (CLIPTextModel, CLIPTextModelWithProjection)
     suffixes = ("",) if family == SD else ("", "_2")
@@ -172,6 +178,8 @@ def embed_token_ids(text_encoders: Sequence, input_ids: Sequence[torch.Tensor]) 
     if len(text_encoders) == 1:
         encoder = text_encoders[0]
         return PromptEmbeddings(encoder(input_ids[0].to(encoder.device), return_dict=True).last_hidden_state)
+    from transformers import CLIPTextModelWithProjection
+
     if not isinstance(text_encoders[1], CLIPTextModelWithProjection):
         raise TypeError("encode_prompts: SDXL's second text encoder must be a CLIPTextModelWithProjection "
                         f"(the pooled embedding is its projection); got {type(text_encoders[1]).__name__}")
