@@ -130,3 +130,36 @@ def test_relabel_keeps_unparsed_judge_answers_nan_and_counts_them_apart_from_tie
     assert all(p != p for p in data["prob_0"]) and all(label != label for label in data["label_0"])  # NaN
     assert "score_0" not in data.column_names  # a pairwise judge has no per-image scores
     assert "ties 0, no preference (unparsed, label_0 NaN) 2" in capsys.readouterr().out
+
+
+def test_outputs_are_checked_before_the_model_loads(tmp_path, image_dir, capsys):
+    # No model at --model: the output errors must come first, before any scoring or loading.
+    missing_model = str(tmp_path / "no-model")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert score.main(["--scorer", "pickscore", "--model", missing_model, "--images", str(image_dir),
+                       "--prompt", "x", "--out", str(blocker / "scores.jsonl")]) == 2
+    assert f"--out {blocker / 'scores.jsonl'}: cannot be created, {blocker} is not a folder" in capsys.readouterr().err
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "image_0": "images/img0.png", "image_1": "images/img1.png"}) + "\n")
+    relabel_argv = ["--scorer", "pickscore", "--model", missing_model, "--dataset", str(pairs), "--out"]
+    assert relabel.main([*relabel_argv, str(blocker / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "keep.txt").write_text("someone's results")
+    assert relabel.main([*relabel_argv, str(previous)]) == 2
+    assert "already exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (previous / "keep.txt").read_text() == "someone's results"
+    assert relabel.main([*relabel_argv, str(previous), "--overwrite"]) != 0  # gets past the check, to the model
+    assert "already exists" not in capsys.readouterr().err
+
+
+def test_relabel_overwrite_replaces_a_previous_result(model_dir, image_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "image_0": "images/img0.png", "image_1": "images/img1.png"}) + "\n")
+    argv = ["--scorer", "pickscore", "--model", model_dir, "--dataset", str(pairs), "--out", str(tmp_path / "out")]
+    assert relabel.main(argv) == 0
+    assert relabel.main(argv) == 2
+    assert relabel.main([*argv, "--overwrite"]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "out"))) == 1

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from visalign.cli.score import InputError, add_scorer_arguments, build_scorer, provenance_columns
+from visalign.cli.score import InputError, add_scorer_arguments, build_scorer, check_output, provenance_columns
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="preference pairs: file, saved dataset or hub id")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", type=Path, required=True, help="output folder (datasets save_to_disk)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--prompt-column", default="prompt")
     parser.add_argument("--image-columns", nargs=2, default=["image_0", "image_1"], metavar=("COL0", "COL1"))
     parser.add_argument("--tie-threshold", type=float, default=0.0, help="|prob_0 - 0.5| <= t counts as a tie")
@@ -95,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from visalign.data.sources import load_source
 
     try:
+        check_output(args.out)
+        if args.out.exists() and not args.out.is_dir():
+            raise InputError(f"--out {args.out} is a file; relabel writes a dataset folder there")
+        if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+            raise InputError(f"--out {args.out} already exists and is not empty; pass --overwrite to replace it")
         dataset = load_source(args.dataset, split=args.split)
         source = Path(args.dataset)
         root = source.parent if source.is_file() else (source if source.is_dir() else None)

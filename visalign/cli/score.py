@@ -14,6 +14,7 @@ import argparse
 import csv
 import glob
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +114,16 @@ def read_prompts(path: Path, images: list[Path]) -> list[str]:
     raise InputError(f"prompts file {path} must be .txt or .jsonl")
 
 
+def check_output(path: Path, flag: str = "--out") -> None:
+    """Fail before any model loads when ``path`` cannot be created or written: its nearest existing folder must be a
+    writable folder (and ``path`` itself writable when it exists), so no scoring is lost at the final write."""
+    existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if existing != path and not existing.is_dir():
+        raise InputError(f"{flag} {path}: cannot be created, {existing} is not a folder")
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        raise InputError(f"{flag} {path}: {existing} is not writable; choose another {flag}")
+
+
 def provenance_columns(provenance) -> dict[str, str | None]:
     return {"model_id": provenance.model_id, "weights_sha256": provenance.weights_sha256,
             "preprocessing": provenance.preprocessing, "dtype": provenance.dtype, "variant": provenance.variant}
@@ -158,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         images = find_images(args.images)
         prompts = [args.prompt] * len(images) if args.prompt is not None else read_prompts(args.prompts, images)
-        if args.out is not None and args.out.suffix not in (".jsonl", ".csv"):
-            raise InputError(f"--out {args.out} must end in .jsonl or .csv")
+        if args.out is not None:
+            if args.out.suffix not in (".jsonl", ".csv"):
+                raise InputError(f"--out {args.out} must end in .jsonl or .csv")
+            check_output(args.out)
         scorer = build_scorer(args)
         result = scorer.score(images, prompts, batch_size=args.batch_size, num_workers=args.num_workers,
                               progress=True)
