@@ -114,14 +114,14 @@ def read_prompts(path: Path, images: list[Path]) -> list[str]:
     raise InputError(f"prompts file {path} must be .txt or .jsonl")
 
 
-def check_output(path: Path, flag: str = "--out") -> None:
+def check_output(path: Path) -> None:
     """Fail before any model loads when ``path`` cannot be created or written: its nearest existing folder must be a
     writable folder (and ``path`` itself writable when it exists), so no scoring is lost at the final write."""
     existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
     if existing != path and not existing.is_dir():
-        raise InputError(f"{flag} {path}: cannot be created, {existing} is not a folder")
+        raise InputError(f"--out {path}: cannot be created, {existing} is not a folder")
     if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
-        raise InputError(f"{flag} {path}: {existing} is not writable; choose another {flag}")
+        raise InputError(f"--out {path}: {existing} is not writable; choose another --out")
 
 
 def provenance_columns(provenance) -> dict[str, str | None]:
