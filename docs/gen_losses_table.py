@@ -4,7 +4,8 @@
     python docs/gen_losses_table.py --check   # exit 1 if the page's table is out of date (tests/unit/test_docs.py)
 
 Each row comes from one ``LossSpec``: its one-line ``doc`` (formula, paper, equation), ``reference_free``, ``paired``,
-its hyper-parameters with their defaults and valid ranges (``hparams``, ``checks``) and whether TRL allows a
+the likelihoods it is defined on (``likelihoods``: which model families run it), its hyper-parameters with their
+defaults and valid ranges (``hparams``, ``checks``) and whether TRL allows a
 non-reverse-KL ``f_divergence_type`` with it (``f_divergence``).
 """
 
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from visalign.losses import LOSSES, LossSpec
+from visalign.losses import LIKELIHOODS, LOSSES, LossSpec
 from visalign.losses.registry import _F_DIV_HPARAMS
 
 PAGE = Path(__file__).with_name("losses.md")
@@ -42,18 +43,28 @@ def _reference(spec: LossSpec) -> str:
     return "free" if spec.reference_free else "needed"
 
 
+def _families(spec: LossSpec) -> str:
+    """The model families that run the loss, from its likelihoods and data: tokens are text LLMs and VLMs; unpaired
+    data is trained by text LLMs only (method ``kto``)."""
+    if not spec.paired:
+        return "text (`method: kto`)"
+    names = {"tokens": "text, VLM", "diffusion": "diffusion"}
+    return "all" if spec.likelihoods == LIKELIHOODS else ", ".join(names[name] for name in spec.likelihoods)
+
+
 def losses_table() -> str:
     """The Markdown table of every loss in ``LOSSES``, in registry order."""
     f_div = ", ".join(f"`{key}` {value!r}" for key, value in _F_DIV_HPARAMS.items())
     lines = [
-        f"| `loss_type` | what it is (paper, equation) | reference | data | hparams: default (valid values) "
+        f"| `loss_type` | what it is (paper, equation) | reference | data | families | hparams: default (valid values) "
         f"| f-divergence ({_cell(f_div)}) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, spec in LOSSES.items():
         data = "pairs" if spec.paired else "unpaired (`kto_loss`)"
         lines.append(
-            f"| `{name}` | {_cell(spec.doc)} | {_reference(spec)} | {data} | {_cell(_hparams(spec))} "
+            f"| `{name}` | {_cell(spec.doc)} | {_reference(spec)} | {data} | {_families(spec)} "
+            f"| {_cell(_hparams(spec))} "
             f"| {'yes' if spec.f_divergence else '—'} |"
         )
     return "\n".join(lines)

@@ -134,13 +134,15 @@ class _KilledAfter(DiffusionTrainer):
             raise Killed
 
 
-@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
-def test_resume_with_augmentation_equals_an_uninterrupted_run(sd15, pairs, tmp_path, use_lora):
-    """Random flips, random crops and caption dropout on; 4 pairs x 1 per batch x 2 accumulation = 2 steps per
-    epoch over 3 epochs; killed after step 4, resumed from checkpoint-3, mid-epoch 1 (issue 16: accelerate's loader
-    used to reset the augmentation epoch to 0 on resume)."""
+@pytest.mark.parametrize("use_lora, cached", [(True, False), (False, False), (True, True)],
+                         ids=["lora", "full", "lora-cached"])
+def test_resume_with_augmentation_equals_an_uninterrupted_run(sd15, pairs, tmp_path, use_lora, cached):
+    """Random flips, random crops (uncached) and caption dropout on; 4 pairs x 1 per batch x 2 accumulation = 2 steps
+    per epoch over 3 epochs; killed after step 4, resumed from checkpoint-3, mid-epoch 1 (issue 16: accelerate's
+    loader used to reset the augmentation epoch to 0 on resume). The cached path is the on-policy trainer's."""
     common = dict(model=sd15, dataset=pairs, max_steps=6, per_device_batch_size=1, gradient_accumulation_steps=2,
-                  random_flip=True, center_crop=False, caption_dropout=0.5, resolution=32, use_lora=use_lora)
+                  random_flip=True, center_crop=cached, caption_dropout=0.5, resolution=32, use_lora=use_lora,
+                  cache_dir=str(tmp_path / "cache") if cached else None)
     whole = DiffusionTrainer(config(output_dir=str(tmp_path / "whole"), **common))
     whole.train()
     interrupted = tmp_path / "interrupted"
@@ -247,6 +249,8 @@ def test_dcpo_without_per_side_captions_fails_before_any_model_loads(tmp_path):
     (dict(cache_dir="c", center_crop=False), "needs center_crop"),
     (dict(method="mapo"), "use .*MaPOConfig|each method has its config"),
     (dict(reference="precomputed"), "reference must be"),
+    (dict(loss_type="kto"), r"DiffusionConfig: loss 'kto' needs unpaired data, but this family trains on pairs"),
+    (dict(loss_type=["sigmoid", "kto"]), r"loss 'kto' needs unpaired data"),
 ])
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -136,6 +136,65 @@ def test_resume_latest_ends_where_an_uninterrupted_run_ends(tmp_path, lora):
     assert steps == list(range(1, 8))  # steps 5.. logged once, after the resume at 4
 
 
+def _checkpointed_run(tmp_path, **overrides) -> DPOTrainer:
+    """A finished 2-step run with checkpoint-2 in ``tmp_path / "run"``."""
+    trainer = DPOTrainer(args=_config(tmp_path, max_steps=2, save_steps=2, **overrides), train_dataset=_train_rows(8))
+    trainer.train()
+    return trainer
+
+
+def test_resume_applies_and_logs_a_new_learning_rate_and_max_steps(tmp_path, caplog):
+    _checkpointed_run(tmp_path)
+    resumed = DPOTrainer(args=_config(tmp_path, max_steps=4, save_steps=2, learning_rate=5e-3, resume_from="latest"),
+                         train_dataset=_train_rows(8))
+    with caplog.at_level("INFO", logger="visalign"):
+        resumed.train()
+    assert "resumed from " + str(tmp_path / "run" / "checkpoints" / "checkpoint-2") in caplog.text
+    assert "learning_rate changed from 0.01 to 0.005 (applied)" in caplog.text
+    assert "max_steps changed from 2 to 4 (applied)" in caplog.text
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["learning_rate"] for rec in logged] == [1e-2, 1e-2, 5e-3, 5e-3]
+    assert resumed.optimizer.param_groups[0]["lr"] == 5e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(beta=0.5), r"changed beta 0.1 -> 0.5"),
+    (dict(loss_type="ipo"), r"changed loss_type 'sigmoid' -> 'ipo'"),
+    (dict(dataset="other.jsonl", per_device_batch_size=2), r"dataset None -> 'other.jsonl'; per_device_batch_size 4"),
+    (dict(max_steps=1), r"checkpoint-2 is at step 2, past this run's last step 1"),
+])
+def test_resume_refuses_incompatible_changes(tmp_path, overrides, message):
+    _checkpointed_run(tmp_path)
+    before = load_file(tmp_path / "run" / "model.safetensors")
+    resumed = DPOTrainer(args=_config(tmp_path, save_steps=2, resume_from="latest", **{"max_steps": 4, **overrides}),
+                         train_dataset=_train_rows(8))
+    with pytest.raises(ConfigError, match=message):
+        resumed.train()
+    after = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.equal(after[k], before[k]) for k in before)  # the finished run's model is untouched
+
+
+def test_fresh_run_refuses_a_non_empty_output_dir_unless_told_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-99").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-99" / "trainer_state.json").write_text('{"step": 99}')
+    (out / "README.md").write_text("my notes")
+    with pytest.raises(ConfigError, match=r"output_dir '.*run' is not empty \(holds README.md, checkpoints\).*"
+                                          r"--overwrite_output_dir"):
+        DPOTrainer(model=NO_SUCH_MODEL, args=_config(tmp_path, max_steps=1), train_dataset=_train_rows(4))
+    trainer = DPOTrainer(args=_config(tmp_path, max_steps=2, save_steps=1, save_total_limit=1,
+                                      overwrite_output_dir=True), train_dataset=_train_rows(8))
+    trainer.train()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # the old run's are gone
+
+
+def test_unwritable_output_dir_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"output_dir '.*file/run' is not writable .*pass a writable --output_dir"):
+        DPOTrainer(model=NO_SUCH_MODEL, args=_config(tmp_path, output_dir=str(tmp_path / "file" / "run")),
+                   train_dataset=_train_rows(4))
+
+
 # ------------------------------------------------------------------------------------------------ non-finite
 
 
@@ -208,7 +267,8 @@ def test_empty_completion_names_the_row_before_the_model_loads(tmp_path):
         ({"loss_type": "sigmoid", "reference": "none"}, r"reference 'none' is impossible"),
         ({"label_smoothing": "0.1"}, r"hparam 'label_smoothing' is not read by any selected loss"),
         ({"loss_type": "sigmoid,sft", "loss_weights": "1.0"}, r"loss_weights has 1 entries"),
-        ({"loss_type": "kto"}, r"use KTOConfig"),
+        ({"loss_type": "kto"}, r"DPOConfig: loss 'kto' needs unpaired data, but this family trains on pairs"),
+        ({"loss_type": "mapo"}, r"loss 'mapo' is defined on the diffusion likelihood only, not on tokens"),
     ],
 )
 def test_config_errors_name_the_key(overrides, message):

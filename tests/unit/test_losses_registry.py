@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from visalign.losses import LOSSES, PairLogLik, needs_reference, plan_losses, preference_loss
+from visalign.losses import (
+    LOSSES,
+    PairLogLik,
+    check_family,
+    needs_reference,
+    plan_losses,
+    preference_loss,
+    runnable_losses,
+)
 
 # β = 0.5: lc = policy − ref = [0.8, −1.0], lr = [−0.8, −0.5], βΔ = [0.8, −0.25];
 # no counts (each 1) → NLL(chosen) = −(1 − 2)/2 = 0.5
@@ -22,6 +30,20 @@ def test_reference_free_flags():
     assert {n for n, s in LOSSES.items() if not s.paired} == {"kto"}
     assert needs_reference(["sigmoid", "sft"]) and needs_reference("kto")
     assert not needs_reference(["simpo", "sft"]) and not needs_reference("mapo")
+
+
+def test_families_run_the_losses_their_likelihood_and_data_allow():
+    paired = [n for n, s in LOSSES.items() if s.paired]
+    assert runnable_losses(likelihood="diffusion") == paired  # every paired loss, MaPO included
+    assert runnable_losses(likelihood="tokens") == [n for n in paired if n != "mapo"]  # MaPO reads MSEs
+    assert runnable_losses(likelihood="tokens", unpaired=True) == ["kto"]
+    assert runnable_losses(likelihood="diffusion", unpaired=True) == []
+    check_family(["sigmoid", "sft"], likelihood="diffusion")
+    with pytest.raises(ValueError, match=r"loss 'kto' needs unpaired data, but this family trains on pairs; it runs: "
+                                         r"sigmoid, cdpo"):
+        check_family("kto", likelihood="diffusion")
+    with pytest.raises(ValueError, match=r"loss 'sigmoid' needs preference pairs, .* unpaired data; it runs: kto$"):
+        check_family("sigmoid", likelihood="tokens", unpaired=True)
 
 
 def test_every_spec_has_one_line_doc_and_valid_defaults():

@@ -5,10 +5,21 @@ Paired data goes through ``preference_loss(loss_type, policy, ref, beta=..., los
 """
 
 from visalign.losses.kto import kto_loss, kto_reference_point
-from visalign.losses.registry import LOSSES, LossPlan, LossSpec, needs_reference, plan_losses, preference_loss
+from visalign.losses.registry import (
+    LIKELIHOODS,
+    LOSSES,
+    LossPlan,
+    LossSpec,
+    check_family,
+    needs_reference,
+    plan_losses,
+    preference_loss,
+    runnable_losses,
+)
 from visalign.losses.types import LossOutput, LossTerms, PairLogLik, UnpairedLogLik
 
 __all__ = [
+    "LIKELIHOODS",
     "LOSSES",
     "LossOutput",
     "LossPlan",
@@ -16,9 +27,11 @@ __all__ = [
     "LossTerms",
     "PairLogLik",
     "UnpairedLogLik",
+    "check_family",
     "kto_loss",
     "kto_reference_point",
     "needs_reference",
     "plan_losses",
     "preference_loss",
+    "runnable_losses",
 ]

@@ -32,6 +32,9 @@ _NON_NEGATIVE: Check = (lambda v: _real(v) and v >= 0, "a number >= 0")
 _FINITE: Check = (_real, "a finite number")
 _F_DIV_TYPE: Check = (lambda v: v in F_DIVERGENCES, f"one of {', '.join(F_DIVERGENCES)}")
 
+#: What a family's likelihood provider scores: token log-probs (text LLMs, VLMs) or the diffusion ELBO surrogate.
+LIKELIHOODS = ("tokens", "diffusion")
+
 _F_DIV_HPARAMS = {"f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}
 _F_DIV_CHECKS = {"f_divergence_type": _F_DIV_TYPE, "f_alpha_divergence_coef": _FINITE}
 
@@ -48,6 +51,8 @@ class LossSpec:
         checks: per hparam, a predicate and the description of a valid value (for error messages).
         paired: False for losses over unpaired data (KTO), which ``preference_loss`` rejects.
         f_divergence: True when TRL allows a non-reverse-KL ``f_divergence_type`` together with this loss.
+        likelihoods: the likelihoods (:data:`LIKELIHOODS`) the loss is defined on; a family whose likelihood is not
+            listed cannot run it (:func:`check_family`).
     """
 
     fn: Callable[..., LossTerms | LossOutput]
@@ -57,6 +62,7 @@ class LossSpec:
     checks: dict[str, Check] = field(default_factory=dict)
     paired: bool = True
     f_divergence: bool = False
+    likelihoods: tuple[str, ...] = LIKELIHOODS
 
     def resolve(self, name: str, given: Mapping[str, Any]) -> dict[str, Any]:
         """This loss's hparams: defaults overridden by ``given`` (keys it does not read are ignored), checked."""
@@ -147,12 +153,13 @@ LOSSES: dict[str, LossSpec] = {
         reference_free.mapo,
         "MaPO (Hong et al. 2024), diffusion: mean(L_w) - β·mean(log σ(T·[f(s·L_w) - f(s·L_l)])), f(x) = x/(eˣ-1)",
         reference_free=True, hparams={"mapo_snr": 0.5, "mapo_timesteps": 1000},
-        checks={"mapo_snr": _POSITIVE, "mapo_timesteps": _POSITIVE},
+        checks={"mapo_snr": _POSITIVE, "mapo_timesteps": _POSITIVE}, likelihoods=("diffusion",),
     ),
     "kto": LossSpec(
         kto.kto_loss, "KTO (Ethayarajh et al. 2024, Eq. 7), unpaired: λ(1 - σ(±β(r - z0))); use kto_loss()",
         hparams={"desirable_weight": 1.0, "undesirable_weight": 1.0},
         checks={"desirable_weight": _NON_NEGATIVE, "undesirable_weight": _NON_NEGATIVE}, paired=False,
+        likelihoods=("tokens",),
     ),
 }
 
@@ -183,6 +190,29 @@ def _spec(name: str) -> LossSpec:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from: {', '.join(LOSSES)}")
     return LOSSES[name]
+
+
+def runnable_losses(*, likelihood: str, unpaired: bool = False) -> list[str]:
+    """The losses a family runs: defined on its ``likelihood`` and for its data (pairs, or unpaired with ``unpaired``)."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; one of {LIKELIHOODS}")
+    return [name for name, spec in LOSSES.items() if likelihood in spec.likelihoods and spec.paired != unpaired]
+
+
+def check_family(loss_type: str | Sequence[str], *, likelihood: str, unpaired: bool = False) -> None:
+    """Raise ``ValueError`` naming the loss when a family with this ``likelihood`` and data cannot run it (a loss
+    for the other data kind, or one not defined on ``likelihood``), listing the losses it can run."""
+    runnable = runnable_losses(likelihood=likelihood, unpaired=unpaired)
+    for name in _names(loss_type):
+        spec = _spec(name)
+        if name in runnable:
+            continue
+        if spec.paired == unpaired:
+            reason = ("needs preference pairs, but this family trains on unpaired data" if unpaired else
+                      "needs unpaired data, but this family trains on pairs")
+        else:
+            reason = f"is defined on the {' / '.join(spec.likelihoods)} likelihood only, not on {likelihood}"
+        raise ValueError(f"loss {name!r} {reason}; it runs: {', '.join(runnable)}")
 
 
 def plan_losses(

@@ -16,9 +16,9 @@ import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from visalign.losses import LOSSES, needs_reference, plan_losses
+from visalign.losses import LOSSES, check_family, needs_reference, plan_losses
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
@@ -110,6 +110,11 @@ class TrainingConfig:
     )
     resume_from: str | None = field(
         default=None, metadata=_help("none | latest (newest complete checkpoint in output_dir) | checkpoint folder")
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata=_help("let a fresh run use a non-empty output_dir, deleting its checkpoints/ and metrics.jsonl "
+                       "(without it, a fresh run refuses a non-empty output_dir)"),
     )
     report_to: list[str] = field(
         default_factory=lambda: ["none"],
@@ -237,7 +242,16 @@ _PreferenceWithHparams = dataclasses.make_dataclass("_PreferenceWithHparams", _H
 
 @dataclass
 class PreferenceConfig(_PreferenceWithHparams):
-    """``TrainingConfig`` plus the preference loss (``visalign.losses``), its hparams and the reference strategy."""
+    """``TrainingConfig`` plus the preference loss (``visalign.losses``), its hparams and the reference strategy.
+
+    A family's config says what its trainer scores (``LIKELIHOOD``, one of ``visalign.losses.LIKELIHOODS``) and on
+    which data (``UNPAIRED_DATA``); a loss the family cannot run (``visalign.losses.check_family``) fails here.
+    """
+
+    #: The likelihood the family's trainer scores; ``None``: not tied to a family (every loss passes).
+    LIKELIHOOD: ClassVar[str | None] = None
+    #: True for a family that trains on unpaired data (KTO) instead of pairs.
+    UNPAIRED_DATA: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -288,6 +302,8 @@ class PreferenceConfig(_PreferenceWithHparams):
     def _validate_losses(self) -> None:
         """Check loss names, weights and hparams with the loss core (errors name the loss and key)."""
         names = self.loss_types
+        if self.LIKELIHOOD is not None:
+            check_family(names, likelihood=self.LIKELIHOOD, unpaired=self.UNPAIRED_DATA)
         unpaired = [name for name in names if name in LOSSES and not LOSSES[name].paired]
         if not unpaired:
             plan_losses(names, beta=self.beta, loss_weights=self.loss_weights, **self.loss_hparams)

@@ -42,7 +42,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -87,6 +87,8 @@ def _help(text: str) -> dict[str, str]:
 @dataclass
 class DiffusionConfig(PreferenceConfig):
     """Diffusion-DPO (Wallace et al. 2023) and, through its subclasses, MaPO, DCPO and InPO on SD/SDXL UNets."""
+
+    LIKELIHOOD: ClassVar[str] = "diffusion"
 
     method: str = field(default="diffusion-dpo", metadata=_help("trainer family (`visalign train` picks it)"))
     beta: float = field(
@@ -557,21 +559,26 @@ class DiffusionTrainer(Trainer):
             sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
             save_diffusion_unet(output_dir, unet, state_dict=state_dict if sharded else None,
                                 is_main_process=acc.is_main_process)
-        grid = self.validate(self.global_step, tag="final") if self.validation is not None else None
-        if acc.is_main_process:
-            config = self.resolved_config()
+        config = self.resolved_config()
+        if acc.is_main_process:  # before validation: a failure there still leaves a complete model folder
             save_config(config, output_dir / CONFIG_FILE)
-            base = self._model_spec if isinstance(self._model_spec, str) else "a Stable Diffusion model"
-            keys = ("method", "loss_type", "beta", "reference", "noise_source", "resolution", "learning_rate",
-                    "per_device_batch_size", "gradient_accumulation_steps", "caption_dropout", "lora_r", "lora_alpha")
-            settings = {key: getattr(config, key) for key in keys if lora or not key.startswith("lora")}
-            settings["steps"] = self.global_step
-            write_model_card(output_dir, base_model=base, family=self.family, method=config.method, lora=lora,
-                             settings=settings, validation_image=None if grid is None else
-                             str(Path(grid).relative_to(output_dir)))
+            self._write_card(output_dir, config, lora, grid=None)
+        grid = self.validate(self.global_step, tag="final") if self.validation is not None else None
+        if grid is not None:  # main process only
+            self._write_card(output_dir, config, lora, grid=grid)
         skipped = self.train_dataset.num_skipped
         if skipped:
             logger.warning("process %d skipped %d unreadable pair(s) during training", acc.process_index, skipped)
+
+    def _write_card(self, output_dir: Path, config: DiffusionConfig, lora: bool, grid: Path | None) -> None:
+        base = self._model_spec if isinstance(self._model_spec, str) else "a Stable Diffusion model"
+        keys = ("method", "loss_type", "beta", "reference", "noise_source", "resolution", "learning_rate",
+                "per_device_batch_size", "gradient_accumulation_steps", "caption_dropout", "lora_r", "lora_alpha")
+        settings = {key: getattr(config, key) for key in keys if lora or not key.startswith("lora")}
+        settings["steps"] = self.global_step
+        write_model_card(output_dir, base_model=base, family=self.family, method=config.method, lora=lora,
+                         settings=settings, validation_image=None if grid is None else
+                         str(Path(grid).relative_to(output_dir)))
 
 
 def run(config: DiffusionConfig) -> dict[str, float]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import torch
@@ -46,7 +46,9 @@ def _help(text: str) -> dict[str, str]:
 @dataclass
 class DPOConfig(PreferenceConfig):
     """Text preference training (TRL 1.16 ``DPOConfig`` semantics): ``PreferenceConfig`` plus tokenization and model
-    loading options."""
+    loading options. Losses on unpaired data (``kto``) need ``KTOConfig`` (method ``kto``)."""
+
+    LIKELIHOOD: ClassVar[str] = "tokens"
 
     max_length: int | None = field(
         default=1024, metadata=_help("max prompt + completion tokens; the completion end is cut, never the prompt")
@@ -85,25 +87,19 @@ class DPOConfig(PreferenceConfig):
             raise ValueError(
                 f"{c}.precompute_ref_batch_size must be none or >= 1; got {self.precompute_ref_batch_size}"
             )
-        if self.unpaired and type(self) is DPOConfig:
-            raise ValueError(f"{c}.loss_type 'kto' trains on unpaired data: use KTOConfig (method: kto)")
-
-    @property
-    def unpaired(self) -> bool:
-        return self.loss_types == ["kto"]
 
 
 @dataclass
 class KTOConfig(DPOConfig):
     """KTO (Ethayarajh et al. 2024) on unpaired ``prompt``/``completion``/``label`` data (TRL ``KTOConfig``)."""
 
+    UNPAIRED_DATA: ClassVar[bool] = True
+
     method: str = field(default="kto", metadata=_help("trainer family (`visalign train` picks the trainer from it)"))
     loss_type: str | list[str] = field(default="kto", metadata=_help("must be kto"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.unpaired:
-            raise ValueError(f"KTOConfig.loss_type must be 'kto'; got {self.loss_type!r} (use DPOConfig for pairs)")
         if self.per_device_batch_size < 2:
             raise ValueError(
                 "KTOConfig.per_device_batch_size must be >= 2: the KL reference point pairs each prompt with another "
