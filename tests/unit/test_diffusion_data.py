@@ -257,6 +257,10 @@ def test_paired_folder_without_a_caption_names_the_file(tmp_path):
     (tmp_path / "captions.jsonl").write_text('{"file_name": "x.png", "caption": "ok"}\n{oops\n')
     with pytest.raises(ValueError, match=r"captions.jsonl line 2: not valid JSON"):
         load_preference_pairs(str(tmp_path))
+    (tmp_path / "captions.jsonl").unlink()
+    (tmp_path / "chosen" / "x.txt").write_bytes("a\ncaf\u00e9".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"chosen/x\.txt line 2: not UTF-8 text"):
+        load_preference_pairs(str(tmp_path))
 
 
 def write_jsonl(path, rows):

@@ -55,6 +55,27 @@ def test_load_source_errors_name_the_problem(tmp_path):
         load_source("builtin:nope")
 
 
+def test_unreadable_files_and_rows_name_the_file_and_line(tmp_path, tok):
+    good = '{"prompt": "a", "chosen": " red", "rejected": " blue"}\n'
+    accented = '{"prompt": "caf\u00e9", "chosen": " red", "rejected": " blue"}\n'
+    cases = [
+        ("bad.jsonl", (good + '{"prompt": "b", "chosen": " red"\n').encode(), r"bad\.jsonl line 2: not valid JSON"),
+        ("list.jsonl", (good + "[1, 2]\n").encode(), r"list\.jsonl line 2: a JSON Lines row must be an object"),
+        ("latin1.jsonl", (good * 2 + accented).encode("latin-1"), r"latin1\.jsonl line 3: not UTF-8 text"),
+        ("latin1.csv", "prompt,chosen,rejected\na,red,blue\ncaf\u00e9,red,blue\n".encode("latin-1"),
+         r"latin1\.csv line 3: not UTF-8 text"),
+    ]
+    for name, content, pattern in cases:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=pattern):
+            load_source(str(tmp_path / name))
+    for missing, row in (('{"prompt": null, "chosen": " red", "rejected": " blue"}', "row 1: column 'prompt'"),
+                         ('{"prompt": "c", "chosen": " red"}', "row 1: column 'rejected'")):
+        (tmp_path / "rows.jsonl").write_text(good + missing + "\n")
+        with pytest.raises(ValueError, match=rf"rows\.jsonl {row} is null or missing"):
+            tokenize_preferences(load_source(str(tmp_path / "rows.jsonl")), tok, name="rows.jsonl")
+
+
 def test_builtin_synthetic_sets_are_disjoint_and_in_vocabulary():
     train, test = load_source("builtin:synthetic-preferences"), load_source("builtin:synthetic-preferences",
                                                                             split="test")

@@ -330,7 +330,7 @@ def _folder_captions(root: Path, stems: Sequence[str], sides: dict) -> dict[str,
     captions: dict[str, tuple[str, str]] = {}
     jsonl = root / CAPTIONS_FILE
     if jsonl.is_file():
-        for line_no, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+        for line_no, line in enumerate(_read_text(jsonl).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -346,14 +346,22 @@ def _folder_captions(root: Path, stems: Sequence[str], sides: dict) -> dict[str,
         for stem in stems:
             chosen_txt, rejected_txt = root / "chosen" / f"{stem}.txt", root / "rejected" / f"{stem}.txt"
             if chosen_txt.is_file():
-                caption = chosen_txt.read_text(encoding="utf-8").strip()
-                other = rejected_txt.read_text(encoding="utf-8").strip() if rejected_txt.is_file() else caption
+                caption = _read_text(chosen_txt).strip()
+                other = _read_text(rejected_txt).strip() if rejected_txt.is_file() else caption
                 captions[stem] = (caption, other)
     missing = [sides["chosen"][s] for s in stems if s not in captions]
     if missing:
         where = jsonl if jsonl.is_file() else f"{root}/chosen/NAME.txt sidecars"
         raise DataError(f"{root}: {len(missing)} pair(s) have no caption in {where}, e.g. {missing[:5]}")
     return captions
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 text ({err.reason}); re-encode the file as UTF-8") from None
 
 
 def _entry_captions(entry: dict, where: str) -> tuple[str, str]:

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import codecs
 import importlib
+import json
 from pathlib import Path
 
 import datasets
@@ -29,6 +31,7 @@ BUILTIN_DATASETS: dict[str, str] = {
 
 #: local file suffix -> ``datasets`` builder name.
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_TEXT_BUILDERS = ("json", "csv")
 
 _SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -44,7 +47,7 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
             raise DataError(
                 f"dataset file {spec!r} has an unsupported suffix {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}"
             )
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        return _load_file(path, builder, spec)
     if path.is_dir():
         if any((path / marker).exists() for marker in _SAVE_TO_DISK_MARKERS):
             return _select_split(datasets.load_from_disk(str(path)), split, spec)
@@ -53,6 +56,54 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
         raise NotFoundError(f"dataset file or folder {spec!r} does not exist")
     name, _, config = spec.partition(":")
     return datasets.load_dataset(name, config or None, split=split)
+
+
+def _load_file(path: Path, builder: str, spec: str) -> datasets.Dataset:
+    """One local file; text that is not UTF-8 or a file the builder cannot parse raises ``DataError`` naming the file
+    and, where it can be found, the line."""
+    if builder in _TEXT_BUILDERS:
+        _check_utf8(path, spec)
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        bad_line = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else None
+        raise DataError(f"{spec} {bad_line}" if bad_line else
+                        f"{spec}: cannot be read as {builder} ({type(cause).__name__}: {cause})") from err
+
+
+def _check_utf8(path: Path, spec: str) -> None:
+    """Raise ``DataError`` naming the line of the first byte that is not UTF-8 (read in 1 MiB chunks)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                line += err.object[: err.start].count(b"\n")
+                raise DataError(f"{spec} line {line}: not UTF-8 text ({err.reason} at byte {err.object[err.start]:#x}); "
+                                "re-encode the file as UTF-8") from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"{spec} line {line}: not UTF-8 text (truncated character at the end of the file)") from None
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """``"line N: ..."`` for the first non-blank line of a JSON Lines file that is not a JSON object, else None."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {number}: not valid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(row, dict):
+                return f"line {number}: a JSON Lines row must be an object, got {type(row).__name__}"
+    return None
 
 
 def _load_builtin(name: str, split: str) -> datasets.Dataset:

@@ -166,6 +166,8 @@ def _encode_row(example, row, tokenizer, completion_columns, chat_kwargs, name):
     conversational = is_conversational(prompt) or is_conversational(example[completion_columns[0]])
     for column in ("prompt", *completion_columns):
         value = example[column]
+        if value is None:
+            raise DataError(f"{name} row {row}: column {column!r} is null or missing; give every row a value")
         if conversational != is_conversational(value) and not (column == "prompt" and value in ("", [])):
             raise DataError(f"{name} row {row}: column {column!r} mixes plain text and message lists")
         if column != "prompt" and _is_empty(value):
