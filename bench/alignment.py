@@ -164,7 +164,7 @@ def run_vlm_method(name: str, work: Path) -> dict:
     args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, lora_r=16, lora_alpha=32, beta=0.1,
                         loss_type=["sigmoid", "sft"], learning_rate=1e-3, lr_scheduler="constant", max_steps=100,
                         per_device_batch_size=16, logging_steps=10, save_steps=0, max_length=None,
-                        dense_dpo=name == "dense-dpo", report_to=[])
+                        method="dense-dpo" if name == "dense-dpo" else "vlm-dpo", report_to=[])
     trainer = VLMDPOTrainer(model=model, args=args, train_dataset=rows, processor=processor)
     trainer.train()
     trained = time.perf_counter()

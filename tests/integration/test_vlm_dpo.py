@@ -108,7 +108,8 @@ def test_freeze_flags(tmp_path):
 @pytest.mark.parametrize("dense", [False, True], ids=["dpo", "dense_dpo"])
 def test_precomputed_reference_matches_frozen_copy(tmp_path, dense):
     path = save_tiny_llava(tmp_path / "m")
-    common = dict(dense_dpo=dense, dense_dpo_gamma=3.0, dense_dpo_score="normalized", per_device_batch_size=4)
+    common = dict(method="dense-dpo" if dense else "vlm-dpo", dense_dpo_gamma=3.0, dense_dpo_score="normalized",
+                  per_device_batch_size=4)
     frozen = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "a", reference="frozen_copy", **common),
                            train_dataset=_rows())
     pre = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "b", reference="precomputed", **common),
@@ -133,7 +134,7 @@ def test_precomputed_reference_matches_frozen_copy(tmp_path, dense):
 
 def test_dense_weighted_score_by_hand(tmp_path):
     path = save_tiny_llava(tmp_path / "m")
-    trainer = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "o", dense_dpo=True, dense_dpo_gamma=2.0,
+    trainer = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "o", method="dense-dpo", dense_dpo_gamma=2.0,
                                                         reference="frozen_copy"), train_dataset=_rows())
     batch = next(iter(trainer._train_loader))
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -55,3 +55,16 @@ def test_add_dense_weights_on_tokenized_text():
                               "rejected_input_ids": [[10, 11, 12, 20, *TAIL]]})
     row = add_dense_weights(data, gamma=2.0)[0]
     assert row["chosen_token_weights"] == row["rejected_token_weights"] == [1, 1, 1, 2, 1, 1, 1]
+
+
+def test_the_method_name_decides_dense_dpo_and_a_contradiction_fails_naming_both_keys():
+    from visalign.trainers.vlm import VLMDPOConfig
+
+    assert VLMDPOConfig(method="dense-dpo").dense_dpo is True
+    assert VLMDPOConfig(method="dense-dpo").reduction != "sum"
+    assert VLMDPOConfig(method="vlm-dpo").dense_dpo is False and VLMDPOConfig().reduction == "sum"
+    with pytest.raises(ValueError, match=r"VLMDPOConfig.dense_dpo=False contradicts method='dense-dpo'"):
+        VLMDPOConfig(method="dense-dpo", dense_dpo=False)
+    for method in ("vlm-dpo", "mia-dpo"):
+        with pytest.raises(ValueError, match=rf"dense_dpo=True contradicts method='{method}'"):
+            VLMDPOConfig(method=method, dense_dpo=True)

@@ -10,10 +10,11 @@ Methods on top: RLHF-V dense DPO (``dense_dpo: true``; Yu et al. 2024, eq. 5: γ
 reference alike, ``visalign.data.dense_dpo``) and MIA-DPO (Liu et al. 2024: plain DPO on the multi-image data that
 ``visalign.data.mia_dpo_select`` writes; its recipe is LoRA on the language model with the adapter-disabled reference).
 
-Where it differs from TRL 1.16: ``reference: precomputed`` works for VLMs and stores per-token reference log-probs
-(TRL refuses precompute with vision data), the vision tower is frozen by default (``freeze_vision_tower``; TRL trains
-everything), LoRA targets only the language model's linear layers, and ``max_length`` cuts only completions (see the
-collator).
+Where it differs from TRL 1.16: sequences follow the model's training format (BOS, and EOS after each completion;
+``training_format``, see the collator), ``reference: precomputed`` works for VLMs and stores per-token reference
+log-probs (TRL refuses precompute with vision data), the vision tower is frozen by default (``freeze_vision_tower``;
+TRL trains everything), LoRA targets only the language model's linear layers, and ``max_length`` cuts only
+completions (see the collator).
 """
 
 from __future__ import annotations
@@ -69,10 +70,18 @@ class VLMDPOConfig(DPOConfig):
     chat_template_for_plain: bool = field(
         default=True, metadata=_help("render plain-string rows with the processor's chat template (false: raw text)")
     )
+    training_format: bool = field(
+        default=True,
+        metadata=_help("the model's training format: the tokenizer's BOS before the prompt and the end-of-turn token "
+                       "(EOS, e.g. LLaVA's </s>) after each completion, as LLaVA, RLHF-V and MIA-DPO trained; false = "
+                       "the chat template's text as it is (TRL 1.16; the llava-hf template has no BOS or EOS)"),
+    )
     freeze_vision_tower: bool = field(default=True, metadata=_help("keep the vision encoder's weights fixed"))
     freeze_projector: bool = field(default=False, metadata=_help("keep the vision-to-text projector fixed"))
-    dense_dpo: bool = field(
-        default=False, metadata=_help("RLHF-V dense DPO: weight corrected tokens by dense_dpo_gamma (both sides)")
+    dense_dpo: bool | None = field(
+        default=None,
+        metadata=_help("RLHF-V dense DPO: weight corrected tokens by dense_dpo_gamma (both sides); none = as the method "
+                       "says (true for dense-dpo, false otherwise); a value contradicting the method fails"),
     )
     dense_dpo_gamma: float = field(default=1.1, metadata=_help("γ on corrected tokens (RLHF-V README 1.1, paper 5)"))
     dense_dpo_min_match_size: int = field(
@@ -91,6 +100,13 @@ class VLMDPOConfig(DPOConfig):
         c = type(self).__name__
         if self.drop_long_prompts:
             raise ValueError(f"{c}.drop_long_prompts is not supported for VLMs; raise max_length or set it to none")
+        dense = self.method == "dense-dpo"  # a method name means one thing: dense-dpo is dense, the others are not
+        if self.dense_dpo is None:
+            self.dense_dpo = dense
+        elif self.dense_dpo != dense:
+            raise ValueError(f"{c}.dense_dpo={self.dense_dpo} contradicts method={self.method!r}: RLHF-V dense DPO is "
+                             "method dense-dpo (dense_dpo true), other methods never weight tokens; set the method, "
+                             "or leave dense_dpo unset")
         if self.dataset_schema is not None and self.dataset_schema not in SCHEMAS:
             raise ValueError(f"{c}.dataset_schema must be one of {', '.join(SCHEMAS)}; got {self.dataset_schema!r}")
         if self.dense_dpo_score not in DENSE_DPO_SCORES:
@@ -201,7 +217,8 @@ class VLMDPOTrainer(DPOTrainer):
         dense = DenseDPOWeights(args.dense_dpo_gamma, args.dense_dpo_min_match_size,
                                 args.dense_dpo_mark_insertions_deletions) if args.dense_dpo else None
         return VisionPreferenceCollator(self.processor, max_length=args.max_length,
-                                        chat_template_for_plain=args.chat_template_for_plain, dense_dpo=dense)
+                                        chat_template_for_plain=args.chat_template_for_plain, dense_dpo=dense,
+                                        training_format=args.training_format)
 
     # ---------------------------------------------------------------------------------------------- model
 
