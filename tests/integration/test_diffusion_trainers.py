@@ -188,6 +188,14 @@ def test_unreadable_images_are_skipped_and_counted(sd15, tmp_path):
     assert [m["data/skipped_pairs"] for m in metrics(out) if "loss" in m] == [1.0, 1.0]
 
 
+def test_an_eval_set_with_no_readable_pair_fails_before_any_model_loads(pairs, tmp_path):
+    # It used to train, then crash in evaluate() with ZeroDivisionError (every eval pair skipped).
+    unreadable = write_pairs(tmp_path / "eval", CAPTIONS[:2], corrupt=(0, 1))
+    with pytest.raises(ValueError, match=r"eval: none of the 2 pairs has two readable images \(last: .*row 1"):
+        DiffusionTrainer(config(model=str(tmp_path / "no-model-here"), dataset=pairs, eval_dataset=unreadable,
+                                output_dir=str(tmp_path / "out")))
+
+
 def test_missing_per_side_caption_columns_fail_before_any_model_loads(tmp_path):
     rows = tmp_path / "pairs.jsonl"
     rows.write_text(json.dumps({"chosen": "a.png", "rejected": "b.png", "caption": "x"}) + "\n")

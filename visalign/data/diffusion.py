@@ -109,6 +109,18 @@ class PreferencePairs:
                             for ref in self.image_refs(index))
         return chosen, rejected
 
+    def check_readable(self) -> None:
+        """Raise ``DataError`` unless some pair decodes: pairs are tried in order up to the first readable one, so a
+        set whose every image is corrupt fails before any model loads instead of after training."""
+        last = "no pairs"
+        for index in range(len(self)):
+            try:
+                self.open_images(index)
+                return
+            except IMAGE_ERRORS as err:
+                last = f"{self.describe(index)}: {type(err).__name__}: {err}"
+        raise DataError(f"{self.name}: none of the {len(self)} pairs has two readable images (last: {last})")
+
     def describe(self, index: int) -> str:
         row = index if self.source_rows is None else int(self.source_rows[index])
         return f"{self.name} row {row}"

@@ -339,6 +339,8 @@ class Trainer:
         keys = sorted(sums)
         totals = torch.tensor([weight] + [sums[k] for k in keys], dtype=torch.float64, device=acc.device)
         totals = acc.reduce(totals, reduction="sum").tolist()
+        if totals[0] == 0:
+            raise ValueError(f"evaluate(): no {prefix} example could be read (all were skipped); check the data")
         result = {f"{prefix}_{k}": v / totals[0] for k, v in zip(keys, totals[1:])}
         self._metrics.write(self.global_step, result)
         return result

@@ -343,6 +343,7 @@ class DiffusionTrainer(Trainer):
             )
         if len(pairs) == 0:
             raise ValueError(f"{pairs.name}: no preference pairs left to train on (report: {pairs.report})")
+        pairs.check_readable()
         if isinstance(self.args, DCPOConfig) and pairs.captions_chosen == pairs.captions_rejected:
             raise ValueError(
                 f"{pairs.name}: DCPO needs a caption per image, but every pair has one caption for both images, so "
