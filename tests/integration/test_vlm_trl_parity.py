@@ -1,6 +1,8 @@
 """Parity with TRL 1.16's ``DPOTrainer`` on the same tiny LLaVA and conversational vision data (reference §C.11):
 same step-0 loss and same parameters after one optimizer step (AdamW, constant lr, clipping 1.0, frozen-copy
-reference; TRL gets ``ref_model=deepcopy(model)`` because an in-memory model has no hub name to re-load)."""
+reference; TRL gets ``ref_model=deepcopy(model)`` because an in-memory model has no hub name to re-load). The tiny
+LLaVA speaks llava-1.5-hf's format (its chat template, a tokenizer that adds BOS), and visalign runs with
+``training_format: false``, TRL's format: the chat template's text with no BOS or EOS added."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _data() -> Dataset:
 
 
 def test_one_step_matches_trl(tmp_path):
-    model, processor = tiny_llava(seed=5)
+    model, processor = tiny_llava(seed=5, hf_format=True)
     data = _data()
     trl_model = copy.deepcopy(model)
     trl_args = trl.DPOConfig(
@@ -50,7 +52,7 @@ def test_one_step_matches_trl(tmp_path):
     args = VLMDPOConfig(
         output_dir=str(tmp_path / "ours"), per_device_batch_size=4, max_steps=1, learning_rate=LR,
         lr_scheduler="constant", max_grad_norm=1.0, beta=0.1, reference="frozen_copy", save_steps=0,
-        freeze_vision_tower=False,
+        freeze_vision_tower=False, training_format=False,
     )
     ours = VLMDPOTrainer(model=copy.deepcopy(model), args=args, train_dataset=data,
                          processor=copy.deepcopy(processor))

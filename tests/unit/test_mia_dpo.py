@@ -149,6 +149,26 @@ def test_perplexity_thresholds_and_filters():
     assert drop_reason("red", "blue", 1.5, False, config) == "attention_ratio"
 
 
+def test_attention_is_measured_on_the_training_prompt():
+    """The selection's prompt is the trainer's: BOS first with training_format (the llava-hf template has none),
+    the same ids as the collator's prompt, so the image-token positions of the ratios are those trained on."""
+    from visalign.data.vlm import VisionPreferenceDataset
+    from visalign.data.vlm_collator import VisionPreferenceCollator
+    from visalign.testing.vlm import tiny_llava
+
+    model, processor = tiny_llava(hf_format=True)
+    model.set_attn_implementation("eager")
+    images, prompt = [Image.new("RGB", (30, 30), RED)] * 2, "Image1:<image>\nImage2:<image>\nIn Image1, what ?"
+    row = VisionPreferenceDataset([{"images": images, "prompt": prompt, "chosen": "red", "rejected": "blue"}])[0]
+    batch = VisionPreferenceCollator(processor)([row])
+    trained = batch["input_ids"][0][(batch["attention_mask"][0] - batch["completion_mask"][0]).bool()].tolist()
+    for training_format in (True, False):
+        *_, prompt_ids = mia_dpo_select.generate_with_attention(model, processor, images, prompt, layer=1,
+                                                                max_new_tokens=1, training_format=training_format)
+        assert prompt_ids == (trained if training_format else trained[1:])
+    assert trained[0] == processor.tokenizer.bos_token_id
+
+
 def test_selection_counts_each_drop_reason(tmp_path, monkeypatch):
     """Constructed answers, perplexities and attention maps (pip: one 5x5 map) -> exact per-reason counts; a sample
     failing several filters counts under the first one only."""
@@ -167,7 +187,7 @@ def test_selection_counts_each_drop_reason(tmp_path, monkeypatch):
         "case6 ?": ("it is red .", "it is blue .", 2.0, True),  # attention_ratio
     }
 
-    def scripted(model, processor, images, prompt, *, layer, max_new_tokens):
+    def scripted(model, processor, images, prompt, *, layer, max_new_tokens, training_format):
         _, answer, perplexity, on_inset = cases[prompt.rsplit(", ", 1)[1]]
         amap = torch.zeros(5, 5) if on_inset else torch.ones(5, 5)
         amap[1:4, 1:4] = 1.0  # the central 3x3 of 5x5 (pip_fraction 16/24): ratio 1 or 9/25

@@ -6,7 +6,7 @@ from PIL import Image
 
 from visalign.data.vlm import VisionPreferenceDataset, detect_schema, prompt_to_messages
 from visalign.data.vlm_collator import VisionPreferenceCollator, flush_left
-from visalign.testing.vlm import tiny_llava
+from visalign.testing.vlm import LLAVA_HF_CHAT_TEMPLATE, tiny_llava, tiny_qwen2_vl
 
 
 def test_prompt_to_messages_keeps_image_positions():
@@ -61,3 +61,50 @@ def test_layout_left_padded_prompt_right_padded_completion():
     assert batch["completion_mask"][2].tolist() == [0] * (width - 4) + [1, 1, 1, 1]
     assert batch["pixel_values"].shape == (4, 3, 30, 30)
     torch.testing.assert_close(batch["pixel_values"][0], batch["pixel_values"][2])
+
+
+def _sequences(batch) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row: the unpadded token ids, and the completion's."""
+    mask, completion = batch["attention_mask"].bool(), batch["completion_mask"].bool()
+    return ([ids[m].tolist() for ids, m in zip(batch["input_ids"], mask)],
+            [ids[m].tolist() for ids, m in zip(batch["input_ids"], completion)])
+
+
+def test_training_format_on_the_llava_hf_template():
+    """LLaVA-1.5 trained on ``<s>USER: <image>\\n... ASSISTANT: answer</s>``; the llava-hf template renders neither
+    BOS nor EOS. training_format adds both (and no second BOS when the template writes one); off, the template's text
+    is fed as it is (TRL 1.16)."""
+    _, processor = tiny_llava(hf_format=True)
+    tok = processor.tokenizer
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    row = VisionPreferenceDataset([{"images": [Image.new("RGB", (30, 30), (255, 0, 0))],
+                                    "prompt": [{"role": "user", "content": "what colour ?"}],
+                                    "chosen": [{"role": "assistant", "content": "red"}],
+                                    "rejected": [{"role": "assistant", "content": "it is blue"}]}], name="rows")[0]
+    prompt = ids("USER:") + [tok.convert_tokens_to_ids("<image>")] * 25 + ids("what colour ? ASSISTANT:")
+    for training_format, bos, eos in ((True, [tok.bos_token_id], [tok.eos_token_id]), (False, [], [])):
+        collator = VisionPreferenceCollator(processor, training_format=training_format)
+        sequences, completions = _sequences(collator([row]))
+        assert sequences == [bos + prompt + ids("red") + eos, bos + prompt + ids("it is blue") + eos]
+        assert completions == [ids("red") + eos, ids("it is blue") + eos]
+    assert collator.render(row, 1)[1] == " red "  # the template's text: the turn ends with a space
+    assert VisionPreferenceCollator(processor).render(row, 1)[1] == " red</s>"  # as LLaVA's "ASSISTANT: red</s>"
+    processor.chat_template = "{{ bos_token }}" + LLAVA_HF_CHAT_TEMPLATE
+    sequences, _ = _sequences(VisionPreferenceCollator(processor)([row]))
+    assert sequences[0][:2] == [tok.bos_token_id, *ids("USER:")]  # one BOS, the template's
+
+
+def test_training_format_keeps_qwen2_vl_turns():
+    """Qwen2-VL's template closes each turn with <|im_end|> and its tokenizer adds no BOS: training_format changes
+    nothing (no second end-of-turn token)."""
+    _, processor = tiny_qwen2_vl()
+    tok = processor.tokenizer
+    row = VisionPreferenceDataset([{"images": [Image.new("RGB", (56, 56), (255, 0, 0))], "prompt": "what colour ?",
+                                    "chosen": "red", "rejected": "it is blue"}], name="rows")[0]
+    batches = [VisionPreferenceCollator(processor, training_format=flag)([row]) for flag in (True, False)]
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        torch.testing.assert_close(batches[0][key], batches[1][key])
+    sequences, completions = _sequences(batches[0])
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert completions[0] == tok("red", add_special_tokens=False)["input_ids"] + [im_end]
+    assert sequences[0][0] == tok.convert_tokens_to_ids("<|im_start|>")

@@ -39,13 +39,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from visalign.data.diffusion import PreferencePairs, SeededPairDataset, skip_marker
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip
+from visalign.errors import DataError
 from visalign.models.diffusion import encode_images, encode_prompts, sdxl_time_ids
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,23 @@ class ShardStore:
         self.num_shards = -(-num_items // shard_size)
         self._manifest = self.dir / MANIFEST
         if self._manifest.is_file():
-            stored = json.loads(self._manifest.read_text())
+            try:
+                stored = json.loads(self._manifest.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise DataError(f"{self._manifest}: corrupt cache manifest ({err}); delete {self.dir} to rebuild "
+                                "the cache") from None
             if stored.get("key") != json.loads(json.dumps(self.key)):
                 raise ValueError(f"{self._manifest}: its key does not match this run's key; delete {self.dir}")
 
     def shard_path(self, shard: int) -> Path:
         return self.dir / f"shard-{shard:05d}.safetensors"
+
+    def open(self, path: Path):
+        """``safe_open`` a shard for reading; a corrupt or truncated shard raises ``DataError`` naming it."""
+        try:
+            return safe_open(str(path), framework="pt")
+        except (SafetensorError, OSError) as err:
+            raise DataError(f"cache shard {path} is corrupt ({err}); delete {self.dir} to rebuild the cache") from None
 
     def missing_shards(self) -> list[int]:
         return [k for k in range(self.num_shards) if not self.shard_path(k).is_file()]
@@ -220,7 +232,7 @@ class LatentCache:
     def _shard_meta(self, path: Path) -> dict[str, torch.Tensor]:
         shard = int(path.stem.split("-")[1])
         if shard not in self._meta:
-            with safe_open(str(path), framework="pt") as handle:
+            with self.store.open(path) as handle:
                 meta = {name: handle.get_tensor(name) for name in handle.keys()
                         if not name.endswith((".chosen", ".rejected"))}
             meta["position"] = meta["valid"].long().cumsum(0) - 1
@@ -237,7 +249,7 @@ class LatentCache:
         if variant not in self.variants:
             raise ValueError(f"cache {self.store.dir} holds no flipped latents (built with random_flip=False)")
         position = int(meta["position"][row])
-        with safe_open(str(path), framework="pt") as handle:
+        with self.store.open(path) as handle:
             chosen, rejected = (handle.get_slice(f"{variant}.{side}")[position:position + 1][0]
                                 for side in ("chosen", "rejected"))
         sizes = meta["original_sizes"][row].tolist()
@@ -326,7 +338,7 @@ class TextEmbeddingCache:
         if caption not in self.rows:
             raise KeyError(f"caption {caption!r} is not in the text-embedding cache {self.store.dir}")
         path, row = self.store.locate(self.rows[caption])
-        with safe_open(str(path), framework="pt") as handle:
+        with self.store.open(path) as handle:
             hidden = handle.get_slice("hidden_states")[row:row + 1][0]
             pooled = handle.get_slice("pooled")[row:row + 1][0] if "pooled" in handle.keys() else None
         return hidden, pooled

@@ -49,6 +49,7 @@ from PIL import Image
 
 from visalign.data import mia_dpo
 from visalign.data.vlm import prompt_to_messages
+from visalign.data.vlm_collator import encode_prompts
 
 #: augmentation -> number of images -> ratio threshold (reference §B.3).
 DEFAULT_THRESHOLDS: dict[str, dict[int, float]] = {
@@ -73,6 +74,9 @@ class MIASelectConfig:
                                                                             DEFAULT_THRESHOLDS.items()})
     noise_sigma: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_NOISE))
     pip_fraction: float = field(default=16 / 24, metadata={"help": "side of the central pip region / map side"})
+    training_format: bool = field(
+        default=True, metadata={"help": "prompt with the model's BOS, as in training (VLMDPOConfig.training_format)"}
+    )
 
 
 def greedy_perplexity(scores: Sequence[torch.Tensor]) -> float:
@@ -194,14 +198,16 @@ def add_gaussian_noise(image: Image.Image, sigma: float, *, rng: np.random.Gener
 
 @torch.no_grad()
 def generate_with_attention(model, processor, images: list[Image.Image], prompt: str, *, layer: int,
-                            max_new_tokens: int) -> tuple[str, float, torch.Tensor, list[int]]:
-    """Greedy answer to ``prompt`` (``<image>`` placeholders) with attentions of ``layer``.
+                            max_new_tokens: int, training_format: bool = True
+                            ) -> tuple[str, float, torch.Tensor, list[int]]:
+    """Greedy answer to ``prompt`` (``<image>`` placeholders) with attentions of ``layer``, the prompt encoded as the
+    trainer's collator encodes it (``vlm_collator.encode_prompts``: BOS with ``training_format``).
 
     Returns ``(answer, greedy perplexity, [G, T] head-averaged attention rows of the queries that predicted each
     generated token, prompt token ids)``. The model must use eager attention (``attn_implementation="eager"``).
     """
     text = processor.apply_chat_template(prompt_to_messages(prompt, len(images)), add_generation_prompt=True)
-    inputs = processor(images=images, text=[text], return_tensors="pt", add_special_tokens=False)
+    inputs = encode_prompts(processor, [text], [images], training_format=training_format)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
     out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, output_attentions=True,
@@ -279,7 +285,7 @@ def build_mia_dpo(
             aug = mia_dpo.pad_to_square(aug, fill)
         answer, ppl, attn, prompt_ids = generate_with_attention(
             model, processor, _noisy(aug, config, np_rng), aug.question, layer=config.layer,
-            max_new_tokens=config.max_new_tokens,
+            max_new_tokens=config.max_new_tokens, training_format=config.training_format,
         )
         ratio = attention_ratio(attn, image_spans(prompt_ids, image_token_id), kind, aug.target, grid=aug.layout,
                                 pip_fraction=config.pip_fraction)

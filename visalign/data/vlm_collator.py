@@ -16,7 +16,16 @@ TRL 1.16's ``DataCollatorForVisionPreference`` (reference §C.5):
 Conversational rows are rendered with the processor's chat template; the completion is what ``prompt + completion``
 adds to the prompt text (TRL's rule). Plain rows are wrapped in the chat template too (one user turn, ``<image>``
 placeholders in place; RLHF-V and MIA-DPO trained in chat format) unless ``chat_template_for_plain=False``, which
-feeds them raw with EOS appended to the completions (TRL feeds raw text without EOS).
+feeds them raw.
+
+Prompt format (``training_format``, default on): the sequences follow the format the model trained with, not only
+the chat template's text. The prompt gets the special tokens the model's tokenizer adds itself (BOS for LLaVA's
+Llama tokenizer, none for Qwen2-VL's; never a second BOS when the template already writes one), and each completion
+ends with the model's end-of-turn token: EOS (``</s>`` for LLaVA-1.5, after the answer's trailing whitespace is
+dropped, as LLaVA's ``ASSISTANT: answer</s>``) unless the template already closes the turn with a special token
+(Qwen2-VL's ``<|im_end|>``, kept with its newline). The llava-hf chat template has neither BOS nor EOS; LLaVA,
+RLHF-V and MIA-DPO trained with both. ``training_format=False`` feeds the template's text as it is (TRL 1.16's
+format: no BOS, no EOS added).
 
 Checks, each naming the data set row: an unreadable image; images ≠ placeholders; after processing, each row's
 image tokens must equal the processor's own count for its images (``_get_num_multimodal_tokens``), which catches a
@@ -65,6 +74,24 @@ def load_images(example: dict[str, Any]) -> list:
     return images
 
 
+def encode_prompts(processor, prompts: list[str], images: list[list], *, training_format: bool = True):
+    """The processor's outputs for rendered prompt texts, left-padded; with ``training_format`` the tokenizer adds
+    its own special tokens (BOS for LLaVA), unless the texts already start with BOS (module docstring)."""
+    bos = processor.tokenizer.bos_token
+    add_special_tokens = training_format and not (bos and any(p.startswith(bos) for p in prompts))
+    return processor(images=images if any(images) else None, text=prompts, padding=True, padding_side="left",
+                     return_tensors="pt", add_special_tokens=add_special_tokens)
+
+
+def end_turn(completion: str, tokenizer) -> str:
+    """``completion`` closed with the model's end-of-turn token: as it is when it already ends with a special token
+    (Qwen2-VL's ``<|im_end|>``, then a newline), else without trailing whitespace and with EOS appended (LLaVA's
+    ``</s>``)."""
+    if tokenizer.eos_token is None or any(completion.rstrip().endswith(t) for t in tokenizer.all_special_tokens):
+        return completion
+    return completion.rstrip() + tokenizer.eos_token
+
+
 def flush_left(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop the leading columns that are padding in every row (``tensors[0]`` is the attention mask)."""
     mask = tensors[0]
@@ -82,12 +109,15 @@ class VisionPreferenceCollator:
         max_length: cap on prompt + completion tokens per row (completion end cut); ``None``: no cap.
         chat_template_for_plain: render plain string rows with the chat template (default) or feed them raw.
         dense_dpo: RLHF-V token weights to add as ``token_weights``; ``None``: none.
+        training_format: BOS and end-of-turn tokens as the model trained (default), or the template's text as it
+            is (TRL's format); module docstring.
     """
 
     processor: Any
     max_length: int | None = None
     chat_template_for_plain: bool = True
     dense_dpo: DenseDPOWeights | None = None
+    training_format: bool = True
 
     def __post_init__(self) -> None:
         self.tokenizer = getattr(self.processor, "tokenizer", None)
@@ -102,12 +132,17 @@ class VisionPreferenceCollator:
     # ------------------------------------------------------------------------------------------ text
 
     def render(self, example: dict[str, Any], num_images: int) -> tuple[str, str, str]:
-        """``(prompt, chosen, rejected)`` texts of one row."""
+        """``(prompt, chosen, rejected)`` texts of one row; with ``training_format`` the completions end the turn."""
+        prompt, *completions = self._texts(example, num_images)
+        if self.training_format:
+            completions = [end_turn(c, self.tokenizer) for c in completions]
+        return prompt, *completions
+
+    def _texts(self, example: dict[str, Any], num_images: int) -> tuple[str, str, str]:
         prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
         where = _where(example)
         if isinstance(prompt, str) and not self.chat_template_for_plain:
-            eos = self.tokenizer.eos_token or ""
-            return prompt, *(c if c.endswith(eos) else c + eos for c in (chosen, rejected))
+            return prompt, chosen, rejected
         if isinstance(prompt, str):
             prompt = prompt_to_messages(prompt, num_images)
         if isinstance(chosen, str):
@@ -128,12 +163,8 @@ class VisionPreferenceCollator:
         texts = [self.render(ex, len(imgs)) for ex, imgs in zip(examples, images)]
         b = len(examples)
         prompts = [t[0] for t in texts] * 2
-        all_images = images * 2
         try:
-            processed = self.processor(
-                images=all_images if any(all_images) else None, text=prompts, padding=True, padding_side="left",
-                return_tensors="pt", add_special_tokens=False,
-            )
+            processed = encode_prompts(self.processor, prompts, images * 2, training_format=self.training_format)
         except ValueError as exc:
             rows = ", ".join(_where(ex) for ex in examples)
             raise ValueError(f"{rows}: the processor rejected the batch (does a prompt text contain the image "

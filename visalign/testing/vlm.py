@@ -65,6 +65,18 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+#: ``llava-hf/llava-1.5-7b-hf``'s chat template (its ``chat_template.json``): ``USER: <image>\n... ASSISTANT:``, every
+#: turn's text followed by a space, images before text; no BOS and no EOS (LLaVA-1.5 trained with both).
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
 # LLaVA's vision tower: CLIP ViT at 30 px with 6 px patches, so one image is (30 / 6)^2 = 25 features after the
 # "default" strategy drops CLS (num_additional_image_tokens=1), as in §D.5.
 _LLAVA_IMAGE_SIZE = 30
@@ -142,17 +154,22 @@ def _init(model_cls, config, tokenizer: PreTrainedTokenizerFast, seed: int) -> P
 
 
 def tiny_llava(
-    *, hidden_size: int = 16, seed: int = 0, words: Iterable[str] = DEFAULT_WORDS
+    *, hidden_size: int = 16, seed: int = 0, words: Iterable[str] = DEFAULT_WORDS, hf_format: bool = False
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random LLaVA-1.5 (CLIP ViT tower, 2-layer MLP projector, Llama LM) and its ``LlavaProcessor``.
 
     One ``<image>`` expands to 25 image tokens; the chat template renders ``{"type": "image"}`` as ``<image>``
     (``SIMPLE_CHAT_TEMPLATE``: ``user : <image> ... assistant : ... </s>``). ``words`` is the tokenizer's vocabulary
-    (a larger one gives a realistic output-layer cost, e.g. for benchmarks).
+    (a larger one gives a realistic output-layer cost, e.g. for benchmarks). ``hf_format``: llava-1.5-7b-hf's text
+    format instead: its chat template (``LLAVA_HF_CHAT_TEMPLATE``, ``USER:``/``ASSISTANT:`` added to the words) and a
+    tokenizer that adds BOS, as LLaVA's Llama tokenizer does.
     """
-    tokenizer = _llava_tokenizer(words)
+    tokenizer = _llava_tokenizer((*words, "USER:", "ASSISTANT:") if hf_format else words)
     config = LlavaConfig(**_llava_config_kwargs(tokenizer, hidden_size))
     processor = _llava_processor(LlavaProcessor, clip_image_processor(_LLAVA_IMAGE_SIZE), tokenizer)
+    if hf_format:
+        processor.chat_template = tokenizer.chat_template = LLAVA_HF_CHAT_TEMPLATE
+        tokenizer.add_bos_token = True
     return _init(LlavaForConditionalGeneration, config, tokenizer, seed), processor
 
 
