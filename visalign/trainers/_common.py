@@ -10,10 +10,13 @@ checkpoint is written as ``checkpoint-<step>.tmp`` and renamed when complete, so
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,10 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from visalign.config_io import save_config
+from visalign.config_io import ConfigError, read_yaml_mapping, save_config
 from visalign.trainers.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -109,6 +114,66 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
         if match and path.is_dir() and (path / TRAINER_STATE).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def prepare_output_dir(config: TrainingConfig, *, is_main_process: bool = True) -> None:
+    """Check ``output_dir`` before any model loads: it must be writable (it is created if missing) and, on a fresh
+    run (``resume_from`` unset), empty, so another run's checkpoints, model card and metrics are never mixed with this
+    run's, unless ``overwrite_output_dir``, which removes the old ``checkpoints/`` and ``metrics.jsonl`` (the rest is
+    overwritten when this run saves)."""
+    if not is_main_process:
+        return
+    out = Path(config.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise ConfigError(f"output_dir {str(out)!r} is not writable ({exc}); pass a writable --output_dir") from None
+    if config.resume_from is not None:
+        return
+    if not config.overwrite_output_dir:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            raise ConfigError(
+                f"output_dir {str(out)!r} is not empty (holds {', '.join(entries[:5])}"
+                f"{', ...' if len(entries) > 5 else ''}): pass an empty or new --output_dir, --resume_from latest to "
+                "continue the run there, or --overwrite_output_dir true to replace it")
+        return
+    if checkpoints_root(out).is_dir():
+        shutil.rmtree(checkpoints_root(out))
+    (out / METRICS_FILE).unlink(missing_ok=True)
+
+
+#: Config keys a resumed run may change; each is applied (the learning-rate schedule is re-evaluated at the resumed
+#: step from the new config) and logged. Any other change (data, model, LoRA, loss, β, batch layout, ...) is refused.
+RESUME_CHANGEABLE = frozenset({
+    "output_dir", "resume_from", "overwrite_output_dir", "learning_rate", "lr_scheduler", "warmup_steps",
+    "max_steps", "num_epochs", "max_grad_norm", "max_nonfinite_steps", "gradient_checkpointing",
+    "dataloader_num_workers", "logging_steps", "save_steps", "save_total_limit", "report_to", "eval_dataset",
+    "eval_split", "eval_batch_size", "dataset_num_proc", "precompute_ref_batch_size", "attn_implementation",
+    "trust_remote_code", "vae_encode_batch_size", "cache_dir", "validation_prompts", "validation_steps",
+    "validation_seed", "validation_inference_steps", "validation_guidance_scale", "sample_batch_size",
+    "eval_prompts", "eval_prompts_split", "num_eval_prompts", "eval_seeds", "eval_seed", "bootstrap_resamples",
+})
+
+
+def resume_config_changes(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> dict[str, tuple]:
+    """``{key: (checkpoint's value, this run's value)}`` of the keys a resume from ``checkpoint`` changes (keys missing
+    on one side, from another visalign version, are not compared). Raises ``ConfigError`` naming every change
+    outside :data:`RESUME_CHANGEABLE`, first of all another method (a text checkpoint given to a diffusion run)."""
+    if saved.get("method") != current.get("method"):
+        raise ConfigError(
+            f"{checkpoint} was written by a method {saved.get('method')!r} run, this is a {current.get('method')!r} "
+            "run: resume with the checkpoint's method, or start a fresh run in another --output_dir")
+    changed = {key: (saved[key], current[key]) for key in sorted(saved.keys() & current.keys())
+               if saved[key] != current[key]}
+    refused = [key for key in changed if key not in RESUME_CHANGEABLE]
+    if refused:
+        listed = "; ".join(f"{key} {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused)
+        raise ConfigError(
+            f"cannot resume from {checkpoint} with a changed {listed}: set them back to the checkpoint's values "
+            "(its config.yaml), or start a fresh run in another --output_dir")
+    return changed
 
 
 def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | None:
@@ -256,3 +321,16 @@ def weighted_means(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, 
             sums[key] = sums.get(key, 0.0) + weight * float(value)
             weights[key] = weights.get(key, 0.0) + weight
     return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+
+
+def device_mixed_precision(args: TrainingConfig) -> TrainingConfig:
+    """``args`` with a ``mixed_precision`` the device computes, decided before any model loads: fp16 on a CPU
+    (every diffusion recipe sets it for GPUs) trains in fp32 instead, said in one warning line; bf16 on a CPU stays."""
+    from accelerate import PartialState
+
+    device = PartialState().device
+    if args.mixed_precision != "fp16" or device.type != "cpu":
+        return args
+    logger.warning("mixed_precision fp16 needs a GPU; training on the CPU in fp32 instead (--mixed_precision bf16 "
+                   "for bfloat16 on a CPU)")
+    return dataclasses.replace(args, mixed_precision="no")

@@ -44,16 +44,19 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from visalign.config_io import config_to_dict, save_config
+from visalign.config_io import ConfigError, config_to_dict, read_yaml_mapping, save_config
 from visalign.trainers._common import (
     CONFIG_FILE,
     MetricsLog,
+    device_mixed_precision,
     make_optimizer,
     make_scheduler,
+    prepare_output_dir,
     prune_checkpoints,
     read_trainer_state,
     register_trainable_state_hooks,
     resolve_resume,
+    resume_config_changes,
     save_checkpoint,
     total_optimizer_steps,
     weighted_means,
@@ -75,7 +78,7 @@ class Trainer:
     """
 
     def __init__(self, args: TrainingConfig) -> None:
-        self.args = args
+        self.args = args = device_mixed_precision(args)
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=args.trackers or None,
@@ -83,8 +86,10 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         register_trainable_state_hooks(self.accelerator)
+        prepare_output_dir(args, is_main_process=self.accelerator.is_main_process)  # before any model loads
         set_seed(args.seed)
         self.train_dataset, self.eval_dataset = self.build_datasets()
+        set_seed(args.seed)  # weight init (a LoRA) must not depend on what preparing the data drew (filling a cache)
         model = self.build_model()
         if args.gradient_checkpointing:
             self.enable_gradient_checkpointing(model)
@@ -299,18 +304,36 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        checkpoint = resolve_resume(self.args.output_dir, self.args.resume_from)
+        """Restore the checkpoint ``resume_from`` names after checking it against this run: same method and settings
+        but for :data:`RESUME_CHANGEABLE` keys (applied: the schedule is re-evaluated from this run's config), and not
+        past this run's last step."""
+        args = self.args
+        checkpoint = resolve_resume(args.output_dir, args.resume_from)
         if checkpoint is None:
-            if self.args.resume_from == "latest":
-                logger.info("resume_from=latest: no checkpoint in %s yet, starting from step 0", self.args.output_dir)
+            if args.resume_from == "latest":
+                logger.info("resume_from=latest: no checkpoint in %s yet, starting from step 0", args.output_dir)
             return
-        self.accelerator.load_state(str(checkpoint))
-        self.resumed_from = checkpoint
+        changes = resume_config_changes(read_yaml_mapping(checkpoint / CONFIG_FILE),
+                                        config_to_dict(self.resolved_config()), checkpoint)
         state = read_trainer_state(checkpoint)
+        if state["step"] > self.total_steps:
+            raise ConfigError(
+                f"{checkpoint} is at step {state['step']}, past this run's last step {self.total_steps} (max_steps "
+                f"{args.max_steps}, num_epochs {args.num_epochs}): raise max_steps, resume from an earlier checkpoint, "
+                "or start a fresh run in another --output_dir")
+        self.accelerator.load_state(str(checkpoint))
+        scheduler = self.lr_scheduler.scheduler
+        scheduler.base_lrs = [args.learning_rate for _ in scheduler.base_lrs]
+        scheduler.last_epoch -= 1
+        scheduler.step()  # the learning rate of this step again, from this run's learning_rate and schedule
+        self.resumed_from = checkpoint
         self.global_step = state["step"]
         self.nonfinite_total = state["nonfinite_total"]
         self._nonfinite_streak = state["nonfinite_streak"]
         logger.info("resumed from %s at step %d", checkpoint, self.global_step)
+        for key, (old, new) in changes.items():
+            if key != "resume_from":
+                logger.warning("resumed with %s changed from %r to %r (applied)", key, old, new)
 
     # ------------------------------------------------------------------------------------------------------
     # evaluation

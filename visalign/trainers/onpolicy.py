@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from visalign.evaluation.pairs import check_pair_options
+from visalign.trainers._common import prepare_output_dir
 from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def summarise(section: dict[str, Any]) -> dict[str, float]:
 def run(config: OnPolicyConfig) -> dict[str, float]:
     """Sample pairs, train, evaluate (module docstring); prints the before/after figures and returns them with the
     training metrics."""
+    prepare_output_dir(config)  # writable, and empty unless resuming or overwriting: before sampling
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seconds = {}
     started = time.perf_counter()
@@ -166,7 +168,8 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     print(f"[2/3] training {config.loss_type} (beta {config.beta}) with LoRA r{config.lora_r} for "
           f"{config.max_steps} steps", flush=True)
     output = Path(config.output_dir)
-    training = dataclasses.replace(config, dataset=str(output / PAIRS_DIR),
+    # overwrite_output_dir: the folder was checked above and now holds this run's pairs
+    training = dataclasses.replace(config, dataset=str(output / PAIRS_DIR), overwrite_output_dir=True,
                                    cache_dir=config.cache_dir or str(output / CACHE_DIR))
     train_metrics = DiffusionTrainer(training).train()
     seconds["train_s"], started = time.perf_counter() - started, time.perf_counter()
