@@ -227,3 +227,20 @@ def test_the_cached_dataset_works_in_dataloader_workers(sdxl, tmp_path):
         assert a["captions_chosen"] == b["captions_chosen"]
         for key in ("latents", "prompt_embeds", "pooled_prompt_embeds", "time_ids"):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_a_corrupt_shard_or_manifest_is_named_with_the_fix(sd, tmp_path):
+    pairs = write_pairs(tmp_path / "data", n=2)
+    transform = PairTransform(RES)
+    cached = build(pairs, sd, tmp_path / "cache", transform)
+    latent_shard, text_shard = cached.latents.store.shard_path(0), cached.texts.store.shard_path(0)
+    for shard in (latent_shard, text_shard):
+        shard.write_bytes(shard.read_bytes()[:100])  # a half-written file, e.g. a full disk
+    reopened = build(pairs, sd, tmp_path / "cache", transform)  # shards exist: nothing is re-encoded
+    with pytest.raises(ValueError, match=rf"cache shard {latent_shard} is corrupt .*delete {latent_shard.parent}"):
+        reopened.latents.get(0, False)
+    with pytest.raises(ValueError, match=rf"cache shard {text_shard} is corrupt"):
+        cached.texts.get(CAPTIONS[0])
+    (latent_shard.parent / "manifest.json").write_text('{"key": ')
+    with pytest.raises(ValueError, match=r"manifest\.json: corrupt cache manifest .*delete"):
+        build(pairs, sd, tmp_path / "cache", transform)
