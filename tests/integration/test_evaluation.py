@@ -55,6 +55,19 @@ def pipeline(models):
     return load_pipeline(models["base"])
 
 
+def test_load_pipeline_with_a_lora_shows_no_noise(models, capfd):
+    # No nested per-text-encoder "Loading weights" bars, no diffusers "No LoRA keys associated to CLIPTextModel"
+    # for a UNet-only LoRA; transformers' bars are back on afterwards.
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
+    pipe = load_pipeline(models["base"], lora=models["lora"])
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" in err  # diffusers' own bar stays
+    assert "Loading weights" not in err and "No LoRA keys" not in err, err[-800:]
+    assert hf_logging.is_progress_bar_enabled() and pipe.get_list_adapters() == {"unet": ["default_0"]}
+
+
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 

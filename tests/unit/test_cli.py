@@ -138,6 +138,29 @@ def test_console_script_help_is_lazy():
     assert "usage: visalign" in result.stdout and "LOADED []" in result.stdout
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--config", "sdxl-dpo-lora", "--help"],
+                                  ["--config", "llava-dpo", "--print-config"]])
+def test_train_help_and_print_config_do_not_import_heavy_modules(argv):
+    # peft (which loads bitsandbytes) and diffusers cost seconds at import; resolving a config needs neither.
+    code = (
+        "import sys\n"
+        "from visalign.cli.main import main\n"
+        f"assert main(['train', *{argv!r}]) == 0\n"
+        "print('LOADED', sorted(m for m in ('peft', 'diffusers', 'bitsandbytes') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout, result.stdout[-500:]
+
+
+def test_lr_scheduler_names_match_transformers():
+    from transformers import SchedulerType
+
+    from visalign.trainers.config import LR_SCHEDULERS
+
+    assert LR_SCHEDULERS == tuple(s.value for s in SchedulerType)
+
+
 # ---------------------------------------------------------------- visalign env
 
 

@@ -121,6 +121,7 @@ def load_pipeline(model: str, *, lora: str | None = None, device: str | torch.de
     from diffusers import DiffusionPipeline
 
     from reward_models import resolve_dtype
+    from visalign._quiet import dropped_messages, transformers_bars_off
     from visalign.models.builtin import resolve_model
 
     model = resolve_model(model)
@@ -129,9 +130,12 @@ def load_pipeline(model: str, *, lora: str | None = None, device: str | torch.de
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
     if "safety_checker" in DiffusionPipeline.load_config(model):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipeline = DiffusionPipeline.from_pretrained(model, **kwargs)
+    with transformers_bars_off():  # one "Loading pipeline components" bar, not one more per text encoder inside it
+        pipeline = DiffusionPipeline.from_pretrained(model, **kwargs)
     if lora is not None:
-        pipeline.load_lora_weights(lora)
+        # A UNet-only LoRA (what visalign trains) makes diffusers warn, per text encoder, that it has no keys for it.
+        with dropped_messages("diffusers.loaders.lora_base", "No LoRA keys associated to"):
+            pipeline.load_lora_weights(lora)
     return pipeline.to(device)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from visalign.models.diffusion import SDXL, DiffusionComponents
@@ -47,6 +46,8 @@ class ValidationSettings:
 
 def build_pipeline(components: DiffusionComponents, unet: torch.nn.Module):
     """A ``StableDiffusion[XL]Pipeline`` over ``unet`` and the frozen components, sampling with DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
     scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
     if components.family == SDXL:
         return StableDiffusionXLPipeline(

@@ -17,22 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from huggingface_hub import save_torch_state_dict
-from peft.utils import get_peft_model_state_dict
 
 from visalign.models.diffusion import SD, SDXL
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_SUBFOLDER = "unet"
-_PIPELINES = {SD: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
+_PIPELINES = {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline"}
 
 
-def _pipeline_class(family: str):
+def _pipeline_name(family: str) -> str:
     if family not in _PIPELINES:
         raise ValueError(f"unknown diffusion model family {family!r}; expected one of {sorted(_PIPELINES)}")
     return _PIPELINES[family]
+
+
+def _pipeline_class(family: str):
+    import diffusers  # here, not at import: diffusers (and the bitsandbytes it loads) takes seconds
+
+    return getattr(diffusers, _pipeline_name(family))
 
 
 def has_lora(unet: torch.nn.Module) -> bool:
@@ -46,6 +49,9 @@ def unet_lora_state_dict(unet: torch.nn.Module, state_dict: Mapping[str, torch.T
     ``state_dict``: the full state dict to take them from (e.g. ``accelerator.get_state_dict`` under FSDP/DeepSpeed);
     default ``unet.state_dict()``.
     """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
     if not has_lora(unet):
         raise ValueError("unet_lora_state_dict: the UNet has no LoRA adapter (set one up with unet.add_adapter)")
     peft_state = get_peft_model_state_dict(unet, state_dict=None if state_dict is None else dict(state_dict))
@@ -110,7 +116,7 @@ def write_model_card(
 ) -> Path:
     """Write ``output_dir/README.md``: front matter (``base_model``, ``library_name: diffusers``, tags), how to load
     the result, and the training ``settings`` (e.g. the resolved config's method-relevant keys)."""
-    pipeline = _pipeline_class(family).__name__
+    pipeline = _pipeline_name(family)
     tags = ["text-to-image", "diffusers", "visalign", method, "stable-diffusion-xl" if family == SDXL else
             "stable-diffusion"]
     if lora:

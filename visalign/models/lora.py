@@ -8,8 +8,8 @@ gets ``task_type="CAUSAL_LM"``, so the adapter folder reloads with ``AutoPeftMod
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,7 +52,9 @@ def apply_lora(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=init_lora_weights,
         task_type="CAUSAL_LM" if hasattr(model, "generate") and hasattr(model, "get_output_embeddings") else None,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing for a user to change
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
