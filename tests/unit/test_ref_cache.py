@@ -71,6 +71,15 @@ def test_second_run_reuses_the_cache_file(tmp_path, tok, pairs, collator):
     assert "ref_chosen_token_logps" not in second.column_names
 
 
+def test_a_corrupt_cache_file_is_named(tmp_path, tok, pairs, collator):
+    model = tiny_llama(tok)
+    attach_reference_logps(pairs, model, collator, batch_size=4, cache_dir=tmp_path)
+    (path,) = cache_files(tmp_path)
+    path.write_bytes(path.read_bytes()[:40])  # half-written
+    with pytest.raises(ValueError, match=rf"reference cache {path} is corrupt .*delete the file"):
+        attach_reference_logps(pairs, model, collator, batch_size=4, cache_dir=tmp_path)
+
+
 def test_other_model_data_or_options_get_their_own_cache(tmp_path, tok, pairs, collator):
     model = tiny_llama(tok)
     base = attach_reference_logps(pairs, model, collator, batch_size=4, cache_dir=tmp_path)

@@ -33,11 +33,13 @@ from pathlib import Path
 
 import datasets
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from visalign.data.text import PAIRED_TOKEN_COLUMNS, dataset_fingerprint
+from visalign.errors import DataError
 from visalign.likelihood.text import pair_loglik
 from visalign.losses.types import PairLogLik
 from visalign.models.builtin import visalign_cache_dir
@@ -151,7 +153,10 @@ def _as_tensors(columns: dict[str, list]) -> dict[str, torch.Tensor]:
 
 def _read_cache(path: Path, dataset: datasets.Dataset, *, per_token: bool, name: str) -> dict[str, list]:
     """The columns stored in ``path``; per-token values are split back into rows by the completion lengths."""
-    values = load_file(path)
+    try:
+        values = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"reference cache {path} is corrupt ({err}); delete the file to recompute it") from None
     if values["ref_chosen_logps"].numel() != len(dataset):
         raise ValueError(f"reference cache {path} has {values['ref_chosen_logps'].numel()} rows, {name} has "
                          f"{len(dataset)}; delete the file")
