@@ -258,6 +258,7 @@ def test_dcpo_without_per_side_captions_fails_before_any_model_loads(tmp_path):
     (dict(method="mapo"), "use .*MaPOConfig|each method has its config"),
     (dict(reference="precomputed"), "reference must be"),
     (dict(loss_type="kto"), r"DiffusionConfig: loss 'kto' needs unpaired data, but this family trains on pairs"),
+    (dict(sdxl_time_ids="res"), r"sdxl_time_ids must be true_size \| square_resolution; got 'res'"),
     (dict(loss_type=["sigmoid", "kto"]), r"loss 'kto' needs unpaired data"),
 ])
 def test_config_errors_name_the_key(overrides, message):

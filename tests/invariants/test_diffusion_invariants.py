@@ -111,6 +111,18 @@ def test_sdxl_time_ids_carry_each_images_true_size_and_the_shared_crop(sdxl, tmp
     torch.testing.assert_close(calls[0][1]["added_cond_kwargs"]["time_ids"], expected)
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+def test_sdxl_square_resolution_time_ids_are_the_launchers_res_res_0_0_res_res(sdxl, tmp_path, cached):
+    data = write_pairs(tmp_path / "sizes", ["a red square"], sizes=((32, 48), (40, 40)))
+    t = trainer(model=sdxl, dataset=data, output_dir=str(tmp_path / "out"), per_device_batch_size=1,
+                random_flip=False, use_lora=True, sdxl_time_ids="square_resolution",
+                cache_dir=str(tmp_path / "cache") if cached else None)
+    calls = count_unet_calls(t.accelerator.unwrap_model(t.model))
+    t.compute_loss(first_batch(t))
+    expected = torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)  # Salesforce / InPO / DCPO: (res, res, 0, 0, res, res)
+    torch.testing.assert_close(calls[0][1]["added_cond_kwargs"]["time_ids"], expected)
+
+
 def test_inpo_noise_is_reparametrised_per_image_with_t_shared_in_the_pair(sd15, pairs, tmp_path):
     t = trainer(InPOConfig, model=sd15, dataset=pairs, output_dir=str(tmp_path), use_lora=True, inversion_steps=3)
     batch = first_batch(t)

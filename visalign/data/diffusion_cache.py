@@ -352,12 +352,13 @@ class CachedDiffusionPreferenceDataset(SeededPairDataset):
     """
 
     def __init__(self, pairs: PreferencePairs, latents: LatentCache, texts: TextEmbeddingCache, *,
-                 caption_dropout: float = 0.0, seed: int = 0):
+                 caption_dropout: float = 0.0, seed: int = 0, time_id_convention: str = "true_size"):
         if latents.store.num_items != len(pairs):
             raise ValueError(f"latent cache {latents.store.dir} holds {latents.store.num_items} pairs; the data has "
                              f"{len(pairs)}")
         super().__init__(pairs, caption_dropout=caption_dropout, seed=seed)
         self.latents, self.texts = latents, texts
+        self.time_id_convention = time_id_convention
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         captions, augmentation_rng = self.draw(index)
@@ -373,7 +374,7 @@ class CachedDiffusionPreferenceDataset(SeededPairDataset):
                 item[f"pooled_prompt_embeds_{side}"] = pooled
                 res = self.latents.resolution
                 item[f"time_ids_{side}"] = sdxl_time_ids([item[f"original_size_{side}"]], [item["crop_top_left"]],
-                                                         (res, res))[0]
+                                                         (res, res), convention=self.time_id_convention)[0]
         return item
 
 
@@ -391,10 +392,13 @@ def cached_preference_dataset(
     text_batch_size: int = 64,
     num_workers: int = 0,
     latent_dtype: torch.dtype = torch.float32,
+    time_id_convention: str = "true_size",
 ) -> CachedDiffusionPreferenceDataset:
-    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset."""
+    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset (SDXL time ids by
+    ``time_id_convention``, one of ``visalign.models.diffusion.SDXL_TIME_IDS``)."""
     latents = LatentCache.build(pairs, transform, vae, cache_dir, vae_batch_size=vae_batch_size,
                                 num_workers=num_workers, dtype=latent_dtype)
     texts = TextEmbeddingCache.build([*pairs.captions_chosen, *pairs.captions_rejected], text_encoders, tokenizers,
                                      cache_dir, batch_size=text_batch_size)
-    return CachedDiffusionPreferenceDataset(pairs, latents, texts, caption_dropout=caption_dropout, seed=seed)
+    return CachedDiffusionPreferenceDataset(pairs, latents, texts, caption_dropout=caption_dropout, seed=seed,
+                                            time_id_convention=time_id_convention)

@@ -7,6 +7,7 @@ mismatched weight keys raise.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,14 +15,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from visalign.models.builtin import resolve_model
+from visalign.config_io import ConfigError
+from visalign.models.builtin import is_builtin, resolve_model
 
 if TYPE_CHECKING:  # imported where models load, so `visalign train --help` does not pay for diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+logger = logging.getLogger(__name__)
+
 SD = "sd"
 SDXL = "sdxl"
 SDXL_NUM_TIME_IDS = 6  # (orig_h, orig_w, crop_top, crop_left, target_h, target_w); the refiner's 5 are unsupported
+#: SDXL time-id conventions (:func:`sdxl_time_ids`): ``true_size``, each image's true original size and crop (the
+#: diffusers port, MaPO); ``square_resolution``, ``(res, res, 0, 0, res, res)`` for every image (Salesforce
+#: Diffusion-DPO, InPO, SmPO, DCPO; reference ``diffusion-methods.md`` §14).
+SDXL_TIME_IDS = ("true_size", "square_resolution")
 
 
 def detect_family(unet_config) -> str:
@@ -78,7 +86,8 @@ def load_diffusion_components(
             ``weight_dtype`` for LoRA, whose trainable parameters the LoRA setup upcasts).
         weight_dtype: dtype of the frozen text encoders (and of a user-given VAE, see ``vae_dtype``).
         vae: hub id or folder of a separate, fp16-safe VAE (e.g. ``madebyollin/sdxl-vae-fp16-fix``), loaded from
-            ``vae_subfolder``; default: the checkpoint's own ``vae`` subfolder.
+            ``vae_subfolder``; default: the checkpoint's own ``vae`` subfolder. Its latent channels must be the
+            UNet's input channels; a ``builtin:NAME`` model keeps its own VAE (one warning line says so).
         vae_dtype: default fp32 for the checkpoint's own VAE (the stock SDXL VAE overflows in fp16, diffusers
             PR #4038), ``weight_dtype`` for a user-given VAE.
         device: where to put every component (default: leave on CPU for the trainer / accelerate to place).
@@ -88,6 +97,10 @@ def load_diffusion_components(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+    if vae is not None and is_builtin(model):
+        logger.warning("%s ships the VAE its UNet was trained with; ignoring vae=%s (a recipe's VAE is for the model "
+                       "the recipe names)", model, vae)
+        vae = None
     model = resolve_model(model, revision=revision)
     common = {"revision": revision, "variant": variant}
     unet = _load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
@@ -109,6 +122,7 @@ def load_diffusion_components(
     )
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", revision=revision)
     _check_dimensions(str(model), family, unet, text_encoders)
+    _check_vae(str(model), vae, vae_model, unet)
 
     for frozen in (vae_model, *text_encoders):
         frozen.requires_grad_(False).eval()
@@ -116,6 +130,14 @@ def load_diffusion_components(
         for module in (unet, vae_model, *text_encoders):
             module.to(device)
     return DiffusionComponents(family, unet, vae_model, text_encoders, tokenizers, scheduler)
+
+
+def _check_vae(model: str, vae: str | os.PathLike | None, vae_model: AutoencoderKL, unet) -> None:
+    """A separate VAE must make the latents the UNet takes (its ``latent_channels`` are the UNet's ``in_channels``)."""
+    if vae is not None and vae_model.config.latent_channels != unet.config.in_channels:
+        raise ConfigError(f"vae {os.fspath(vae)!r} does not fit {model}: it makes {vae_model.config.latent_channels}-"
+                          f"channel latents, the UNet takes {unet.config.in_channels}; pass --vae none for the "
+                          "model's own VAE")
 
 
 def _check_dimensions(model: str, family: str, unet, text_encoders) -> None:
@@ -200,17 +222,24 @@ def _pairs(name: str, values, n: int | None) -> torch.Tensor:
     return tensor
 
 
-def sdxl_time_ids(original_sizes, crop_top_lefts, target_size) -> torch.Tensor:
+def sdxl_time_ids(original_sizes, crop_top_lefts, target_size, *, convention: str = "true_size") -> torch.Tensor:
     """``[N, 6]`` fp32 SDXL micro-conditioning per image (Podell et al. 2023 §2.2):
     ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``.
 
     ``original_sizes`` and ``crop_top_lefts`` are per image (each image's true size before resizing and its crop
-    offset, as the diffusers port records them, not Salesforce's hard-coded ``(res, res, 0, 0, res, res)``);
-    ``target_size`` is one ``(h, w)`` for all images or one per image.
+    offset, as the diffusers port records them); ``target_size`` is one ``(h, w)`` for all images or one per image.
+    ``convention="square_resolution"`` ignores them and gives ``(target, 0, 0, target)``, the launchers' hard-coded
+    ``(res, res, 0, 0, res, res)`` (:data:`SDXL_TIME_IDS`).
     """
+    if convention not in SDXL_TIME_IDS:
+        raise ValueError(f"sdxl_time_ids: convention must be one of {SDXL_TIME_IDS}; got {convention!r}")
     original = _pairs("original_sizes", original_sizes, None)
     n = original.shape[0]
-    return torch.cat([original, _pairs("crop_top_lefts", crop_top_lefts, n), _pairs("target_size", target_size, n)], 1)
+    target = _pairs("target_size", target_size, n)
+    crops = _pairs("crop_top_lefts", crop_top_lefts, n)
+    if convention == "square_resolution":
+        original, crops = target, torch.zeros_like(crops)
+    return torch.cat([original, crops, target], 1)
 
 
 @torch.no_grad()
@@ -246,3 +275,14 @@ def encode_images(
             "VAE (e.g. madebyollin/sdxl-vae-fp16-fix)"
         )
     return latents
+
+
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Pixels in ``[-1, 1]`` (fp32) of latents scaled as :func:`encode_images` makes them, decoded in the VAE's own
+    dtype with autocast off (whatever dtype the sampler left the latents in), as the inverse
+    ``z = latents / scaling_factor + shift_factor``."""
+    shift = vae.config.get("shift_factor") or 0.0
+    z = latents.float() / vae.config.scaling_factor + shift
+    with torch.autocast(device_type=vae.device.type, enabled=False):
+        return vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample.float()

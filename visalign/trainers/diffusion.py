@@ -11,7 +11,7 @@ One trainer; a method is a choice along the four axes of DESIGN.md:
 
 Per micro-batch of B pairs (rows ``[chosen; rejected]``): latents (VAE posterior mean, or the latent cache), prompt
 embeddings (encoded per step, or the text cache; DCPO conditions each side on its own caption, SDXL adds each image's
-pooled embedding and true-size time ids), one noised point per image from the noise source, ONE policy UNet forward
+pooled embedding and time ids), one noised point per image from the noise source, ONE policy UNet forward
 over the 2B samples, one no-grad reference forward on the same inputs, then ``preference_loss`` on the ELBO surrogate
 ``-0.5·MSE`` (Diffusion-DPO Eq. 14 / Supp. Eq. 46; reference ``diffusion-methods.md`` §2–§5, §7, §10).
 
@@ -27,8 +27,9 @@ Where we differ from the reference code, on purpose:
   batches the inversion forwards per pair (2 images), which costs nothing at the papers' per-device batch of 1.
 - Latents are the VAE posterior mean (``sample=False``), the same tensors the latent cache stores, so cached and
   uncached runs agree; the scripts draw a posterior sample per step (a difference far below the diffusion noise).
-- SDXL time ids carry each image's true original size and crop (as the diffusers port), not ``(res, res, 0, 0,
-  res, res)`` (Salesforce, InPO, DCPO).
+- SDXL time ids carry each image's true original size and crop by default (``sdxl_time_ids: true_size``, as the
+  diffusers port and MaPO); ``square_resolution`` gives the ``(res, res, 0, 0, res, res)`` of Salesforce, InPO and
+  DCPO, used by the recipes that reproduce those launchers (``sdxl-dpo``, ``sdxl-inpo``).
 - DCPO on SD 2.1 keeps the scheduler's v-prediction (the DCPO code forces epsilon, reference §10.1).
 - The LoRA is added the diffusers way (``unet.add_adapter(LoraConfig)``, gaussian init, r = alpha by default, the
   port's targets) rather than by wrapping it in a ``PeftModel`` (``visalign.models.lora.apply_lora``), so the result
@@ -64,8 +65,8 @@ from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pai
 from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
 from visalign.losses import preference_loss
 from visalign.losses.types import to_floats
-from visalign.models.diffusion import SDXL, DiffusionComponents, encode_images, encode_prompts, sdxl_time_ids
-from visalign.models.diffusion import load_diffusion_components
+from visalign.models.diffusion import SDXL, SDXL_TIME_IDS, DiffusionComponents, encode_images, encode_prompts
+from visalign.models.diffusion import load_diffusion_components, sdxl_time_ids
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
 from visalign.reference import Reference, make_reference
 from visalign.trainers._common import CONFIG_FILE
@@ -139,6 +140,11 @@ class DiffusionConfig(PreferenceConfig):
     resolution: int | None = field(
         default=None, metadata=_help("training resolution in pixels; none = the UNet's native size (SD1.5 512, "
                                      "SDXL 1024)"))
+    sdxl_time_ids: str = field(
+        default="true_size",
+        metadata=_help(f"SDXL micro-conditioning: {' | '.join(SDXL_TIME_IDS)} (true_size: each image's true size and "
+                       "crop, the diffusers port and MaPO; square_resolution: (res, res, 0, 0, res, res), the "
+                       "Salesforce, InPO and DCPO launchers)"))
     center_crop: bool = field(default=True, metadata=_help("centre crop (true) or random crop (false) of the pair"))
     random_flip: bool = field(default=True, metadata=_help("flip both images of a pair with probability 0.5"))
     caption_dropout: float = field(
@@ -175,6 +181,7 @@ class DiffusionConfig(PreferenceConfig):
         checks = [
             (self.reference in DIFFUSION_REFERENCES, "reference", " | ".join(DIFFUSION_REFERENCES), self.reference),
             (self.data_schema in SCHEMAS, "data_schema", " | ".join(SCHEMAS), self.data_schema),
+            (self.sdxl_time_ids in SDXL_TIME_IDS, "sdxl_time_ids", " | ".join(SDXL_TIME_IDS), self.sdxl_time_ids),
             (self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "resolution",
              "none or a positive multiple of 8 (the VAE downsamples by 8)", self.resolution),
             (0.0 <= self.caption_dropout <= 1.0, "caption_dropout", "in [0, 1]", self.caption_dropout),
@@ -372,7 +379,7 @@ class DiffusionTrainer(Trainer):
                     train_pairs, transform, self.components.vae, self.components.text_encoders,
                     self.components.tokenizers, args.cache_dir, caption_dropout=args.caption_dropout, seed=args.seed,
                     vae_batch_size=args.vae_encode_batch_size, num_workers=args.dataloader_num_workers,
-                    latent_dtype=getattr(torch, args.cache_latent_dtype),
+                    latent_dtype=getattr(torch, args.cache_latent_dtype), time_id_convention=args.sdxl_time_ids,
                 )
         held_out = None
         if eval_pairs is not None:
@@ -479,7 +486,7 @@ class DiffusionTrainer(Trainer):
             time_ids = batch["time_ids"]
         else:
             time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"],
-                                     (self.resolution, self.resolution))
+                                     (self.resolution, self.resolution), convention=self.args.sdxl_time_ids)
         return UNetCond(hidden.to(device), pooled.to(device), time_ids.to(device))
 
     def _noised(self, latents: torch.Tensor, cond: UNetCond, indices: list[int]) -> NoisedLatents:
