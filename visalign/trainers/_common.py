@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
@@ -233,7 +234,10 @@ def register_trainable_state_hooks(accelerator: Accelerator) -> None:
             path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing from the checkpoint; resume from another checkpoint")
-            state = load_file(path)
+            try:
+                state = load_file(path)
+            except (SafetensorError, OSError) as err:
+                raise ValueError(f"{path} is corrupt ({err}); resume from another checkpoint") from None
             expected = set(model.state_dict()) - _frozen_parameters(model)
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             if missing or unexpected:
