@@ -125,13 +125,23 @@ def pickapic_dir(tmp_path):
 def test_pickapic_puts_the_winner_first_and_drops_ties(pickapic_dir):
     rows = pickapic_rows([1.0, 0.0, 0.5, 1.0, 0.5])
     pairs = load_preference_pairs(str(pickapic_dir))
-    assert pairs.report == {"rows": 5, "pairs": 3, "ties": 2, "ties_dropped": 2}
+    assert pairs.report == {"rows": 5, "pairs": 3, "ties": 2, "ties_dropped": 2, "unlabelled_dropped": 0}
     assert len(pairs) == 3 and pairs.source_rows.tolist() == [0, 1, 3]
     # row 1 has label_0 = 0: jpg_1 won, so it is the chosen image
     assert pairs.image_refs(1) == (rows[1]["jpg_1"], rows[1]["jpg_0"])
     assert pairs.image_refs(0) == (rows[0]["jpg_0"], rows[0]["jpg_1"])
     assert pairs.image_refs(2) == (rows[3]["jpg_0"], rows[3]["jpg_1"])
     assert pairs.captions_chosen == pairs.captions_rejected == ["caption 0", "caption 1", "caption 3"]
+
+
+def test_pickapic_drops_rows_relabel_left_without_a_preference(tmp_path):
+    """`visalign relabel` writes label_0 = NaN where the judge's answer did not parse: such a row is no tie and no
+    pair; it is dropped and counted apart, with or without keep_ties."""
+    pickapic_rows([1.0, float("nan"), 0.5, 0.0]).save_to_disk(str(tmp_path / "relabelled"))
+    for keep_ties, kept in ((False, [0, 3]), (True, [0, 2, 3])):
+        pairs = load_preference_pairs(str(tmp_path / "relabelled"), keep_ties=keep_ties)
+        assert pairs.source_rows.tolist() == kept
+        assert pairs.report["unlabelled_dropped"] == 1 and pairs.report["ties"] == 1
 
 
 def test_pickapic_keep_ties_keeps_jpg_0_first(pickapic_dir):

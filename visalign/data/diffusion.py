@@ -216,19 +216,21 @@ def pickapic_pairs(
                         f"caption_0_column={caption_0_column!r}, caption_1_column={caption_1_column!r}")
     caption_columns = (caption_0_column, caption_1_column) if caption_0_column else (caption_column, caption_column)
     _require_columns(dataset, [*PICKAPIC_COLUMNS, *caption_columns, weight_column], name, "pickapic")
-    labels = _numbers(dataset, "label_0", name)
+    labels = _numbers(dataset, "label_0", name, allow_nan=True)
     bad = np.flatnonzero((labels < 0) | (labels > 1))
     if bad.size:
         raise DataError(f"{name} row {bad[0]}: label_0={labels[bad[0]]} is outside [0, 1]")
+    unlabelled = np.isnan(labels)  # `visalign relabel` writes NaN where the judge gave no preference
     ties = labels == 0.5
-    rows = np.arange(len(labels)) if keep_ties else np.flatnonzero(~ties)
+    rows = np.flatnonzero(~unlabelled & (np.ones_like(ties) if keep_ties else ~ties))
     swap = labels[rows] < 0.5
     first, second = (_strings(dataset, column, name) for column in caption_columns)
     captions = [(second[i], first[i]) if swapped else (first[i], second[i]) for i, swapped in zip(rows, swap)]
     report = {"rows": len(labels), "pairs": len(rows), "ties": int(ties.sum()),
-              "ties_dropped": 0 if keep_ties else int(ties.sum())}
-    logger.info("%s: %d pairs from %d rows; %d ties %s", name, len(rows), len(labels), report["ties"],
-                "kept (jpg_0 as chosen)" if keep_ties else "dropped")
+              "ties_dropped": 0 if keep_ties else int(ties.sum()), "unlabelled_dropped": int(unlabelled.sum())}
+    logger.info("%s: %d pairs from %d rows; %d ties %s; %d rows without a preference (label_0 NaN) dropped", name,
+                len(rows), len(labels), report["ties"], "kept (jpg_0 as chosen)" if keep_ties else "dropped",
+                report["unlabelled_dropped"])
     base_dir = None if base_dir is None else Path(base_dir)
     images = _image_columns(dataset, ("jpg_0", "jpg_1"), name, rows)
     path_digest = _path_digest(images, ("jpg_0", "jpg_1"), base_dir, name, report, confine_image_paths, rows)
@@ -398,10 +400,11 @@ def _require_columns(dataset: datasets.Dataset, columns: Sequence[str | None], n
                         f"{dataset.column_names}")
 
 
-def _numbers(dataset: datasets.Dataset, column: str, name: str) -> np.ndarray:
+def _numbers(dataset: datasets.Dataset, column: str, name: str, allow_nan: bool = False) -> np.ndarray:
     values = list(dataset[column])
     for row, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value) or (
+                math.isnan(value) and not allow_nan):
             raise DataError(f"{name} row {row}: column {column!r} must be a finite number; got {value!r}")
     return np.asarray(values, dtype=np.float64)
 
