@@ -198,7 +198,7 @@ def test_recipes_cp_refuses_to_overwrite(recipe_dir, tmp_path, capsys):
     copied = dest / "toy-lora.yaml"
     assert copied.read_text() == (recipe_dir / "toy-lora.yaml").read_text()
     copied.write_text("method: toy\n# my edits\n")
-    assert recipes.main(["cp", "toy-lora", str(copied)]) == 1
+    assert recipes.main(["cp", "toy-lora", str(copied)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert copied.read_text() == "method: toy\n# my edits\n"
     assert recipes.main(["cp", "toy-lora", str(copied), "--force"]) == 0
@@ -352,3 +352,9 @@ def test_every_shipped_recipe_has_description_and_known_method(name):
         assert recipes.recipe_description(path), f"{name}.yaml: first line must be `# description: ...`"
         method = read_yaml_mapping(path).get("method")
     assert method in train.METHODS, f"{name}.yaml: method {method!r} is not in visalign.cli.train.METHODS"
+
+
+def test_validation_prompts_none_alone_turns_validation_off(capsys):
+    # sdxl-dpo-lora sets validation_steps 250; `--validation_prompts none` must not also need `--validation_steps 0`.
+    resolved = print_config(["--config", "sdxl-dpo-lora", "--validation_prompts", "none"], capsys)
+    assert resolved["validation_prompts"] is None and resolved["validation_steps"] == 250

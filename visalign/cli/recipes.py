@@ -99,7 +99,7 @@ def _copy(name: str, dest: str, force: bool) -> int:
         target = target / f"{name}.yaml"
     if target.exists() and not force:
         print(f"visalign recipes cp: error: {target} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+        return 2
     with recipe_file(name) as path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(path.read_bytes())
@@ -108,7 +108,7 @@ def _copy(name: str, dest: str, force: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `visalign recipes`; returns the exit code (2 for an unknown recipe name)."""
+    """Run `visalign recipes`; returns the exit code (2 for an unknown recipe name or an existing destination)."""
     args = make_parser().parse_args(argv)
     try:
         return _list() if args.action == "list" else _copy(args.name, args.dest, args.force)

@@ -219,6 +219,8 @@ class Trainer:
         acc.wait_for_everyone()
         self.save_final(output_dir)
         acc.wait_for_everyone()
+        if acc.is_main_process:
+            print(f"saved the trained model to {output_dir} (its README.md shows how to load it)", flush=True)
         result = {"train_loss": sum(losses) / len(losses) if losses else math.nan,
                   "train_steps": float(self.global_step), "nonfinite_steps": float(self.nonfinite_total)}
         if self.eval_dataset is not None:

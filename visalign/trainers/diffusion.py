@@ -165,7 +165,7 @@ class DiffusionConfig(PreferenceConfig):
     validation_prompts: list[str] | None = field(
         default=None, metadata=_help("prompts rendered at intervals and at the end (one image each); none = off"))
     validation_steps: int = field(default=0, metadata=_help("render every this many optimizer steps; 0 = at the end "
-                                                             "only"))
+                                                             "only; ignored when validation_prompts is none"))
     validation_seed: int = field(default=0, metadata=_help("image i of the validation grid uses seed + i"))
     validation_inference_steps: int = field(default=25, metadata=_help("sampler (DPM-Solver++) steps"))
     validation_guidance_scale: float | None = field(
@@ -208,8 +208,6 @@ class DiffusionConfig(PreferenceConfig):
         if self.reference == "disable_adapter" and not self.use_lora:
             raise ValueError(f"{c}.reference 'disable_adapter' needs use_lora: true (full fine-tuning uses "
                              "frozen_copy)")
-        if not self.validation_prompts and self.validation_steps:
-            raise ValueError(f"{c}.validation_steps is set but validation_prompts is empty")
 
     @property
     def noise_options(self) -> dict[str, Any]:
