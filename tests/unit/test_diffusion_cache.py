@@ -20,6 +20,7 @@ from visalign.data.diffusion_cache import (
     LatentCache,
     TextEmbeddingCache,
     cached_preference_dataset,
+    tokenizer_fingerprint,
     weights_fingerprint,
 )
 from visalign.data.image_transforms import PairTransform, draw_flip, open_rgb
@@ -229,6 +230,16 @@ def test_the_cached_dataset_works_in_dataloader_workers(sdxl, tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_a_tokenizer_keeps_its_fingerprint_once_it_has_been_called(tmp_path):
+    """A fast tokenizer rewrites its backend's padding/truncation settings when called; the text cache key must not
+    follow them, or the second run of the same data re-encodes every caption into a new folder."""
+    save_tiny_sd(tmp_path / "sd")
+    tokenizer = load_diffusion_components(str(tmp_path / "sd")).tokenizers[0]
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a red square"], padding="max_length", truncation=True, max_length=tokenizer.model_max_length)
+    assert tokenizer_fingerprint(tokenizer) == before
+
+
 def test_a_corrupt_shard_or_manifest_is_named_with_the_fix(sd, tmp_path):
     pairs = write_pairs(tmp_path / "data", n=2)
     transform = PairTransform(RES)
@@ -240,7 +251,7 @@ def test_a_corrupt_shard_or_manifest_is_named_with_the_fix(sd, tmp_path):
     with pytest.raises(ValueError, match=rf"cache shard {latent_shard} is corrupt .*delete {latent_shard.parent}"):
         reopened.latents.get(0, False)
     with pytest.raises(ValueError, match=rf"cache shard {text_shard} is corrupt"):
-        cached.texts.get(CAPTIONS[0])
+        reopened.texts.get(CAPTIONS[0])
     (latent_shard.parent / "manifest.json").write_text('{"key": ')
     with pytest.raises(ValueError, match=r"manifest\.json: corrupt cache manifest .*delete"):
         build(pairs, sd, tmp_path / "cache", transform)

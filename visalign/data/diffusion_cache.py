@@ -68,9 +68,16 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of a tokenizer's full serialisation (vocabulary, merges, normaliser) and its ``model_max_length``."""
+    """sha256 of a tokenizer's full serialisation (vocabulary, merges, normaliser) and its ``model_max_length``.
+
+    The backend's ``truncation`` and ``padding`` entries are left out: a fast tokenizer rewrites them on every call
+    with ``padding=``/``truncation=``, so they say how it was last called, not what it is."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        serialised = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(serialised, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{text}".encode()).hexdigest()
 
 
