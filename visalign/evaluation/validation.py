@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visalign.models.diffusion import SDXL, DiffusionComponents
+from visalign.models.diffusion import SDXL, DiffusionComponents, decode_latents
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +63,19 @@ def build_pipeline(components: DiffusionComponents, unet: torch.nn.Module):
 
 @torch.no_grad()
 def render_validation_images(pipeline, settings: ValidationSettings, family: str) -> list[Image.Image]:
-    """One image per prompt, image i from a generator seeded ``settings.seed + i`` on the UNet's device."""
+    """One image per prompt, image i from a generator seeded ``settings.seed + i`` on the UNet's device. The sampler
+    returns latents, decoded in the VAE's dtype (:func:`~visalign.models.diffusion.decode_latents`): the latents
+    follow the text encoders' dtype, which a kept-fp32 VAE does not share."""
     device = pipeline.unet.device
     guidance = settings.guidance_scale if settings.guidance_scale is not None else DEFAULT_GUIDANCE[family]
     images = []
     for i, prompt in enumerate(settings.prompts):
         generator = torch.Generator(device=device).manual_seed(settings.seed + i)
-        images.append(pipeline(
+        latents = pipeline(
             prompt, num_inference_steps=settings.num_inference_steps, guidance_scale=guidance, generator=generator,
-            height=settings.resolution, width=settings.resolution,
-        ).images[0])
+            height=settings.resolution, width=settings.resolution, output_type="latent",
+        ).images
+        images.extend(pipeline.image_processor.postprocess(decode_latents(pipeline.vae, latents), output_type="pil"))
     return images
 
 

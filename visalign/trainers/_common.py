@@ -10,7 +10,6 @@ checkpoint is written as ``checkpoint-<step>.tmp`` and renamed when complete, so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -327,14 +326,13 @@ def weighted_means(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, 
     return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
 
 
-def device_mixed_precision(args: TrainingConfig) -> TrainingConfig:
-    """``args`` with a ``mixed_precision`` the device computes, decided before any model loads: fp16 on a CPU
-    (every diffusion recipe sets it for GPUs) trains in fp32 instead, said in one warning line; bf16 on a CPU stays."""
+def device_mixed_precision(mixed_precision: str) -> tuple[str, str | None]:
+    """The mixed precision this process's device computes, decided before any model loads, and the one line saying
+    why it differs from ``mixed_precision`` (else ``None``): fp16 on a CPU (every diffusion recipe sets it for GPUs)
+    trains in fp32; bf16 on a CPU stays."""
     from accelerate import PartialState
 
-    device = PartialState().device
-    if args.mixed_precision != "fp16" or device.type != "cpu":
-        return args
-    logger.warning("mixed_precision fp16 needs a GPU; training on the CPU in fp32 instead (--mixed_precision bf16 "
-                   "for bfloat16 on a CPU)")
-    return dataclasses.replace(args, mixed_precision="no")
+    if mixed_precision != "fp16" or PartialState().device.type != "cpu":
+        return mixed_precision, None
+    return "no", "mixed_precision fp16 needs a GPU; training on the CPU in fp32 instead (--mixed_precision bf16 for " \
+                 "bfloat16 on a CPU)"

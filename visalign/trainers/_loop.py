@@ -32,8 +32,10 @@ flag they change); the parameters to clip are listed once, after ``prepare_refer
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from visalign.config_io import ConfigError, config_to_dict, read_yaml_mapping, s
 from visalign.trainers._common import (
     CONFIG_FILE,
     MetricsLog,
+    complete_checkpoints,
     device_mixed_precision,
     make_optimizer,
     make_scheduler,
@@ -78,7 +81,10 @@ class Trainer:
     """
 
     def __init__(self, args: TrainingConfig) -> None:
-        self.args = args = device_mixed_precision(args)
+        precision, precision_note = device_mixed_precision(args.mixed_precision)
+        if precision_note is not None:
+            args = dataclasses.replace(args, mixed_precision=precision)
+        self.args = args
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             log_with=args.trackers or None,
@@ -89,6 +95,8 @@ class Trainer:
         prepare_output_dir(args, is_main_process=self.accelerator.is_main_process)  # before any model loads
         set_seed(args.seed)
         self.train_dataset, self.eval_dataset = self.build_datasets()
+        if precision_note is not None:  # said after the data and model checks, whose errors stay one line
+            logger.warning(precision_note)
         set_seed(args.seed)  # weight init (a LoRA) must not depend on what preparing the data drew (filling a cache)
         model = self.build_model()
         if args.gradient_checkpointing:
@@ -107,6 +115,8 @@ class Trainer:
         self.lr_scheduler = self.accelerator.prepare(make_scheduler(self.optimizer, args, self.total_steps))
         self.global_step = 0
         self.resumed_from: Path | None = None
+        self.skipped_total = 0  # unreadable examples skipped, over every process (kept in checkpoints)
+        self._unconfirmed_checkpoint: Path | None = None
         self.nonfinite_total = 0
         self._nonfinite_streak = 0
         self._metrics = MetricsLog(self.accelerator, args.output_dir)
@@ -141,8 +151,13 @@ class Trainer:
         raise NotImplementedError
 
     def num_examples(self, batch: dict) -> int:
-        """Examples in ``batch``: the weight of its metrics in ``evaluate`` averages."""
+        """Examples in ``batch``: the weight of its metrics in ``evaluate`` averages; 0 when every example of it was
+        skipped (the micro-batch then takes no part in the step's loss and update)."""
         return 1
+
+    def num_skipped(self, batch: dict) -> int:
+        """Examples dropped from ``batch`` as unreadable (counted, logged as ``data/skipped_pairs``)."""
+        return 0
 
     def on_step_end(self, step: int) -> None:
         """Called after optimizer step ``step`` (1-based) and its logging/checkpointing; e.g. validation images."""
@@ -198,46 +213,70 @@ class Trainer:
         stream = self._micro_batches(self.global_step * ga)
         self.model.train()
         losses = []
+        start, examples = self.global_step, 0
         progress = tqdm(
             total=self.total_steps, initial=self.global_step, desc="training", disable=not acc.is_local_main_process
         )
         while self.global_step < self.total_steps:
-            loss, metrics, finite = self._optimizer_step(stream)
+            loss, metrics, step_examples = self._optimizer_step(stream)
             self.global_step += 1
+            examples += step_examples
             progress.update(1)
-            if finite:
+            if math.isfinite(loss):
+                self._accept_checkpoint()  # a finite loss at the last checkpoint's weights
                 losses.append(loss)
                 self._metrics.add({"loss": loss, **metrics})
                 progress.set_postfix(loss=f"{loss:.4g}")
+            else:  # a skipped update still logs its data counts
+                self._metrics.add(metrics)
+            if not examples and ((self.global_step - start) * ga >= len(self._train_loader)
+                                 or self.global_step == self.total_steps):
+                raise ValueError(
+                    f"every example read in {self.global_step - start} step(s) was skipped as unreadable "
+                    f"({self.skipped_total} skipped, the warnings above say why): nothing was trained; fix the "
+                    "dataset (e.g. its image paths)")
             if self.global_step % args.logging_steps == 0 or self.global_step == self.total_steps:
                 self._metrics.flush(self.global_step, self._progress_metrics())
             if args.save_steps and self.global_step % args.save_steps == 0 and self._nonfinite_streak == 0:
                 self.save_checkpoint()
             self.on_step_end(self.global_step)
         progress.close()
+        self._accept_checkpoint()  # the final model is saved from the same weights
         output_dir = Path(args.output_dir)
         acc.wait_for_everyone()
         self.save_final(output_dir)
         acc.wait_for_everyone()
         if acc.is_main_process:
             print(f"saved the trained model to {output_dir} (its README.md shows how to load it)", flush=True)
+        if self.skipped_total:
+            logger.warning("%d unreadable pair(s) were skipped during training (data/skipped_pairs in %s)",
+                           self.skipped_total, self._metrics.path)
         result = {"train_loss": sum(losses) / len(losses) if losses else math.nan,
-                  "train_steps": float(self.global_step), "nonfinite_steps": float(self.nonfinite_total)}
+                  "train_steps": float(self.global_step), "nonfinite_steps": float(self.nonfinite_total),
+                  "skipped_pairs": float(self.skipped_total)}
         if self.eval_dataset is not None:
             result.update(self.evaluate())
         if args.trackers:
             acc.end_training()
         return result
 
-    def _optimizer_step(self, stream: Iterator[dict]) -> tuple[float, dict[str, float], bool]:
-        """One optimizer step over ``gradient_accumulation_steps`` micro-batches -> ``(loss, metrics, finite)``."""
+    def _optimizer_step(self, stream: Iterator[dict]) -> tuple[float, dict[str, float], int]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches -> ``(loss, metrics, examples)``.
+
+        The loss and gradient are the means over the micro-batches that hold an example (a micro-batch whose
+        examples were all skipped still runs ``compute_loss``, a zero on the graph, so every process does its
+        backward). ``loss`` is NaN when the update was skipped: a non-finite loss or gradient, or no example at all
+        on any process (``examples``, summed over processes, is then 0).
+        """
         acc, args = self.accelerator, self.args
         ga = args.gradient_accumulation_steps
         if not self.model.training:  # a hook left it in eval mode (train() put the whole tree in train mode)
             self.model.train()
-        losses, rows = [], []
+        losses, rows, examples, skipped = [], [], 0, 0
         for i in range(ga):
             batch = next(stream)
+            count = self.num_examples(batch)
+            examples, skipped = examples + count, skipped + self.num_skipped(batch)
             sync = contextlib.nullcontext() if i == ga - 1 else acc.no_sync(self.model)
             with sync:
                 with acc.autocast():
@@ -245,41 +284,57 @@ class Trainer:
                 # Scaled here, not by accelerate: its gradient-accumulation setting is process-global state shared
                 # by every Accelerator, so two trainers alive in one process would see each other's value.
                 acc.backward(loss / ga)
-            losses.append(loss.detach().float())
-            rows.append((1.0, metrics))
-        loss = torch.stack(losses).mean()
+            if count:
+                losses.append(loss.detach().float())
+                rows.append((1.0, metrics))
+        if 0 < len(losses) < ga:  # the mean over the micro-batches that held examples, not over all of them
+            for param in self._parameters:
+                if param.grad is not None:
+                    param.grad.mul_(ga / len(losses))
+        loss = torch.stack(losses).mean() if losses else torch.zeros((), device=acc.device)
         grad_norm = acc.clip_grad_norm_(self._parameters, args.max_grad_norm or math.inf)
         bad = (~torch.isfinite(loss)).float()
         if grad_norm is not None and acc.scaler is None:  # with fp16 the grad scaler owns overflow handling
             bad = torch.maximum(bad, (~torch.isfinite(grad_norm)).float().to(bad.device))
-        # One device-to-host copy per step (the non-finite flag, the loss and the norm together), not one each.
+        # One device-to-host copy per step (flags and counts summed over processes, the loss and the norm), not one
+        # each.
         norm = torch.as_tensor(math.nan if grad_norm is None else grad_norm, dtype=torch.float32).to(bad.device)
-        flags, loss_value, norm_value = torch.stack(
-            [acc.reduce(bad, reduction="sum"), loss.to(bad.device), norm]
+        counts = torch.tensor([examples, skipped], dtype=torch.float32, device=bad.device)
+        flags, examples, skipped, loss_value, norm_value = torch.cat(
+            [acc.reduce(torch.cat([bad.view(1), counts]), reduction="sum"), torch.stack([loss.to(bad.device), norm])]
         ).tolist()
+        examples, skipped = int(examples), int(skipped)
+        self.skipped_total += skipped
         finite = flags == 0
-        if finite or acc.scaler is not None:
+        if examples and (finite or acc.scaler is not None):
             self.optimizer.step()  # with fp16 the scaler skips a step whose gradients are not finite
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        data = {"data/skipped_pairs": float(skipped)}
+        if not examples:
+            logger.warning("step %d: every example of its micro-batches was skipped as unreadable; no update",
+                           self.global_step + 1)
+            return math.nan, data, 0
         if finite:
             self._nonfinite_streak = 0
-            metrics = weighted_means(rows)
+            metrics = {**weighted_means(rows), **data}
             if grad_norm is not None:
                 metrics["grad_norm"] = norm_value
-            return loss_value, metrics, True
+            return loss_value, metrics, examples
         self.nonfinite_total += 1
         self._nonfinite_streak += 1
         logger.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",
                        self.global_step + 1, self._nonfinite_streak)
         if self._nonfinite_streak > args.max_nonfinite_steps:
+            last_good = self._reject_diverged_checkpoint()
             raise NonFiniteTrainingError(
                 f"{self._nonfinite_streak} consecutive optimizer steps (up to step {self.global_step + 1}) had a "
                 f"non-finite loss or gradient, more than max_nonfinite_steps={args.max_nonfinite_steps}; stopping. "
-                f"Checkpoints written so far are intact under {Path(args.output_dir) / 'checkpoints'}; lower the "
-                "learning rate or check the data, then resume with resume_from=latest."
+                + (f"The last good checkpoint is {last_good}; lower the learning rate or check the data, then resume "
+                   "with resume_from=latest." if last_good else
+                   "No good checkpoint was written; lower the learning rate or check the data and start again.")
             )
-        return math.nan, {}, False
+        return math.nan, data, examples
 
     def _progress_metrics(self) -> dict[str, float]:
         micro = self.global_step * self.args.gradient_accumulation_steps
@@ -294,16 +349,41 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {"step": self.global_step, "total_steps": self.total_steps, "nonfinite_total": self.nonfinite_total,
-                "nonfinite_streak": self._nonfinite_streak}
+                "nonfinite_streak": self._nonfinite_streak, "skipped_total": self.skipped_total}
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/checkpoint-<step>`` atomically, then prune to ``save_total_limit``."""
+        """Write ``checkpoints/checkpoint-<step>`` atomically. It is confirmed good, and older ones pruned to
+        ``save_total_limit``, once a later step has a finite loss at its weights (so a limit of N briefly keeps N+1);
+        a run stopped for non-finite steps before that renames it ``checkpoint-<step>.diverged``."""
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.global_step, self._state(),
                                self.resolved_config())
+        self._unconfirmed_checkpoint = path
+        return path
+
+    def _accept_checkpoint(self) -> None:
+        """The newest checkpoint is good: prune the older ones to ``save_total_limit``."""
+        if self._unconfirmed_checkpoint is None:
+            return
+        self._unconfirmed_checkpoint = None
         if self.accelerator.is_main_process:
             prune_checkpoints(self.args.output_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
-        return path
+
+    def _reject_diverged_checkpoint(self) -> Path | None:
+        """Set aside the newest checkpoint if no finite loss followed it (its weights are what diverged, e.g. after
+        one exploding update); return the newest good checkpoint (``None`` if there is none)."""
+        diverged = self._unconfirmed_checkpoint
+        if diverged is not None:
+            self._unconfirmed_checkpoint = None
+            if self.accelerator.is_main_process:
+                target = diverged.with_name(diverged.name + ".diverged")
+                if target.exists():
+                    shutil.rmtree(target)
+                diverged.rename(target)
+                logger.warning("%s: every step after it had a non-finite loss; set aside as %s", diverged, target.name)
+            self.accelerator.wait_for_everyone()
+        found = complete_checkpoints(self.args.output_dir)
+        return found[-1][1] if found else None
 
     def _resume(self) -> None:
         """Restore the checkpoint ``resume_from`` names after checking it against this run: same method and settings
@@ -332,6 +412,7 @@ class Trainer:
         self.global_step = state["step"]
         self.nonfinite_total = state["nonfinite_total"]
         self._nonfinite_streak = state["nonfinite_streak"]
+        self.skipped_total = state.get("skipped_total", 0)  # absent from checkpoints of visalign <= 0.1
         logger.info("resumed from %s at step %d", checkpoint, self.global_step)
         for key, (old, new) in changes.items():
             if key != "resume_from":

@@ -290,10 +290,6 @@ class _IndexedPairs(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    @property
-    def num_skipped(self) -> int:
-        return self.dataset.num_skipped
-
 
 def collate_indexed_pairs(items: list[dict]) -> dict:
     """``collate_diffusion_pairs`` plus ``indices`` ``[B]`` of the kept pairs."""
@@ -507,7 +503,7 @@ class DiffusionTrainer(Trainer):
         args = self.args
         if batch["num_pairs"] == 0:  # every pair of this micro-batch was unreadable: a zero loss on the graph
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-            return zero, {"data/skipped_pairs": float(batch["num_skipped"])}
+            return zero, {}
         latents = self._latents(batch)
         cond = self._conditioning(batch)
         noised = self._noised(latents, cond, batch["indices"])
@@ -525,12 +521,14 @@ class DiffusionTrainer(Trainer):
         mse = {"mse/chosen": policy.chosen, "mse/rejected": policy.rejected}
         if ref is not None:
             mse.update({"ref_mse/chosen": ref.chosen, "ref_mse/rejected": ref.rejected})
-        metrics = {**out.metrics, **to_floats({k: -2 * v.detach().mean() for k, v in mse.items()}),  # one host sync
-                   "data/skipped_pairs": float(batch["num_skipped"])}
+        metrics = {**out.metrics, **to_floats({k: -2 * v.detach().mean() for k, v in mse.items()})}  # one host sync
         return losses.mean(), metrics
 
     def num_examples(self, batch: dict) -> int:
         return batch["num_pairs"]
+
+    def num_skipped(self, batch: dict) -> int:
+        return batch["num_skipped"]
 
     # ---------------------------------------------------------------------------------------------- outputs
 
@@ -572,9 +570,6 @@ class DiffusionTrainer(Trainer):
         grid = self.validate(self.global_step, tag="final") if self.validation is not None else None
         if grid is not None:  # main process only
             self._write_card(output_dir, config, lora, grid=grid)
-        skipped = self.train_dataset.num_skipped
-        if skipped:
-            logger.warning("process %d skipped %d unreadable pair(s) during training", acc.process_index, skipped)
 
     def _write_card(self, output_dir: Path, config: DiffusionConfig, lora: bool, grid: Path | None) -> None:
         base = self._model_spec if isinstance(self._model_spec, str) else "a Stable Diffusion model"
