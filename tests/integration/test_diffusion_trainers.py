@@ -4,6 +4,7 @@ input."""
 
 from __future__ import annotations
 
+import re
 import io
 import json
 
@@ -61,7 +62,11 @@ def test_lora_round_trips_into_a_real_pipeline_with_load_lora_weights(family, sd
     assert (after - before).abs().max() > 1e-4  # the adapter changes the UNet ...
     torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-5)  # ... exactly as trained (rank, alpha kept)
     card = (out / "README.md").read_text()
-    assert f"base_model: {base}" in card and "load_lora_weights" in card
+    assert "load_lora_weights" in card and "## Results" in card and "| `train_loss` |" in card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    namespace: dict = {}
+    exec(code.replace(").images[0]", ", num_inference_steps=1, height=32, width=32).images[0]"), namespace)
+    assert namespace["pipe"].get_list_adapters()["unet"] and namespace["image"].size == (32, 32)
     assert read_yaml_mapping(out / "config.yaml")["reference"] == "disable_adapter"
 
 
@@ -186,6 +191,57 @@ def test_unreadable_images_are_skipped_and_counted(sd15, tmp_path):
                                      use_lora=True)).train()
     assert np.isfinite(result["train_loss"])
     assert [m["data/skipped_pairs"] for m in metrics(out) if "loss" in m] == [1.0, 1.0]
+
+
+class _Snapshots(DiffusionTrainer):
+    """Keeps the UNet weights after every step (``snapshots[0]``: before training)."""
+
+    def train(self):
+        self.snapshots = {0: unet_weights(self)}
+        return super().train()
+
+    def on_step_end(self, step):
+        self.snapshots[step] = unet_weights(self)
+
+
+def test_a_micro_batch_of_skipped_pairs_neither_updates_nor_enters_the_loss(sd15, tmp_path):
+    data = write_pairs(tmp_path / "data", CAPTIONS[:2])
+    out = tmp_path / "out"
+    trainer = _Snapshots(config(model=sd15, dataset=data, output_dir=str(out), per_device_batch_size=1,
+                                use_lora=True))
+    (tmp_path / "data" / "chosen" / "p1.png").unlink()  # vanished after the up-front check, e.g. a network mount
+    result = trainer.train()
+    rows = metrics(out)
+    empty = [m for m in rows if m["data/skipped_pairs"] == 1.0]
+    assert len(empty) == 1 and "loss" not in empty[0]
+    step = empty[0]["step"]
+    assert all(torch.equal(trainer.snapshots[step][n], trainer.snapshots[step - 1][n]) for n in trainer.snapshots[0])
+    assert result["train_loss"] == next(m["loss"] for m in rows if "loss" in m)
+    assert result["skipped_pairs"] == 1.0
+
+
+def test_a_run_whose_every_pair_is_skipped_stops_with_an_error(sd15, tmp_path):
+    data = write_pairs(tmp_path / "data", CAPTIONS[:2])
+    trainer = DiffusionTrainer(config(model=sd15, dataset=data, output_dir=str(tmp_path / "out"), max_steps=10,
+                                      per_device_batch_size=1, use_lora=True))
+    for image in (tmp_path / "data" / "chosen").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match=r"every example read in 2 step\(s\) was skipped as unreadable \(2 skipped"):
+        trainer.train()
+
+
+def test_skipped_pairs_are_counted_with_workers_and_across_a_resume(sd15, tmp_path, caplog):
+    data = write_pairs(tmp_path / "data", CAPTIONS, corrupt=(1,))
+    common = dict(model=sd15, dataset=data, output_dir=str(tmp_path / "out"), per_device_batch_size=4, use_lora=True,
+                  save_steps=1, dataloader_num_workers=1)
+    killed = _KilledAfter(config(**common))
+    killed.kill_after = 1
+    with pytest.raises(Killed):
+        killed.train()
+    with caplog.at_level("INFO", logger="visalign"):
+        result = DiffusionTrainer(config(resume_from="latest", **common)).train()
+    assert result["skipped_pairs"] == 2.0  # one per step, the step before the resume included
+    assert "2 unreadable pair(s) were skipped during training" in caplog.text
 
 
 def test_an_eval_set_with_no_readable_pair_fails_before_any_model_loads(pairs, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from huggingface_hub import save_torch_state_dict
 
+from visalign.models.card import base_model_code, front_matter, settings_table
 from visalign.models.diffusion import SD, SDXL
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -113,28 +114,24 @@ def write_model_card(
     lora: bool,
     settings: Mapping[str, Any],
     validation_image: str | None = None,
+    prompt: str = "a photo of an astronaut riding a horse",
 ) -> Path:
-    """Write ``output_dir/README.md``: front matter (``base_model``, ``library_name: diffusers``, tags), how to load
-    the result, and the training ``settings`` (e.g. the resolved config's method-relevant keys)."""
+    """Write ``output_dir/README.md``: front matter (``library_name: diffusers``, tags), code that loads the result
+    from ``output_dir`` and renders ``prompt`` (one the model knows), and the training ``settings`` (e.g. the resolved
+    config's method-relevant keys); ``visalign.models.card.write_card_results`` adds the results after training."""
     pipeline = _pipeline_name(family)
+    imports, base = base_model_code(base_model)
+    folder = str(output_dir)
     tags = ["text-to-image", "diffusers", "visalign", method, "stable-diffusion-xl" if family == SDXL else
             "stable-diffusion"]
     if lora:
         tags.append("lora")
-        load = (f"pipe = {pipeline}.from_pretrained({base_model!r})\n"
-                f"pipe.load_lora_weights(\"path/to/this/folder\")")
+        load = f"pipe = {pipeline}.from_pretrained({base})\npipe.load_lora_weights({folder!r})"
     else:
-        load = ("unet = UNet2DConditionModel.from_pretrained(\"path/to/this/folder\", subfolder=\"unet\")\n"
-                f"pipe = {pipeline}.from_pretrained({base_model!r}, unet=unet)")
-    rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in settings.items() if value is not None)
+        load = (f"unet = UNet2DConditionModel.from_pretrained({folder!r}, subfolder=\"unet\")\n"
+                f"pipe = {pipeline}.from_pretrained({base}, unet=unet)")
     image = f"\n![validation images]({validation_image})\n" if validation_image else ""
-    text = f"""---
-base_model: {base_model}
-library_name: diffusers
-tags:
-{chr(10).join(f"- {tag}" for tag in tags)}
----
-
+    text = f"""{front_matter(base_model, "diffusers", tags)}
 # {method} {"LoRA" if lora else "fine-tune"} of {base_model}
 
 Trained with visalign (`method: {method}`) on image preference pairs.
@@ -142,11 +139,10 @@ Trained with visalign (`method: {method}`) on image preference pairs.
 ## Use
 
 ```python
-import torch
 from diffusers import {pipeline}{", UNet2DConditionModel" if not lora else ""}
-
+{imports}
 {load}
-image = pipe("a photo of an astronaut riding a horse").images[0]
+image = pipe({prompt!r}).images[0]
 ```
 
 ## Training settings
@@ -154,10 +150,7 @@ image = pipe("a photo of an astronaut riding a horse").images[0]
 β follows the Diffusion-DPO paper's convention (`-logσ(-β/2·(Δθ - Δref))`); the diffusers SD1.5 script's
 `--beta_dpo 2500` is β 5000 here. The full resolved config is in `config.yaml`.
 
-| key | value |
-| --- | --- |
-{rows}
-"""
+{settings_table(settings)}"""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from visalign.config_io import ConfigError, config_to_dict, read_yaml_mapping, save_config
+from visalign.models.card import write_card_results
 from visalign.trainers._common import (
     CONFIG_FILE,
     MetricsLog,
@@ -256,6 +257,8 @@ class Trainer:
                   "skipped_pairs": float(self.skipped_total)}
         if self.eval_dataset is not None:
             result.update(self.evaluate())
+        if acc.is_main_process:
+            write_card_results(output_dir, result)
         if args.trackers:
             acc.end_training()
         return result

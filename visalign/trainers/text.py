@@ -29,6 +29,7 @@ from visalign.data.sources import load_source
 from visalign.data.text import tokenize_preferences, tokenize_unpaired, validate_columns
 from visalign.likelihood.text import cached_pair_loglik, pair_loglik, unpaired_loglik
 from visalign.losses import kto_loss, kto_reference_point, preference_loss
+from visalign.models.card import write_transformers_card
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
 from visalign.models.lora import apply_lora, is_peft_model
 from visalign.reference import make_reference
@@ -120,6 +121,7 @@ class DPOTrainer(Trainer):
     """
 
     config_class = DPOConfig
+    auto_class = "AutoModelForCausalLM"  # loads the saved model (model card)
 
     def __init__(
         self,
@@ -246,9 +248,20 @@ class DPOTrainer(Trainer):
         return batch["input_ids"].shape[0] // 2
 
     def save_final(self, output_dir: Path) -> None:
+        """The model or PEFT adapter, the resolved config, the tokenizer and a model card whose code loads them."""
         super().save_final(output_dir)
         if self.accelerator.is_main_process:
             self.tokenizer.save_pretrained(output_dir)
+            config = self.resolved_config()
+            lora = is_peft_model(self.accelerator.unwrap_model(self.model))
+            base = self._model_spec if isinstance(self._model_spec, str) else self.accelerator.unwrap_model(
+                self.model).config.name_or_path
+            keys = ("loss_type", "beta", "reference", "learning_rate", "per_device_batch_size",
+                    "gradient_accumulation_steps", "lora_r", "lora_alpha")
+            settings = {key: getattr(config, key) for key in keys if lora or not key.startswith("lora")}
+            write_transformers_card(output_dir, base_model=base, auto_class=self.auto_class,
+                                    method=getattr(config, "method", "dpo"), lora=lora,
+                                    settings={**settings, "steps": self.global_step})
 
 
 class KTOTrainer(DPOTrainer):

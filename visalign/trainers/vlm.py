@@ -175,6 +175,7 @@ class VLMDPOTrainer(DPOTrainer):
     """
 
     config_class = VLMDPOConfig
+    auto_class = "AutoModelForImageTextToText"
     required_columns = ()
 
     def __init__(self, model: str | PreTrainedModel | None = None, args: VLMDPOConfig | None = None,
