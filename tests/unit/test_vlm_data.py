@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visalign.data.vlm import VisionPreferenceDataset, detect_schema, prompt_to_messages
+from visalign.data.vlm import VisionPreferenceDataset, detect_schema, prompt_to_messages, template_moves_images_first
 from visalign.data.vlm_collator import VisionPreferenceCollator, flush_left
 from visalign.testing.vlm import LLAVA_HF_CHAT_TEMPLATE, tiny_llava, tiny_qwen2_vl
 
@@ -92,6 +92,26 @@ def test_training_format_on_the_llava_hf_template():
     processor.chat_template = "{{ bos_token }}" + LLAVA_HF_CHAT_TEMPLATE
     sequences, _ = _sequences(VisionPreferenceCollator(processor)([row]))
     assert sequences[0][:2] == [tok.bos_token_id, *ids("USER:")]  # one BOS, the template's
+
+
+def test_multi_image_placeholders_stay_in_place_under_the_llava_hf_template():
+    """llava-hf's template renders all image parts before the text, which would turn MIA-DPO's
+    ``Image1: <image>\nImage2: <image>`` into ``<image>\n<image>\nImage1: Image2:``; the placeholders go into the
+    text as the image token instead, in place, as LLaVA's own conversation format has them."""
+    _, processor = tiny_llava(hf_format=True)
+    assert template_moves_images_first(processor)
+    image = Image.new("RGB", (30, 30), (255, 0, 0))
+    row = VisionPreferenceDataset([{"images": [image, image], "prompt": "red <image> blue <image> what colour ?",
+                                    "chosen": "red", "rejected": "blue"}], name="rows")[0]
+    collator = VisionPreferenceCollator(processor)
+    assert collator.render(row, 2)[0] == "USER: red <image> blue <image> what colour ? ASSISTANT:"
+    tok = processor.tokenizer
+    sequences, _ = _sequences(collator([row]))
+    image_id = tok.convert_tokens_to_ids("<image>")
+    red, blue = (tok.convert_tokens_to_ids(w) for w in ("red", "blue"))
+    first_image = sequences[0].index(image_id)
+    assert sequences[0][first_image - 1] == red and blue in sequences[0][first_image:]
+    assert not template_moves_images_first(tiny_qwen2_vl()[1])
 
 
 def test_training_format_keeps_qwen2_vl_turns():

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from visalign.data import mia_dpo
-from visalign.data.vlm import prompt_to_messages
+from visalign.data.vlm import prompt_to_messages, template_moves_images_first
 from visalign.data.vlm_collator import encode_prompts
 
 #: augmentation -> number of images -> ratio threshold (reference §B.3).
@@ -206,7 +206,9 @@ def generate_with_attention(model, processor, images: list[Image.Image], prompt:
     Returns ``(answer, greedy perplexity, [G, T] head-averaged attention rows of the queries that predicted each
     generated token, prompt token ids)``. The model must use eager attention (``attn_implementation="eager"``).
     """
-    text = processor.apply_chat_template(prompt_to_messages(prompt, len(images)), add_generation_prompt=True)
+    inline = processor.image_token if template_moves_images_first(processor) else None
+    text = processor.apply_chat_template(prompt_to_messages(prompt, len(images), inline_image_token=inline),
+                                         add_generation_prompt=True)
     inputs = encode_prompts(processor, [text], [images], training_format=training_format)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}

@@ -53,12 +53,19 @@ def detect_schema(columns: list[str], first_row: Mapping[str, Any] | None = None
     return "mia_dpo" if paths and all(isinstance(p, str) for p in paths) else "trl"
 
 
-def prompt_to_messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
+def prompt_to_messages(prompt: str, num_images: int, *, inline_image_token: str | None = None
+                       ) -> list[dict[str, Any]]:
     """A plain prompt as one user message: ``<image>`` placeholders become image parts in place; without any
-    placeholder, the images go first (TRL's ``prepare_multimodal_messages`` rule)."""
+    placeholder, the images go first (TRL's ``prepare_multimodal_messages`` rule).
+
+    ``inline_image_token``: write the placeholders into the text as this token instead of image parts, for a chat
+    template that would move image parts ahead of the text (:func:`template_moves_images_first`), so that
+    MIA-DPO's ``Image1: <image>`` labels stay beside their images as in LLaVA's own conversation format."""
     pieces = prompt.split(IMAGE_PLACEHOLDER)
     if len(pieces) == 1:
         return [{"role": "user", "content": [*([{"type": "image"}] * num_images), {"type": "text", "text": prompt}]}]
+    if inline_image_token is not None:
+        return [{"role": "user", "content": [{"type": "text", "text": inline_image_token.join(pieces)}]}]
     content: list[dict[str, Any]] = []
     for k, piece in enumerate(pieces):
         if k:
@@ -66,6 +73,19 @@ def prompt_to_messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
         if piece:
             content.append({"type": "text", "text": piece})
     return [{"role": "user", "content": content}]
+
+
+def template_moves_images_first(processor) -> bool:
+    """Whether the processor's chat template writes a user turn's image parts before its text whatever their order
+    (llava-hf's LLaVA-1.5/NeXT templates: "Render all images first"); found by rendering one probe turn."""
+    token = getattr(processor, "image_token", None)
+    if token is None or getattr(processor, "chat_template", None) is None:
+        return False
+    probe = "visalign-probe-text"
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": probe}, {"type": "image"}]}],
+        add_generation_prompt=True, tokenize=False)
+    return token in text and text.index(token) < text.index(probe)
 
 
 def structured_messages(messages: list[dict[str, Any]], num_images: int, *, row: str) -> list[dict[str, Any]]:

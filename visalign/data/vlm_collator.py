@@ -16,7 +16,8 @@ TRL 1.16's ``DataCollatorForVisionPreference`` (reference §C.5):
 Conversational rows are rendered with the processor's chat template; the completion is what ``prompt + completion``
 adds to the prompt text (TRL's rule). Plain rows are wrapped in the chat template too (one user turn, ``<image>``
 placeholders in place; RLHF-V and MIA-DPO trained in chat format) unless ``chat_template_for_plain=False``, which
-feeds them raw.
+feeds them raw. A template that moves image parts ahead of the text (llava-hf's) gets the placeholders as image
+tokens inside the text instead, so multi-image prompts keep each ``ImageN:`` label beside its image.
 
 Prompt format (``training_format``, default on): the sequences follow the format the model trained with, not only
 the chat template's text. The prompt gets the special tokens the model's tokenizer adds itself (BOS for LLaVA's
@@ -45,7 +46,7 @@ import torch
 from visalign.data.dense_dpo import dense_token_weights
 from visalign.data.image_transforms import IMAGE_ERRORS, open_rgb
 from visalign.data.text import common_prefix_length
-from visalign.data.vlm import prompt_to_messages, structured_messages
+from visalign.data.vlm import prompt_to_messages, structured_messages, template_moves_images_first
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class VisionPreferenceCollator:
             self.pad_token_id = self.tokenizer.eos_token_id
         image_token = getattr(self.processor, "image_token", None)
         self.image_token_id = None if image_token is None else self.tokenizer.convert_tokens_to_ids(image_token)
+        self.inline_image_token = image_token if template_moves_images_first(self.processor) else None
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -144,10 +146,11 @@ class VisionPreferenceCollator:
         if isinstance(prompt, str) and not self.chat_template_for_plain:
             return prompt, chosen, rejected
         if isinstance(prompt, str):
-            prompt = prompt_to_messages(prompt, num_images)
+            prompt = prompt_to_messages(prompt, num_images, inline_image_token=self.inline_image_token)
+        else:
+            prompt = structured_messages(prompt, num_images, row=where)
         if isinstance(chosen, str):
             chosen, rejected = ([{"role": "assistant", "content": c}] for c in (chosen, rejected))
-        prompt = structured_messages(prompt, num_images, row=where)
         chosen = structured_messages(chosen, 0, row=where)
         rejected = structured_messages(rejected, 0, row=where)
         template = self.processor.apply_chat_template
