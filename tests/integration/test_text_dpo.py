@@ -235,15 +235,33 @@ def test_a_nan_step_is_skipped_and_counted(tmp_path):
 def test_repeated_nans_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
     trainer = _NaNAt(args=_config(tmp_path, max_steps=10, save_steps=2, max_nonfinite_steps=2),
                      train_dataset=_train_rows(12))
-    trainer.nan_steps = (3, 4, 5, 6)
-    with pytest.raises(NonFiniteTrainingError, match="3 consecutive optimizer steps.*max_nonfinite_steps=2"):
-        trainer.train()
+    trainer.nan_steps = (4, 5, 6, 7)
     checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(NonFiniteTrainingError, match="3 consecutive optimizer steps.*max_nonfinite_steps=2.*"
+                                                     f"last good checkpoint is {checkpoints / 'checkpoint-2'}"):
+        trainer.train()
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2"]
     state = json.loads((checkpoints / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["step"] == 2
     saved = load_file(checkpoints / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_a_checkpoint_followed_only_by_non_finite_losses_is_not_called_good(tmp_path):
+    """Issue 16: an exploding update at step 2 (lr 1e6) left finite but destroyed weights in checkpoint-2, every later
+    loss was NaN, and save_total_limit had pruned checkpoint-1: the "last good checkpoint" was the destroyed one."""
+    trainer = _NaNAt(args=_config(tmp_path, max_steps=10, save_steps=1, save_total_limit=1, max_nonfinite_steps=2),
+                     train_dataset=_train_rows(12))
+    trainer.nan_steps = (3, 4, 5)  # the losses at checkpoint-2's weights
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(NonFiniteTrainingError, match=f"last good checkpoint is {checkpoints / 'checkpoint-1'}"):
+        trainer.train()
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-1", "checkpoint-2.diverged"]
+    resumed = DPOTrainer(args=_config(tmp_path, max_steps=10, save_steps=1, save_total_limit=1, max_nonfinite_steps=2,
+                                      resume_from="latest"), train_dataset=_train_rows(12))
+    resumed.train()
+    assert resumed.resumed_from == checkpoints / "checkpoint-1"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-10", "checkpoint-2.diverged"]
 
 
 # ------------------------------------------------------------------------------------------------ bad input
