@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from visalign.evaluation.pairs import check_pair_options
+from visalign.models.card import write_card_results
 from visalign.trainers._common import prepare_output_dir
 from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 
@@ -178,6 +179,7 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     report = evaluate_before_after(config, device)
     seconds["eval_s"] = time.perf_counter() - started
     figures = summarise(report["scorers"][config.scorer])
+    write_card_results(config.output_dir, {**train_metrics, **figures})  # the card carries the evaluation too
     eval_dir = Path(config.output_dir) / EVAL_DIR
     print(f"\n{config.scorer} reward before -> after: {figures['reward_before']:.4f} -> {figures['reward_after']:.4f} "
           f"(gain {figures['reward_gain']:+.4f}, 95% CI [{figures['reward_gain_ci_low']:+.4f}, "
