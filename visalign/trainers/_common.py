@@ -283,10 +283,24 @@ class MetricsLog:
         self._counts: dict[str, int] = {}
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` (a resumed run re-does those steps)."""
+        """Drop lines logged after ``step`` (a resumed run re-does those steps), and a torn last line (a write cut
+        short by a kill or a full disk; warned about). Any other unreadable line is an error naming it."""
         if not (self.accelerator.is_main_process and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        lines = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                logged_at = record["step"]
+            except (ValueError, TypeError, KeyError) as exc:
+                if number == len(lines):
+                    logger.warning("%s: dropped its torn last line %d (%s)", self.path, number, exc)
+                    break
+                raise ValueError(f"{self.path}:{number}: not a metrics line ({type(exc).__name__}: {exc}); delete "
+                                 "or fix that line, then run again") from None
+            if logged_at <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def add(self, metrics: dict[str, float]) -> None:
