@@ -184,6 +184,19 @@ def test_resume_refuses_incompatible_changes(tmp_path, overrides, message):
     assert all(torch.equal(after[k], before[k]) for k in before)  # the finished run's model is untouched
 
 
+def test_cli_shows_which_checkpoint_a_resume_started_from(tmp_path, capsys):
+    from visalign.cli.train import main as train_main
+
+    out = tmp_path / "cli"
+    flags = ["--config", "text-quickstart", "--output_dir", str(out), "--eval_dataset", "none", "--save_steps", "1"]
+    assert train_main([*flags, "--max_steps", "1"]) == 0
+    capsys.readouterr()
+    assert train_main([*flags, "--max_steps", "2", "--resume_from", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert f"INFO: resumed from {out / 'checkpoints' / 'checkpoint-1'} at step 1" in err
+    assert "WARNING: resumed with max_steps changed from 1 to 2 (applied)" in err
+
+
 def test_fresh_run_refuses_a_non_empty_output_dir_unless_told_to_overwrite(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints" / "checkpoint-99").mkdir(parents=True)

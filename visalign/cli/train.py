@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -116,6 +117,24 @@ def _unknown_options_message(unknown: list[str], parser: argparse.ArgumentParser
     return f"unrecognized arguments: {' '.join(unknown)}{hint}"
 
 
+def show_info_logs() -> None:
+    """Print visalign's INFO log lines (resumed from which checkpoint, ties dropped, validation images) to stderr;
+    Python's default shows warnings only."""
+    package = logging.getLogger("visalign")
+    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the ``sys.stderr`` of the moment (a replaced stream, as in tests, is followed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
 def _fail(message: str) -> int:
     print(f"visalign train: error: {message}", file=sys.stderr)
     return 2
@@ -153,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = import_object(METHODS[method][1])
     except ImportError as exc:
         return _fail(f"method {method!r} is not available: {exc}")
+    show_info_logs()
     try:
         result = run(config)
     except KeyboardInterrupt:
