@@ -64,6 +64,7 @@ def test_lora_round_trips_into_a_real_pipeline_with_load_lora_weights(family, sd
     card = (out / "README.md").read_text()
     assert "load_lora_weights" in card and "## Results" in card and "| `train_loss` |" in card
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert repr(CAPTIONS[0]) in code  # the example prompt is one the model was trained on
     namespace: dict = {}
     exec(code.replace(").images[0]", ", num_inference_steps=1, height=32, width=32).images[0]"), namespace)
     assert namespace["pipe"].get_list_adapters()["unet"] and namespace["image"].size == (32, 32)

@@ -360,6 +360,9 @@ class DiffusionTrainer(Trainer):
         args, acc = self.args, self.accelerator
         train_pairs = self._pairs(self._raw_train, args.dataset_split)
         eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
+        # the model card's example prompt: one the model knows (a validation prompt, else a training caption)
+        self._card_prompt = next((p for p in [*(args.validation_prompts or []), *train_pairs.captions_chosen] if p),
+                                 None)
         self.components = self._load_components()
         self.family = self.components.family
         self.resolution = args.resolution or self._native_resolution()
@@ -579,7 +582,8 @@ class DiffusionTrainer(Trainer):
         settings["steps"] = self.global_step
         write_model_card(output_dir, base_model=base, family=self.family, method=config.method, lora=lora,
                          settings=settings, validation_image=None if grid is None else
-                         str(Path(grid).relative_to(output_dir)))
+                         str(Path(grid).relative_to(output_dir)),
+                         **({"prompt": self._card_prompt} if self._card_prompt else {}))
 
 
 def run(config: DiffusionConfig) -> dict[str, float]:
