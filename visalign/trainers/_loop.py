@@ -8,21 +8,24 @@ A subclass supplies the method through hooks; the loop owns everything else:
 - ``build_collator()``: ``examples -> batch``;
 - ``prepare_reference()``: after ``accelerator.prepare``, set up the reference (may precompute it);
 - ``compute_loss(batch)``: ``(scalar loss, {metric name: float})`` for one micro-batch;
-- ``num_examples(batch)``: weight of a batch when averaging evaluation metrics;
+- ``num_examples(batch)``: weight of a batch when averaging evaluation metrics (0: every example was skipped);
+- ``num_skipped(batch)``: examples dropped from a batch as unreadable (counted over processes and resumes);
 - ``resolved_config()``: the config with resolved defaults, written beside checkpoints and the final model;
 - ``save_final(output_dir)``: the final model folder (``save_pretrained`` + resolved config);
 - ``on_step_end(step)``: after each optimizer step's logging and checkpointing (e.g. validation images).
 
-A train dataset with ``set_epoch(e)`` is told the epoch before it is read, also after a resume mid-epoch, so per-epoch
-augmentation draws (flips, caption dropout) replay exactly.
+A train dataset with ``set_epoch(e)`` is told the epoch before it is read, through accelerate's loader too (which
+re-sets it from its own counter), also after a resume mid-epoch, so per-epoch augmentation draws (flips, crops,
+caption dropout) replay exactly.
 
 Per optimizer step the loop runs ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the last),
 clips the global gradient norm, and skips the update when the loss or the gradient norm is non-finite on any process
 (counted; more than ``max_nonfinite_steps`` in a row raises ``NonFiniteTrainingError`` and leaves the last good
-checkpoint in place). The data stream is deterministic: epoch ``e`` is shuffled with seed ``seed + e`` and the
+checkpoint in place: one followed by a finite loss) or when no micro-batch held an example. The data stream is deterministic: epoch ``e`` is shuffled with seed ``seed + e`` and the
 micro-batch position is ``step · gradient_accumulation_steps``, so ``resume_from`` restores model, optimizer,
 scheduler and RNG states with ``accelerator.load_state`` and skips to the same position with
-``accelerator.skip_first_batches`` — a resumed run ends where an uninterrupted one does.
+``accelerator.skip_first_batches`` — a resumed run ends where an uninterrupted one does. A fresh run needs an empty
+(or ``overwrite_output_dir``), writable ``output_dir``; a resume checks the checkpoint's config (``_resume``).
 
 Per-step overhead is kept off the module tree: ``train()`` puts the whole model in train mode once and a step does it
 again only if the top module was left in eval mode (``evaluate``, validation images and the reference restore every
