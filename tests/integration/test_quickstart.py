@@ -37,6 +37,19 @@ def test_default_run_is_the_shapes_quickstart(tmp_path, capsys):
     assert f"reward_gain: {section['mean_diff']}" in printed
 
 
+def test_unwritable_or_used_output_dir_fails_before_sampling(tmp_path, capsys):
+    """Issue 16: an unwritable folder was found at the first write, after sampling and training."""
+    (tmp_path / "file").write_text("")
+    assert train_main([*SMALL, "--model", str(tmp_path / "no-model-here"), "--output_dir",
+                       str(tmp_path / "file" / "run")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "README.md").write_text("another run")
+    assert train_main([*SMALL, "--model", str(tmp_path / "no-model-here"), "--output_dir",
+                       str(tmp_path / "used")]) == 2
+    assert "is not empty (holds README.md)" in capsys.readouterr().err
+
+
 def test_onpolicy_config_rejects_full_fine_tuning_and_single_samples():
     with pytest.raises(ValueError, match="use_lora must be true"):
         OnPolicyConfig(model="m", use_lora=False)
