@@ -28,3 +28,4 @@ def test_notebook_executes(name, tmp_path, capsys):
         print(f"\n{name}: executed in {time.monotonic() - start:.0f} s")
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "accuracy before:" in outputs and "accuracy after:" in outputs and "eval_rewards/accuracies" in outputs
+    assert "shapes named after:" in outputs and "wrong -> right" in outputs  # what the accuracy change is made of
