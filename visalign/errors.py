@@ -19,3 +19,7 @@ class DataError(UserError, ValueError):
 
 class NotFoundError(UserError, FileNotFoundError):
     """A model, dataset or weights file that is neither a local path nor available from the Hugging Face Hub."""
+
+
+class InputError(UserError, ValueError):
+    """Bad command-line input (flags, missing files, mismatched prompts) of a `visalign` command."""

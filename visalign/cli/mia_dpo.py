@@ -42,6 +42,7 @@ from reward_models.inputs import to_rgb
 from visalign.data.mia_dpo import IMAGE_PLACEHOLDER
 from visalign.data.mia_dpo_select import DEFAULT_THRESHOLDS, DROP_REASONS, SELECTION_JSON, MIASelectConfig, SourceSample
 from visalign.data.mia_dpo_select import build_mia_dpo
+from visalign.errors import InputError
 
 KIND_DEFAULT_IMAGES = {"sequence": 2, "grid": 4, "pip": 1}
 #: skip reason -> text of the summary line.
@@ -51,10 +52,6 @@ SKIP_REASONS = {
     "empty_text": "empty question or answer",
     "unreadable_image": "unreadable image file",
 }
-
-
-class InputError(ValueError):
-    """Bad command-line input (files, rows, flags); reported without a traceback, exit code 2."""
 
 
 def make_parser() -> argparse.ArgumentParser:

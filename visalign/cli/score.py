@@ -21,13 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from visalign.errors import UserError
+from visalign.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-class InputError(UserError, ValueError):
-    """Bad command-line input (missing files, mismatched prompts); reported without a traceback."""
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
