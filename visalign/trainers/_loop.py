@@ -314,6 +314,8 @@ class Trainer:
         finite = flags == 0
         if examples and (finite or acc.scaler is not None):
             self.optimizer.step()  # with fp16 the scaler skips a step whose gradients are not finite
+        elif acc.scaler is not None:
+            acc.scaler.update()  # close the step clipping unscaled, without an update (the next one unscales again)
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         data = {"data/skipped_pairs": float(skipped)}
