@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.helpers.diffusion import CAPTIONS, pairs, sd15, sdxl, write_pairs  # noqa: F401 (pytest fixtures)
-from visalign.config_io import read_yaml_mapping
+from visalign.config_io import ConfigError, read_yaml_mapping
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer
 
 
@@ -243,6 +243,19 @@ def test_skipped_pairs_are_counted_with_workers_and_across_a_resume(sd15, tmp_pa
         result = DiffusionTrainer(config(resume_from="latest", **common)).train()
     assert result["skipped_pairs"] == 2.0  # one per step, the step before the resume included
     assert "2 unreadable pair(s) were skipped during training" in caplog.text
+
+
+def test_a_text_checkpoint_given_to_a_diffusion_run_fails_before_any_model_loads(pairs, tmp_path):
+    from visalign.testing.text_data import synthetic_preferences
+    from visalign.trainers.text import DPOConfig, DPOTrainer
+
+    DPOTrainer(args=DPOConfig(model="builtin:tiny-llama", output_dir=str(tmp_path / "text"), max_steps=1, save_steps=1,
+                              per_device_batch_size=2, max_length=64),
+               train_dataset=synthetic_preferences("train").select(range(2))).train()
+    checkpoint = tmp_path / "text" / "checkpoints" / "checkpoint-1"
+    with pytest.raises(ConfigError, match=f"{checkpoint} was written by a method 'dpo' run, this is a 'diffusion-dpo'"):
+        DiffusionTrainer(config(model=str(tmp_path / "no-model-here"), dataset=pairs, resume_from=str(checkpoint),
+                                output_dir=str(tmp_path / "diffusion")))
 
 
 def test_an_eval_set_with_no_readable_pair_fails_before_any_model_loads(pairs, tmp_path):

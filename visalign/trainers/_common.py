@@ -157,14 +157,20 @@ RESUME_CHANGEABLE = frozenset({
 })
 
 
+def check_resume_method(saved: dict[str, Any], method: str, checkpoint: Path) -> None:
+    """Raise ``ConfigError`` unless ``checkpoint`` (its config ``saved``) was written by a ``method`` run: a text
+    checkpoint given to a diffusion run, or DPO resumed as MaPO, is refused (before any model loads)."""
+    if saved.get("method") != method:
+        raise ConfigError(
+            f"{checkpoint} was written by a method {saved.get('method')!r} run, this is a {method!r} run: resume "
+            "with the checkpoint's method, or start a fresh run in another --output_dir")
+
+
 def resume_config_changes(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> dict[str, tuple]:
     """``{key: (checkpoint's value, this run's value)}`` of the keys a resume from ``checkpoint`` changes (keys missing
     on one side, from another visalign version, are not compared). Raises ``ConfigError`` naming every change
-    outside :data:`RESUME_CHANGEABLE`, first of all another method (a text checkpoint given to a diffusion run)."""
-    if saved.get("method") != current.get("method"):
-        raise ConfigError(
-            f"{checkpoint} was written by a method {saved.get('method')!r} run, this is a {current.get('method')!r} "
-            "run: resume with the checkpoint's method, or start a fresh run in another --output_dir")
+    outside :data:`RESUME_CHANGEABLE`, first of all another method (:func:`check_resume_method`)."""
+    check_resume_method(saved, current.get("method"), checkpoint)
     changed = {key: (saved[key], current[key]) for key in sorted(saved.keys() & current.keys())
                if saved[key] != current[key]}
     refused = [key for key in changed if key not in RESUME_CHANGEABLE]

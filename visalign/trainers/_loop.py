@@ -54,6 +54,7 @@ from visalign.models.card import write_card_results
 from visalign.trainers._common import (
     CONFIG_FILE,
     MetricsLog,
+    check_resume_method,
     complete_checkpoints,
     device_mixed_precision,
     make_optimizer,
@@ -97,6 +98,9 @@ class Trainer:
         )
         register_trainable_state_hooks(self.accelerator)
         prepare_output_dir(args, is_main_process=self.accelerator.is_main_process)  # before any model loads
+        self._checkpoint = resolve_resume(args.output_dir, args.resume_from)  # also: a bad path fails before loading
+        if self._checkpoint is not None:  # so does another method's checkpoint (a text one for a diffusion run)
+            check_resume_method(read_yaml_mapping(self._checkpoint / CONFIG_FILE), args.method, self._checkpoint)
         set_seed(args.seed)
         self.train_dataset, self.eval_dataset = self.build_datasets()
         if precision_note is not None:  # said after the data and model checks, whose errors stay one line
@@ -397,8 +401,7 @@ class Trainer:
         """Restore the checkpoint ``resume_from`` names after checking it against this run: same method and settings
         but for :data:`RESUME_CHANGEABLE` keys (applied: the schedule is re-evaluated from this run's config), and not
         past this run's last step."""
-        args = self.args
-        checkpoint = resolve_resume(args.output_dir, args.resume_from)
+        args, checkpoint = self.args, self._checkpoint
         if checkpoint is None:
             if args.resume_from == "latest":
                 logger.info("resume_from=latest: no checkpoint in %s yet, starting from step 0", args.output_dir)
