@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from visalign.data.collators import PreferenceCollator
 from visalign.likelihood.text import pair_loglik
+from visalign.errors import NotFoundError
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
 from visalign.models.lora import apply_lora
 from visalign.reference import make_reference
@@ -164,7 +165,7 @@ def test_builtin_tiny_llama_is_built_once_into_the_cache(tmp_path, monkeypatch):
     assert load_tokenizer("builtin:tiny-llama").chat_template == tok.chat_template
     load_causal_lm("builtin:tiny-llama")
     assert config.stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="unknown built-in model 'builtin:gpt'"):
+    with pytest.raises(NotFoundError, match="unknown built-in model 'builtin:gpt'"):
         load_causal_lm("builtin:gpt")
 
 

@@ -35,6 +35,14 @@ def test_an_unreadable_metrics_line_before_the_last_is_named(accelerator, tmp_pa
         log.truncate_after(2)
 
 
+def test_a_logged_line_counts_the_pairs_skipped_in_its_window_and_averages_the_rest(accelerator, tmp_path):
+    log = MetricsLog(accelerator, tmp_path)
+    for loss, skipped in ((1.0, 1), (2.0, 0), (6.0, 2)):
+        log.add({"loss": loss, "data/skipped_pairs": skipped})
+    assert log.flush(3) == {"loss": 3.0, "data/skipped_pairs": 3.0}
+    assert json.loads(log.path.read_text().splitlines()[-1]) == {"step": 3, "loss": 3.0, "data/skipped_pairs": 3.0}
+
+
 def test_resume_config_changes_names_allowed_and_refused_keys(tmp_path):
     saved = {"method": "dpo", "beta": 0.1, "learning_rate": 1e-3, "max_steps": 10, "only_old": 1}
     current = {"method": "dpo", "beta": 0.1, "learning_rate": 5e-4, "max_steps": 20, "only_new": 2}

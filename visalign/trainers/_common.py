@@ -279,8 +279,11 @@ class MetricsLog:
 
     ``add`` takes one optimizer step's metrics (already averaged over its micro-batches); ``flush`` reduces the
     window's means across processes (one all-reduce), appends a JSON line (main process) and calls
-    ``accelerator.log``.
+    ``accelerator.log``. Counts (``COUNTS``: already totalled over the processes by the step) are summed over the
+    window instead, so ``data/skipped_pairs`` is the number of pairs skipped since the previous line.
     """
+
+    COUNTS = ("data/skipped_pairs",)
 
     def __init__(self, accelerator: Accelerator, output_dir: str | Path) -> None:
         self.accelerator = accelerator
@@ -317,7 +320,7 @@ class MetricsLog:
     def flush(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
         """Log the window's means plus ``extra`` (taken as is) at ``step``; returns what was logged."""
         keys = sorted(self._sums)
-        means = {k: self._sums[k] / self._counts[k] for k in keys}
+        means = {k: self._sums[k] if k in self.COUNTS else self._sums[k] / self._counts[k] for k in keys}
         if keys and self.accelerator.num_processes > 1:
             values = torch.tensor([means[k] for k in keys], device=self.accelerator.device, dtype=torch.float64)
             means = dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
