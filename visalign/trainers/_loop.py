@@ -38,7 +38,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import pickle
 import shutil
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -414,7 +416,13 @@ class Trainer:
                 f"{checkpoint} is at step {state['step']}, past this run's last step {self.total_steps} (max_steps "
                 f"{args.max_steps}, num_epochs {args.num_epochs}): raise max_steps, resume from an earlier checkpoint, "
                 "or start a fresh run in another --output_dir")
-        self.accelerator.load_state(str(checkpoint))
+        _check_rng_state(checkpoint / f"random_states_{self.accelerator.process_index}.pkl")
+        try:
+            self.accelerator.load_state(str(checkpoint))
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # torch.load of a damaged file
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"{checkpoint}: its optimizer, scheduler or RNG state cannot be read ({type(err).__name__}: "
+                             f"{first_line}); resume from another checkpoint") from None
         scheduler = self.lr_scheduler.scheduler
         scheduler.base_lrs = [args.learning_rate for _ in scheduler.base_lrs]
         scheduler.last_epoch -= 1
@@ -468,3 +476,18 @@ def _tracker_config(config: TrainingConfig) -> dict[str, Any]:
     return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in config_to_dict(config).items()
             if v is not None}
 
+
+def _check_rng_state(path: Path) -> None:
+    """Fail on a missing or damaged RNG state file, which ``accelerator.load_state`` would skip with an INFO line,
+    leaving the data order and dropout of the resumed run different from the uninterrupted one. The file is a
+    ``torch.save`` zip archive: its CRCs are checked without unpickling it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the checkpoint, so the run cannot resume exactly; resume from "
+                                "another checkpoint")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        damaged = str(err)
+    if damaged is not None:
+        raise ValueError(f"{path} is corrupt ({damaged}); resume from another checkpoint")
