@@ -13,8 +13,8 @@ global filter, so every other warning still shows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 BNB_CPU_KERNELS = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
 
@@ -48,14 +48,22 @@ def dropped_messages(logger_name: str, prefix: str) -> Iterator[None]:
 
 
 @contextmanager
-def transformers_bars_off() -> Iterator[None]:
-    """transformers' progress bars off while the block runs (restored after, if they were on)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+def bars_off(is_enabled: Callable[[], bool], disable: Callable[[], None], enable: Callable[[], None]
+             ) -> Iterator[None]:
+    """A library's progress bars off while the block runs (restored after, if they were on), given its three
+    switches (e.g. ``datasets.is_progress_bar_enabled``, ``disable_progress_bars``, ``enable_progress_bars``)."""
+    was_enabled = is_enabled()
+    disable()
     try:
         yield
     finally:
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            enable()
+
+
+def transformers_bars_off() -> AbstractContextManager[None]:
+    """transformers' progress bars off while the block runs."""
+    from transformers.utils import logging as hf_logging
+
+    return bars_off(hf_logging.is_progress_bar_enabled, hf_logging.disable_progress_bar,
+                    hf_logging.enable_progress_bar)

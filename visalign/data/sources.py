@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import codecs
-import contextlib
 import importlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 
+from visalign._quiet import bars_off
 from visalign.errors import DataError, NotFoundError
 
 #: builtin name -> ``module:function(split=...) -> datasets.Dataset``. Add a line to register a new built-in set.
@@ -60,25 +59,14 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
     return datasets.load_dataset(name, config or None, split=split)
 
 
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """datasets' "Generating train split" bars off while a local file loads (in moments; the bars are noise)."""
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if enabled:
-            datasets.enable_progress_bars()
-
-
 def _load_file(path: Path, builder: str, spec: str) -> datasets.Dataset:
     """One local file; text that is not UTF-8 or a file the builder cannot parse raises ``DataError`` naming the file
     and, where it can be found, the line."""
     if builder in _TEXT_BUILDERS:
         _check_utf8(path, spec)
     try:
-        with _no_progress_bars():
+        # datasets' "Generating train split" bars: a local file loads in moments, the bars are noise
+        with bars_off(datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars):
             return datasets.load_dataset(builder, data_files=str(path), split="train")
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__ or err
