@@ -5,6 +5,7 @@ dense-DPO weights, bad-input errors."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -15,8 +16,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from visalign.data.vlm import VisionPreferenceDataset
 from visalign.data.vlm_collator import VisionPreferenceCollator
+from visalign.likelihood.vlm import vlm_pair_loglik
 from visalign.testing.vlm import save_tiny_llava, save_tiny_llava_next, save_tiny_qwen2_vl
-from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer, vlm_pair_loglik
+from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer
 
 COLOURS = {"red": (220, 38, 38), "green": (34, 160, 60), "blue": (37, 70, 220), "yellow": (240, 200, 30)}
 SAVERS = {"llava": save_tiny_llava, "llava_next": save_tiny_llava_next, "qwen2_vl": save_tiny_qwen2_vl}
@@ -198,6 +200,27 @@ def test_bad_inputs(tmp_path):
     sneaky["prompt"] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what <image>"}]}]
     with pytest.raises(ValueError, match=r"rows row 0: the processor rejected .* Found total 4 <image> tokens and 2 images"):
         VisionPreferenceCollator(processor)([sneaky])
+
+
+def test_image_paths_resolve_against_the_data_file_folder_and_can_be_confined(tmp_path, monkeypatch):
+    """Relative image paths of a data file are read from its folder, whatever the working directory (as for diffusion
+    data); with confine_image_paths a path that leads outside that folder is refused, naming the row."""
+    path = save_tiny_llava(tmp_path / "m")
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    _image("red").save(data / "imgs" / "a.png")
+    _image("blue").save(tmp_path / "outside.png")
+    rows = [{"image": "imgs/a.png", "prompt": "<image> what colour ?", "chosen": "red", "rejected": "blue"}] * 2
+    (data / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    outside = [{**rows[0], "image": str(tmp_path / "outside.png")}] * 2
+    (data / "outside.jsonl").write_text("".join(json.dumps(row) + "\n" for row in outside))
+    monkeypatch.chdir(tmp_path / "m")  # anywhere but the data folder
+    result = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "run"), train_dataset=str(data / "pairs.jsonl")).train()
+    assert math.isfinite(result["train_loss"])
+    confined = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "confined", confine_image_paths=True),
+                             train_dataset=str(data / "outside.jsonl"))
+    with pytest.raises(ValueError, match=r"row 0: image 0 .* is outside the dataset folder"):
+        confined.train()
 
 
 def test_rlhfv_and_mia_dpo_schemas(tmp_path):

@@ -95,7 +95,7 @@ def compute_reference_logps(
             ``completion_mask`` (a tokenized ``datasets.Dataset`` with ``PreferenceCollator``; a
             ``VisionPreferenceDataset`` with ``VisionPreferenceCollator``).
         loglik: ``loglik(model, batch, return_token_logps=...) -> PairLogLik`` (``pair_loglik``;
-            ``vlm_pair_loglik`` for VLMs).
+            ``visalign.likelihood.vlm.vlm_pair_loglik`` for VLMs).
 
     Returns per-row columns: ``ref_{chosen,rejected}_logps`` (summed, floats) and, with ``per_token``,
     ``ref_{side}_token_logps`` (one value per ``completion_mask`` position of the row, as the collators read them).

@@ -4,7 +4,8 @@
 The text ``DPOTrainer``'s loop, losses and reference strategies, for LLaVA-1.5, LLaVA-NeXT and Qwen2-VL (any
 ``AutoModelForImageTextToText`` model with a ``ProcessorMixin``): images are collated on the fly
 (``visalign.data.vlm_collator``), one forward over ``[chosen; rejected]`` carries every model-specific input, and the
-per-token log-probs are scored with ``visalign.likelihood.text`` (reference §C.5–C.6).
+per-token log-probs are scored with ``visalign.likelihood.vlm`` (reference §C.5–C.6); loading, freezing and LoRA
+targets are in ``visalign.models.vlm``.
 
 Methods on top: RLHF-V dense DPO (``dense_dpo: true``; Yu et al. 2024, eq. 5: γ-weighted token scores for policy and
 reference alike, ``visalign.data.dense_dpo``) and MIA-DPO (Liu et al. 2024: plain DPO on the multi-image data that
@@ -20,33 +21,25 @@ completions (see the collator).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from visalign.data.dense_dpo import DENSE_DPO_SCORES
 from visalign.data.ref_cache import compute_reference_logps
-from visalign.data.sources import load_source
+from visalign.data.sources import load_source, local_folder
 from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
-from visalign.likelihood.text import cached_pair_loglik, pair_loglik
-from visalign.losses import PairLogLik, preference_loss
-from visalign.models.builtin import resolve_model
+from visalign.likelihood.text import cached_pair_loglik
+from visalign.likelihood.vlm import vlm_pair_loglik
+from visalign.losses import preference_loss
 from visalign.models.lora import apply_lora, is_peft_model
+from visalign.models.vlm import freeze_vlm_parts, language_lora_targets, load_processor, load_vlm
 from visalign.trainers.text import DPOConfig, DPOTrainer, disable_dropout
-
-#: Batch keys that are not model inputs.
-NON_MODEL_KEYS = ("completion_mask", "token_weights", "ref_chosen_logps", "ref_rejected_logps",
-                  "ref_chosen_token_logps", "ref_rejected_token_logps")
-#: Attribute names of the parts of a transformers VLM (``model.model.<name>``), first match wins.
-VISION_TOWERS = ("vision_tower", "visual")
-PROJECTORS = ("multi_modal_projector",)
-LANGUAGE_MODELS = ("language_model",)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -63,7 +56,10 @@ class VLMDPOConfig(DPOConfig):
         metadata=_help("max prompt + completion tokens per row (image tokens included); only the completion end is "
                        "cut; none (recommended for VLMs) = no cap"),
     )
-    image_folder: str | None = field(default=None, metadata=_help("base folder of relative image paths (MIA-DPO)"))
+    image_folder: str | None = field(default=None, metadata=_help(
+        "base folder of relative image paths (MIA-DPO); default: the dataset file's folder"))
+    confine_image_paths: bool = field(default=False, metadata=_help(
+        "refuse image paths that lead outside image_folder (absolute paths, ../, symlinks out)"))
     dataset_schema: str | None = field(
         default=None, metadata=_help(f"row schema: {' | '.join(SCHEMAS)}; none = detect from the columns")
     )
@@ -123,45 +119,6 @@ class VLMDPOConfig(DPOConfig):
         return DENSE_DPO_SCORES[self.dense_dpo_score] if self.dense_dpo else "sum"
 
 
-def vlm_part(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module | None:
-    """The first of ``names`` found on the VLM's inner model (``model.model``) or on the model itself."""
-    for owner in (getattr(model, "model", None), model):
-        for name in names:
-            part = getattr(owner, name, None) if owner is not None else None
-            if isinstance(part, torch.nn.Module):
-                return part
-    return None
-
-
-def language_lora_targets(model: torch.nn.Module) -> list[str]:
-    """Full names of the language model's ``nn.Linear`` layers (LoRA on the language model only; never ``lm_head``)."""
-    language = vlm_part(model, LANGUAGE_MODELS)
-    if language is None:
-        raise ValueError(f"{type(model).__name__}: cannot find the language model ({', '.join(LANGUAGE_MODELS)})")
-    ids = {id(m) for m in language.modules() if isinstance(m, torch.nn.Linear)}
-    return [name for name, module in model.named_modules() if id(module) in ids]
-
-
-def vlm_pair_loglik(model: torch.nn.Module, batch: Mapping[str, Any], *, reduction: str = "sum",
-                    return_token_logps: bool = False) -> PairLogLik:
-    """One forward of a VLM over a ``VisionPreferenceCollator`` batch -> ``PairLogLik`` (``likelihood.text`` scoring).
-
-    A forward that fails with transformers' "Image features and image tokens do not match" is re-raised with the
-    likely causes.
-    """
-    device = next(model.parameters()).device
-    extras = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
-              if k not in NON_MODEL_KEYS and k not in ("input_ids", "attention_mask")}
-    try:
-        return pair_loglik(model, batch, reduction=reduction, return_token_logps=return_token_logps,
-                           model_inputs=extras)
-    except ValueError as exc:
-        if "Image features and image tokens do not match" in str(exc):
-            raise ValueError(f"{exc}. The prompt's image tokens disagree with the processed images: the processor and "
-                             "the model configs differ, or the text contains image tokens itself") from exc
-        raise
-
-
 class VLMDPOTrainer(DPOTrainer):
     """Preference training of a VLM with any paired loss (module docstring).
 
@@ -192,11 +149,13 @@ class VLMDPOTrainer(DPOTrainer):
     # ---------------------------------------------------------------------------------------------- data
 
     def _vision_dataset(self, data, split: str, name: str) -> VisionPreferenceDataset:
+        image_folder = self.args.image_folder
         if isinstance(data, str):
             name = data
+            image_folder = image_folder or local_folder(data)  # relative paths: against the file's folder
             data = load_source(data, split=split)
-        return VisionPreferenceDataset(data, name=name, image_folder=self.args.image_folder,
-                                       schema=self.args.dataset_schema)
+        return VisionPreferenceDataset(data, name=name, image_folder=image_folder, schema=self.args.dataset_schema,
+                                       confine_image_paths=self.args.confine_image_paths)
 
     def build_datasets(self) -> tuple[VisionPreferenceDataset, VisionPreferenceDataset | None]:
         train = self._vision_dataset(self._raw_train, self.args.dataset_split, "train_dataset")
@@ -204,8 +163,7 @@ class VLMDPOTrainer(DPOTrainer):
                                                                              "eval_dataset")
         if self.tokenizer is None:
             source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
-            self.tokenizer = AutoProcessor.from_pretrained(resolve_model(source),
-                                                           trust_remote_code=self.args.trust_remote_code)
+            self.tokenizer = load_processor(source, trust_remote_code=self.args.trust_remote_code)
         if not isinstance(self.tokenizer, ProcessorMixin):
             raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got {type(self.tokenizer).__name__}")
         if self.args.chat_template is not None:
@@ -226,19 +184,13 @@ class VLMDPOTrainer(DPOTrainer):
     def build_model(self) -> torch.nn.Module:
         args = self.args
         if isinstance(self._model_spec, str):
-            dtype = "auto" if args.model_dtype == "auto" else getattr(torch, args.model_dtype)
-            kwargs = {"dtype": dtype, "trust_remote_code": args.trust_remote_code}
-            if args.attn_implementation is not None:
-                kwargs["attn_implementation"] = args.attn_implementation
-            model = AutoModelForImageTextToText.from_pretrained(resolve_model(self._model_spec), **kwargs)
+            model = load_vlm(self._model_spec, dtype=args.model_dtype, attn_implementation=args.attn_implementation,
+                             trust_remote_code=args.trust_remote_code)
         else:
             model = self._model_spec
         if args.disable_dropout:
             disable_dropout(model)
-        for flag, names in ((args.freeze_vision_tower, VISION_TOWERS), (args.freeze_projector, PROJECTORS)):
-            part = vlm_part(model, names) if flag else None
-            if part is not None:
-                part.requires_grad_(False)
+        freeze_vlm_parts(model, vision_tower=args.freeze_vision_tower, projector=args.freeze_projector)
         if args.use_lora:
             targets = args.lora_target_modules or language_lora_targets(model)
             model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
