@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, open_rgb, resolve_image_path
-from visalign.data.sources import load_source
+from visalign.data.sources import load_source, local_folder
 from visalign.errors import DataError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def load_preference_pairs(
     if schema == "paired_folder" or (schema == "auto" and (path / "chosen").is_dir() and (path / "rejected").is_dir()):
         return paired_folder_pairs(path, confine_image_paths=confine_image_paths)
     dataset = load_source(spec, split=split)
-    base_dir = path if path.is_dir() else path.parent if path.is_file() else None
+    base_dir = local_folder(spec)
     if schema == "pickapic" or (schema == "auto" and set(PICKAPIC_COLUMNS) <= set(dataset.column_names)):
         if caption_chosen_column is not None and caption_0_column is None:
             raise DataError(

@@ -59,6 +59,13 @@ def load_source(spec: str, *, split: str = "train") -> datasets.Dataset:
     return datasets.load_dataset(name, config or None, split=split)
 
 
+def local_folder(spec: str) -> Path | None:
+    """The folder of a local dataset (the folder itself, or a data file's folder), against which its relative image
+    paths are resolved; ``None`` for a Hub dataset."""
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else path.parent if path.is_file() else None
+
+
 def _load_file(path: Path, builder: str, spec: str) -> datasets.Dataset:
     """One local file; text that is not UTF-8 or a file the builder cannot parse raises ``DataError`` naming the file
     and, where it can be found, the line."""

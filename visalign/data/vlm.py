@@ -157,12 +157,14 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         name: used in error messages (``train_dataset``, a file name, ...).
         image_folder: base folder of relative image paths (MIA-DPO's ``--image_folder``).
         schema: one of ``SCHEMAS``; ``None`` detects it from the columns.
+        confine_image_paths: image paths must stay under ``image_folder`` (``/etc/...`` or ``../`` refused when an
+            image is read, naming the row).
 
     ``columns`` (precomputed reference values) can be added with ``with_columns``; they are returned with each row.
     """
 
     def __init__(self, data, *, name: str = "dataset", image_folder: str | Path | None = None,
-                 schema: str | None = None) -> None:
+                 schema: str | None = None, confine_image_paths: bool = False) -> None:
         if isinstance(data, list):
             data = datasets.Dataset.from_list(data)
         if len(data) == 0:
@@ -170,6 +172,7 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         self.data = data
         self.name = name
         self.image_folder = None if image_folder is None else Path(image_folder)
+        self.confine_image_paths = confine_image_paths
         self.schema = schema or detect_schema(list(data.column_names), data[0], name=name)
         if self.schema not in SCHEMAS:
             raise DataError(f"{name}: unknown schema {self.schema!r}; use one of {SCHEMAS}")
@@ -182,6 +185,7 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         row = normalize_row(self.data[int(index)], int(index), self.schema, name=self.name)
         row.update({key: values[int(index)] for key, values in self.extra.items()})
         row["image_folder"] = self.image_folder
+        row["confine_image_paths"] = self.confine_image_paths
         row["dataset_name"] = self.name
         return row
 
@@ -190,6 +194,7 @@ class VisionPreferenceDataset(torch.utils.data.Dataset):
         for key, values in columns.items():
             if len(values) != len(self):
                 raise DataError(f"{self.name}: column {key!r} has {len(values)} values for {len(self)} rows")
-        copy = VisionPreferenceDataset(self.data, name=self.name, image_folder=self.image_folder, schema=self.schema)
+        copy = VisionPreferenceDataset(self.data, name=self.name, image_folder=self.image_folder, schema=self.schema,
+                                       confine_image_paths=self.confine_image_paths)
         copy.extra = {**self.extra, **columns}
         return copy

@@ -67,7 +67,8 @@ def load_images(example: dict[str, Any]) -> list:
     images = []
     for k, source in enumerate(example["images"]):
         try:
-            images.append(open_rgb(source, base_dir=example.get("image_folder")))
+            images.append(open_rgb(source, base_dir=example.get("image_folder"),
+                                   confine=example.get("confine_image_paths", False)))
         except IMAGE_ERRORS as exc:
             label = source if isinstance(source, str) else (source.get("path") if isinstance(source, dict) else None)
             raise ValueError(f"{_where(example)}: image {k}{f' ({label})' if label else ''} is unreadable: "
