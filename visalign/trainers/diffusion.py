@@ -67,6 +67,7 @@ from visalign.losses import preference_loss
 from visalign.losses.types import to_floats
 from visalign.models.diffusion import SDXL, SDXL_TIME_IDS, DiffusionComponents, encode_images, encode_prompts
 from visalign.models.diffusion import load_diffusion_components, sdxl_time_ids
+from visalign.models.builtin import is_builtin
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
 from visalign.reference import Reference, make_reference
 from visalign.trainers._common import CONFIG_FILE
@@ -449,7 +450,11 @@ class DiffusionTrainer(Trainer):
         self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
 
     def resolved_config(self) -> DiffusionConfig:
-        return dataclasses.replace(self.args, reference=self.reference_strategy, resolution=self.resolution)
+        """The config as it ran: reference, resolution, and no ``vae`` for a built-in model, which keeps its own
+        (``load_diffusion_components``)."""
+        builtin = isinstance(self._model_spec, str) and is_builtin(self._model_spec)
+        return dataclasses.replace(self.args, reference=self.reference_strategy, resolution=self.resolution,
+                                   vae=None if builtin else self.args.vae)
 
     # ---------------------------------------------------------------------------------------------- loss
 
