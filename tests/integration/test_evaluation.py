@@ -1,4 +1,5 @@
-"""Generation determinism and resume, and `visalign eval` end to end on a tiny SD pipeline and a tiny PickScore."""
+"""Generation determinism and resume, and `visalign eval` end to end on a tiny SD pipeline and a tiny PickScore,
+its HTML report checked in headless Chromium."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from visalign.models.diffusion import SD
 from visalign.models.diffusion_io import save_diffusion_lora
 from visalign.testing.clip import save_tiny_clip
 from visalign.testing.diffusion import save_tiny_sd
+from tests.helpers.browser import broken_images, browser, console_errors, open_file, screenshot  # noqa: F401
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 FAST = GenerationSettings(num_inference_steps=2)
@@ -158,6 +160,7 @@ def test_visalign_eval_end_to_end(models, tmp_path, capsys):
     assert Image.open(out / "grid.png").size == (2 * 32, 3 * 32)
     markdown = (out / "report.md").read_text()
     assert "| pickscore |" in markdown and "grid.png" in markdown
+    assert report["files"]["html"] == "report.html" and (out / "report.html").is_file()
     assert "| pickscore |" in capsys.readouterr().out
 
     # a rerun reuses every image and reproduces the report
@@ -180,3 +183,56 @@ def test_visalign_eval_rejects_bad_input_before_loading(models, tmp_path, capsys
     assert eval_cli.main(common + ["--scorer", "pickscore", "--tie-tolerance", "hps=0.1"]) == 2
     assert "names scorer 'hps', which is not a --scorer" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_visalign_eval_html_report_in_a_browser(models, tmp_path, browser):  # noqa: F811 (pytest fixture)
+    hostile = '<script>window.pwned = 1</script> a cat & "dog"'
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([PROMPTS[0], hostile, "a green <b>triangle</b>"]) + "\n")
+    out = tmp_path / "eval"
+    assert visalign_main(["eval", "--model-a", models["base"], "--lora-a", models["lora"], "--model-b", models["base"],
+                          "--prompts", str(prompts), "--scorer", f"pickscore={models['pickscore']}", "--seeds", "2",
+                          "--steps", "2", "--bootstrap-resamples", "200", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    section = report["scorers"]["pickscore"]
+    open_file(browser, out / "report.html")
+    assert console_errors(browser) == [] and broken_images(browser) == []
+    assert len(browser.find_elements("css selector", "#pairs img")) == 12
+
+    # every number in the summary is report.json's, shown at the table's precision
+    numbers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#summary .num'), e => [e.dataset.scorer, e.dataset.field, "
+        "Number(e.dataset.value), e.textContent]);")
+    assert len(numbers) == 17  # means, medians, 3 rates and the difference with their intervals, tie tolerance
+    for scorer, field, value, text in numbers:
+        name, _, index = field.partition(".")
+        expected = report["scorers"][scorer][name] if not index else report["scorers"][scorer][name][int(index)]
+        assert value == expected, field
+        shown = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+        assert shown == pytest.approx(expected, rel=1e-3, abs=5e-4), (field, text)
+    assert browser.find_element("id", "provenance").text.count(section["scale"]) == 1
+    assert browser.find_elements("css selector", "svg.histogram rect")
+
+    # per-image scores are scores.jsonl's; the hostile prompt is shown as text and its script never ran
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#pairs tbody tr'), r => [r.querySelector('.prompt').innerText, "
+        "r.querySelector('img').getAttribute('src'), Array.from(r.querySelectorAll('.score'), "
+        "s => [s.dataset.model, Number(s.dataset.value)])]);")
+    expected_rows = {(r["prompt"], r["path"]): r["score"] for r in rows if r["model"] == "a"}
+    assert {(prompt, src): dict(scores)["a"] for prompt, src, scores in shown} == expected_rows
+    assert sum(prompt == hostile for prompt, _, _ in shown) == 2
+    assert browser.execute_script("return window.pwned") is None
+
+    # default order: largest |A - B| first; the select re-sorts (A's biggest losses first)
+    def margins():
+        return browser.execute_script(
+            "return Array.from(document.querySelectorAll('#pairs tbody tr'), r => Number(r.dataset.m0));")
+
+    assert [abs(m) for m in margins()] == sorted((abs(m) for m in margins()), reverse=True)
+    select = "const s = document.getElementById('sort'); s.value = arguments[0]; s.dispatchEvent(new Event('change'));"
+    browser.execute_script(select, "asc:0")
+    assert margins() == sorted(margins())
+    assert console_errors(browser) == []
+    browser.execute_script(select, "abs:0")
+    screenshot(browser, tmp_path / "eval-report.png")

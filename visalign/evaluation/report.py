@@ -10,6 +10,8 @@ score of each model, strict win/tie/loss rates of A against B and the mean diffe
   provenance and the scale convention: scores are the scorer's raw output, never rescaled, so PickScore is
   ``exp(logit_scale)·cos`` (≈ 20) and HPS a raw cosine (≈ 0.27) where papers print ``100·cos``; reward-scorers.md §1.6);
 - ``report.md``: the same as tables;
+- ``report.html``: the same in a self-contained page with score histograms and the images side by side, sortable
+  by score difference (:mod:`visalign.evaluation.html_report`);
 - ``scores.jsonl``: one row per (model, image, scorer);
 - ``grid.png``: rows = prompts, columns = model A then model B (first seed of each prompt);
 - ``images/a``, ``images/b``: the PNGs and their manifests.
@@ -30,6 +32,7 @@ from PIL import Image
 
 import visalign
 from visalign.evaluation.generate import GenerationSettings, Sample, generate_images, load_pipeline, score_samples
+from visalign.evaluation.html_report import REPORT_HTML, write_html_report
 from visalign.evaluation.validation import image_grid
 from visalign.evaluation.winrate import HeadToHead, head_to_head
 
@@ -201,12 +204,13 @@ def compare_models(
         "bootstrap": {"unit": "prompt", "num_resamples": num_resamples, "confidence": confidence,
                       "seed": bootstrap_seed},
         "scorers": sections,
-        "files": {"scores": SCORES_JSONL, "grid": GRID_PNG, "markdown": REPORT_MD},
+        "files": {"scores": SCORES_JSONL, "grid": GRID_PNG, "markdown": REPORT_MD, "html": REPORT_HTML},
     }
     with open(out_dir / SCORES_JSONL, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     comparison_grid(samples, dirs, max_prompts=grid_prompts).save(out_dir / GRID_PNG)
     write_report(report, out_dir)
+    write_html_report(report, rows, out_dir)
     return report
 
 
