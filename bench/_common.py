@@ -12,12 +12,22 @@ and free of torch's CPU allocator is an event, and the peak of their running sum
 added (weights, gradients, optimizer state, activations, batches; Python objects are not counted). The same
 accounting applies to every row, so the ratios compare like with like; RSS is not used because glibc keeps freed
 memory of one run mapped and would bias whichever run comes second in the process.
+
+Every bench (these two, ``scoring.py``, ``diffusion_dpo.py``) also uses the device helpers below: ``--device``,
+``--precision``, ``--gpu`` and ``--json`` (:func:`add_device_args`), CUDA synchronisation around timed regions only
+when the device is CUDA (:func:`synchronize`), peak CUDA memory beside RSS (:func:`cuda_peak_mib`, :func:`rss_mib`),
+the GPU's name, driver and torch/CUDA versions (:func:`machine_line`), FLOPs counted on the meta device
+(:func:`count_flops`) read as model FLOPs utilisation against the card's dense bf16 peak (:data:`PEAK_BF16_TFLOPS`),
+and one JSON result per bench (:func:`bench_result`) that ``run_all.py`` gathers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,17 +36,76 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 MIB = 2**20
+GIB = 2**30
+#: Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of ``torch.cuda.get_device_name``; the first
+#: match wins (NVIDIA data sheets: H100/H200 SXM 989, H100 PCIe 756, A100 312).
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# device, precision, timing and memory on any device (every bench)
+
+
+def add_device_args(parser, *, precision_help: str = "mixed precision of the trained / scored model") -> None:
+    """``--device``, ``--precision``, ``--gpu`` (the bench's GPU-sized preset) and ``--json`` (write the result)."""
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help=precision_help)
+    parser.add_argument("--gpu", action="store_true",
+                        help="GPU-sized preset (real model shapes, random weights built on the device); needs "
+                             "--device cuda")
+    parser.add_argument("--json", metavar="PATH", help="also write the result (rows, ratios, FLOPs) as JSON here")
+
+
+def check_device_args(parser, args) -> torch.device:
+    """The device of ``args`` after checking it exists and that ``--gpu`` is not combined with ``--quick`` or the
+    CPU; sets ``ACCELERATE_USE_CPU`` on the CPU (for the trainers' ``Accelerator``)."""
+    if args.gpu and getattr(args, "quick", False):
+        parser.error("--gpu and --quick are exclusive: pick the GPU-sized or the tiny preset")
+    if args.gpu and args.device != "cuda":
+        parser.error("--gpu sizes the bench for a GPU (minutes of work there, hours here); add --device cuda")
+    if args.device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+    elif not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    return torch.device(args.device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only: no CUDA call on the CPU path)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    """Start a new peak-memory window on CUDA (per row); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_mib(device: torch.device) -> float | None:
+    """``torch.cuda.max_memory_allocated`` since the last :func:`reset_cuda_peak` (MiB); ``None`` on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / MIB
+
+
+def rss_mib() -> float:
+    """The process's resident-set high-water mark (MiB; ``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
 class StepClock:
-    """End times of optimizer steps (``tick`` after each); ``steps_per_second(warmup)`` skips the warm-up steps."""
+    """End times of optimizer steps (``tick`` after each); ``steps_per_second(warmup)`` skips the warm-up steps.
+    On CUDA each tick first waits for the queued kernels, so a step ends when its work does."""
 
     ends: list[float] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def tick(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize(self.device)
         self.ends.append(time.perf_counter())
 
     def timed_seconds(self, warmup: int) -> float:
@@ -56,7 +125,7 @@ def timed_trainer_class(base: type) -> type:
 
     class Timed(base):
         def prepare_reference(self) -> None:
-            self.clock = StepClock()
+            self.clock = StepClock(device=self.accelerator.device)
             start = time.perf_counter()
             super().prepare_reference()
             self.reference_seconds = time.perf_counter() - start
@@ -101,12 +170,101 @@ def peak_memory_mib(run: Callable[[], object], device: torch.device) -> float:
     return peak / MIB
 
 
+def gpu_driver() -> str:
+    """The NVIDIA driver version from ``nvidia-smi`` (torch does not expose it), or ``"unknown"``."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
 def machine_line(device: torch.device) -> str:
-    """CPU/GPU, torch threads and the 1-minute load average (the machine may be shared)."""
+    """CPU/GPU, torch threads and the 1-minute load average (the machine may be shared); on CUDA also the GPU's
+    name, memory, driver and torch's CUDA/cuDNN versions."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return (f"device {device} ({where}); {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+    line = (f"device {device} ({where}); {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
             f"load average {load:.2f}; torch {torch.__version__}")
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        line += (f"; CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, driver {gpu_driver()}; "
+                 f"{props.total_memory / GIB:.0f} GiB, {props.multi_processor_count} SMs; dense bf16 peak "
+                 f"{peak_tflops(device) or 'unknown'} TFLOP/s")
+    return line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FLOPs on the meta device and model FLOPs utilisation
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The dense bf16 peak of ``device`` from :data:`PEAK_BF16_TFLOPS`; ``None`` on the CPU or an unlisted card."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def count_flops(run: Callable[[], object]) -> int:
+    """FLOPs of ``run()`` (forward, and backward where it calls one) by ``torch.utils.flop_counter.FlopCounterMode``.
+    Build the model and inputs under ``torch.device("meta")`` for real sizes: shapes only, no memory, no compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True)
+class TrainFlops:
+    """Model FLOPs of one unit (pair, image) of a training step: the policy forward + backward and one forward
+    (the live reference's); a row's figure is ``policy + reference`` if it runs a reference forward each step."""
+
+    policy: float
+    forward: float
+
+    def per_unit(self, live_reference: bool) -> float:
+        return self.policy + (self.forward if live_reference else 0.0)
+
+
+def train_flops(model: torch.nn.Module, loss: Callable[[torch.nn.Module], torch.Tensor]) -> TrainFlops:
+    """:class:`TrainFlops` of ``loss(model)`` (one unit's forward, reduced to a scalar), counted once without and once
+    with ``backward`` (only ``model``'s trainable parameters get gradients, so LoRA's frozen base is counted as
+    autograd runs it)."""
+    with torch.no_grad():
+        forward = count_flops(lambda: loss(model))
+    policy = count_flops(lambda: loss(model).backward())
+    return TrainFlops(float(policy), float(forward))
+
+
+def weights_gib(model: torch.nn.Module, *, optimizer_states: int = 2) -> dict[str, float]:
+    """Real-size memory of ``model``'s tensors, from shapes (meta-safe): the weights in their dtype, and for the
+    trainable parameters their fp32 gradients and ``optimizer_states`` fp32 AdamW moments."""
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {"params_b": sum(p.numel() for p in params) / 1e9, "trainable_b": trainable / 1e9,
+            "weights_gib": sum(p.numel() * p.element_size() for p in params) / GIB,
+            "grads_optimizer_gib": trainable * 4 * (1 + optimizer_states) / GIB}
+
+
+def flops_line(flops: float, unit: str, memory: dict[str, float] | None = None) -> str:
+    """One line: model FLOPs per unit and, where given, the real-size memory of :func:`weights_gib`."""
+    line = f"model FLOPs per {unit} (FlopCounterMode, meta device): {flops / 1e12:.4g} TFLOP"
+    if memory:
+        line += (f"; {memory['params_b']:.3g}B params ({memory['trainable_b']:.3g}B trained): weights "
+                 f"{memory['weights_gib']:.2f} GiB, fp32 grads + AdamW {memory['grads_optimizer_gib']:.2f} GiB")
+    return line
+
+
+def mfu(rate: float, flops_per_unit: float | None, device: torch.device) -> float | None:
+    """Model FLOPs utilisation: ``rate`` units/s × FLOPs per unit over the card's dense bf16 peak (``None`` where
+    either is unknown, e.g. on the CPU)."""
+    peak = peak_tflops(device)
+    if peak is None or flops_per_unit is None:
+        return None
+    return rate * flops_per_unit / (peak * 1e12)
 
 
 @dataclass
@@ -117,17 +275,56 @@ class Row:
     rate: float  #: throughput in the table's unit (steps/s, pairs/s)
     peak_mib: float
     note: str = ""
+    flops: float | None = None  #: model FLOPs per unit of ``rate`` (per step for steps/s), real size, meta device
+    rss_mib: float | None = None  #: the process's RSS high-water mark after the row (beside the CUDA peak)
 
 
-def format_table(rows: list[Row], peer: str, *, unit: str = "steps/s", versus: str = "vs peer") -> str:
-    """The rows with throughput (``unit``) and memory as ratios against the row named ``peer``."""
+def format_table(rows: list[Row], peer: str, *, unit: str = "steps/s", versus: str = "vs peer",
+                 device: torch.device | None = None) -> str:
+    """The rows with throughput (``unit``) and memory as ratios against the row named ``peer``; on CUDA also each
+    row's RSS, model TFLOP per unit, achieved TFLOP/s and MFU against the card's bf16 peak."""
     base = next(r for r in rows if r.name == peer)
     width = max(len(r.name) for r in rows) + 2
-    lines = [f"{'run':<{width}}{unit:>9}{versus:>9}{'peak MiB':>10}{versus:>9}  note"]
+    gpu = device is not None and device.type == "cuda"
+    extra = f"{'RSS MiB':>10}{'TFLOP/u':>9}{'TFLOP/s':>9}{'MFU':>7}" if gpu else ""
+    lines = [f"{'run':<{width}}{unit:>9}{versus:>9}{'peak MiB':>10}{versus:>9}{extra}  note"]
     for r in rows:
+        cells = ""
+        if gpu:
+            util = mfu(r.rate, r.flops, device)
+            cells = (f"{_num(r.rss_mib, '10.1f')}{_num(r.flops and r.flops / 1e12, '9.3f')}"
+                     f"{_num(r.flops and r.rate * r.flops / 1e12, '9.1f')}{_num(util and 100 * util, '6.1f')}%")
         lines.append(f"{r.name:<{width}}{r.rate:>9.3f}{r.rate / base.rate:>8.2f}x"
-                     f"{r.peak_mib:>10.1f}{r.peak_mib / base.peak_mib:>8.2f}x  {r.note}")
+                     f"{r.peak_mib:>10.1f}{r.peak_mib / base.peak_mib:>8.2f}x{cells}  {r.note}")
     return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    width = spec.split(".")[0]
+    return f"{'-':>{width}}" if value is None else f"{value:>{spec}}"
+
+
+def bench_result(bench: str, rows: list[Row], *, peer: str, unit: str, device: torch.device, config: str,
+                 ratios: dict[str, float], extra: dict | None = None) -> dict:
+    """The JSON form of a bench's table (what ``--json`` writes and ``run_all.py`` gathers): every row with its
+    ratios to ``peer``, CUDA peak and RSS, real-size FLOPs and MFU; the headline ``ratios``; the machine."""
+    base = next(r for r in rows if r.name == peer)
+    out_rows = []
+    for r in rows:
+        util = mfu(r.rate, r.flops, device)
+        out_rows.append({"name": r.name, "rate": r.rate, "unit": unit, "vs_peer": r.rate / base.rate,
+                         "peak_mib": r.peak_mib, "peak_vs_peer": r.peak_mib / base.peak_mib, "rss_mib": r.rss_mib,
+                         "flops_per_unit": r.flops, "tflops_per_s": r.flops and r.rate * r.flops / 1e12,
+                         "mfu": util, "note": r.note})
+    return {"bench": bench, "device": str(device), "machine": machine_line(device), "config": config, "peer": peer,
+            "unit": unit, "rows": out_rows, "ratios": ratios, **(extra or {})}
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Write ``result`` to ``path`` (``--json``), if given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,6 +355,7 @@ class Setup:
     processor_kwarg: str
     ours_extra: dict = field(default_factory=dict)
     cases: tuple[Case, ...] = ()
+    flops: TrainFlops | None = None  #: model FLOPs per optimizer step (all its pairs), real size, meta device
 
 
 @dataclass(frozen=True)
@@ -215,7 +413,7 @@ def run_case(setup: Setup, case: Case, opts: Options, workdir: str, steps: int):
             beta=opts.beta, max_length=opts.max_length, seed=0, dataloader_num_workers=0,
             precompute_ref_log_probs=case.precompute, precompute_ref_batch_size=opts.batch_size,
         )
-        clock = StepClock()
+        clock = StepClock(device=torch.device(opts.device))
         trainer = cls(model=model, ref_model=None if case.precompute else copy.deepcopy(model), args=args,
                       train_dataset=setup.make_dataset(), processing_class=processor,
                       callbacks=[trl_step_callback(clock)])
@@ -255,10 +453,13 @@ def run_bench(setup: Setup, opts: Options) -> list[Row]:
                 speeds[case.name].append(trainer.clock.steps_per_second(opts.warmup))
                 precompute[case.name].append(getattr(trainer, "reference_seconds", 0.0))
                 del trainer
-        memory = {}
+                release(device)
+        memory, rss = {}, {}
         for case in setup.cases:
             steps = min(opts.total_steps, opts.warmup + 1) if device.type == "cpu" else opts.total_steps
             memory[case.name] = peak_memory_mib(lambda: run_case(setup, case, opts, workdir, steps), device)
+            rss[case.name] = rss_mib()
+            release(device)
     rows = []
     for case in setup.cases:
         sps = statistics.median(speeds[case.name])
@@ -267,8 +468,18 @@ def run_bench(setup: Setup, opts: Options) -> list[Row]:
             pass_s = statistics.median(precompute[case.name])
             epoch = opts.total_steps / (pass_s + opts.total_steps / sps)
             note = f"one-off pass {pass_s:.1f}s; incl. it over 1 epoch: {epoch:.3f} steps/s; {note}".rstrip("; ")
-        rows.append(Row(case.name, sps, memory[case.name], note))
+        flops = setup.flops and setup.flops.per_unit(live_reference=not case.precompute)
+        rows.append(Row(case.name, sps, memory[case.name], note, flops=flops, rss_mib=rss[case.name]))
     return rows
+
+
+def release(device: torch.device) -> None:
+    """Free what the last run left (garbage, and on CUDA the allocator's cached blocks) before the next one."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,18 +493,19 @@ def parse_args(argv: list[str] | None, doc: str):
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--steps", type=int, help="timed optimizer steps per run (after warm-up)")
     parser.add_argument("--warmup", type=int, help="warm-up optimizer steps excluded from timing (>= 1)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--batch-size", type=int, help="pairs per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timed runs per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a ~30 s smoke run")
+    add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.device == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "1"  # our trainer's Accelerator; TRL gets use_cpu=True
-    elif not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    check_device_args(parser, args)  # our trainer's Accelerator follows ACCELERATE_USE_CPU; TRL gets use_cpu=True
     return args
+
+
+def preset(args, *, full: dict, quick: dict, gpu: dict) -> dict:
+    """The bench's size table picked by ``--quick`` / ``--gpu`` (else ``full``)."""
+    return quick if args.quick else gpu if args.gpu else full
 
 
 def options(args, sizes: dict, **fixed) -> Options:
@@ -305,15 +517,21 @@ def options(args, sizes: dict, **fixed) -> Options:
     )
 
 
-def report(rows: list[Row], desc: str, opts: Options, *, peer: str, live: str, precomputed: str) -> str:
-    """Machine line, setup, the table, and the two headline ratios."""
+def report(bench: str, rows: list[Row], desc: str, opts: Options, *, peer: str, live: str, precomputed: str,
+           flops_note: str = "") -> tuple[str, dict]:
+    """Machine line, setup, the FLOPs line, the table and the two headline ratios; and the :func:`bench_result`."""
     by_name = {r.name: r for r in rows}
     ours, pre, base = by_name[live], by_name[precomputed], by_name[peer]
-    return "\n".join([
-        machine_line(torch.device(opts.device)), desc, "",
-        format_table(rows, peer), "",
-        f"visalign / TRL (frozen reference copy): {ours.rate / base.rate:.2f}x steps/s at "
-        f"{ours.peak_mib / base.peak_mib:.2f}x peak memory",
-        f"visalign precomputed / visalign frozen_copy: {pre.rate / ours.rate:.2f}x steps/s excluding "
-        "the one-off pass (including it: see the note)",
+    device = torch.device(opts.device)
+    ratios = {"ours_vs_trl_rate": ours.rate / base.rate, "ours_vs_trl_memory": ours.peak_mib / base.peak_mib,
+              "precomputed_vs_frozen_copy_rate": pre.rate / ours.rate}
+    text = "\n".join([
+        machine_line(device), desc, *([flops_note] if flops_note else []), "",
+        format_table(rows, peer, device=device), "",
+        f"visalign / TRL (frozen reference copy): {ratios['ours_vs_trl_rate']:.2f}x steps/s at "
+        f"{ratios['ours_vs_trl_memory']:.2f}x peak memory",
+        f"visalign precomputed / visalign frozen_copy: {ratios['precomputed_vs_frozen_copy_rate']:.2f}x steps/s "
+        "excluding the one-off pass (including it: see the note)",
     ])
+    result = bench_result(bench, rows, peer=peer, unit="steps/s", device=device, config=desc, ratios=ratios)
+    return text, result

@@ -311,7 +311,7 @@ def run_bare(s: Settings, memory: PeakMemory) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if s.precision == "bf16" else torch.float16,
                               enabled=s.precision != "no")
     setup_s = time.perf_counter() - start
-    clock = StepClock()
+    clock = StepClock(device=device)
     for step in range(s.total_steps):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=g).repeat(2).to(device)
         noise = torch.randn(b, *x0.shape[1:], generator=g).repeat(2, 1, 1, 1).to(device)
