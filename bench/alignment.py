@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from visalign.cli.recipes import recipe_file
 from visalign.config_io import load_config
 from visalign.evaluation.report import ModelSpec, compare_models
+from visalign.recipes import recipe_file
 from visalign.shapes.analysis import analyse
 from visalign.shapes.world import ATTRIBUTES, describe, parse_prompt
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig

@@ -55,12 +55,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    from visalign.cli.eval import parse_scorers
     from visalign.evaluation.generate import GenerationSettings, load_prompts
     from visalign.evaluation.report import compare_models, render_markdown
+    from visalign.evaluation.scorer_specs import parse_scorers
 
     try:
-        scorers = parse_scorers(args.scorer, [], args.device, "float32")
+        scorers = parse_scorers(args.scorer, device=args.device, dtype="float32")
         report = compare_models(
             checkpoint_spec(args.checkpoint_a, args.base), checkpoint_spec(args.checkpoint_b, args.base),
             load_prompts(args.prompts, column=args.prompt_column), scorers, args.out, num_seeds=args.seeds,

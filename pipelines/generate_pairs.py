@@ -55,17 +55,17 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from reward_models import list_scorers
-    from visalign.cli.score import build_scorer
     from visalign.evaluation.generate import GenerationSettings, load_prompts
     from visalign.evaluation.pairs import check_pair_options, generate_preference_pairs
+    from visalign.evaluation.scorer_specs import build_scorer
 
     try:
         check_pair_options(args.samples_per_prompt, args.min_gap, args.pairing)
         if ":" not in args.scorer and args.scorer not in list_scorers():
             raise ValueError(f"unknown scorer {args.scorer!r}; available: {', '.join(list_scorers())}")
         prompts = load_prompts(args.prompts, column=args.prompt_column, limit=args.max_prompts)
-        scorer = build_scorer(argparse.Namespace(scorer=args.scorer, model=args.scorer_model, device=args.device,
-                                                 dtype=args.scorer_dtype, scorer_arg=args.scorer_arg))
+        scorer = build_scorer(args.scorer, model=args.scorer_model, device=args.device, dtype=args.scorer_dtype,
+                              scorer_args=args.scorer_arg)
         settings = GenerationSettings(num_inference_steps=args.steps, guidance_scale=args.guidance,
                                       height=args.height, width=args.width)
         summary = generate_preference_pairs(

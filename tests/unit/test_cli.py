@@ -62,7 +62,7 @@ def recipe_dir(tmp_path, monkeypatch):
     (folder / "quickstart.yaml").write_text("# description: the smallest run\nmethod: toy\nmax_steps: 2\n")
     (folder / "toy-lora.yaml").write_text("# description: toy with LoRA\nmethod: toy\nbeta: 0.5\n")
     (folder / "notes.txt").write_text("not a recipe")
-    monkeypatch.setattr(recipes, "_recipes_dir", lambda: folder)
+    monkeypatch.setattr("visalign.recipes._recipes_dir", lambda: folder)
     return folder
 
 

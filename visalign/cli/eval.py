@@ -17,9 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from visalign.cli.score import InputError
+from visalign.evaluation.scorer_specs import parse_scorers
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -65,32 +64,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_scorers(specs: Sequence[str], scorer_args: Sequence[str], device: str, dtype: str):
-    """``NAME[=MODEL]`` specs and ``NAME:KEY=VALUE`` options -> :class:`ScorerSpec` list, checked before any loading."""
-    from reward_models import list_scorers
-    from visalign.evaluation.report import ScorerSpec
-
-    kwargs: dict[str, dict] = {}
-    for spec in specs:
-        name, sep, model = spec.partition("=")
-        if not name or (sep and not model):
-            raise InputError(f"--scorer {spec!r} must look like NAME or NAME=MODEL")
-        if ":" not in name and name not in list_scorers():
-            raise InputError(f"--scorer {spec!r}: unknown scorer {name!r}; available: {', '.join(list_scorers())}")
-        if name in kwargs:
-            raise InputError(f"--scorer {name!r} is given twice")
-        kwargs[name] = {"device": device, "dtype": dtype, **({"model": model} if model else {})}
-    for item in scorer_args:
-        head, sep, value = item.partition("=")
-        name, _, key = head.rpartition(":")
-        if not sep or not name or not key:
-            raise InputError(f"--scorer-arg {item!r} must look like NAME:KEY=VALUE")
-        if name not in kwargs:
-            raise InputError(f"--scorer-arg {item!r} names scorer {name!r}, which is not a --scorer")
-        kwargs[name][key.replace("-", "_")] = yaml.safe_load(value)
-    return [ScorerSpec(name, name, options) for name, options in kwargs.items()]
-
-
 def parse_tolerances(items: Sequence[str], scorer_keys: Sequence[str]) -> dict[str, float]:
     """``VALUE`` (every scorer) and ``NAME=VALUE`` items -> ``{scorer key: tolerance}``; later items win."""
     tolerances = dict.fromkeys(scorer_keys, 0.0)
@@ -120,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag in ("seeds", "batch_size", "score_batch_size", "bootstrap_resamples", "grid_prompts"):
             if getattr(args, flag) < 1:
                 raise InputError(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
-        scorers = parse_scorers(args.scorer, args.scorer_arg, args.device, args.scorer_dtype)
+        scorers = parse_scorers(args.scorer, args.scorer_arg, device=args.device, dtype=args.scorer_dtype)
         tolerances = parse_tolerances(args.tie_tolerance, [s.key for s in scorers])
         prompts = load_prompts(args.prompts, column=args.prompt_column, split=args.prompt_split,
                                limit=args.max_prompts)

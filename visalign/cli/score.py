@@ -19,16 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from visalign.errors import InputError
+from visalign.evaluation import scorer_specs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that choose and load a scorer (shared with `visalign relabel`)."""
-    parser.add_argument("--scorer", required=True, help="registered scorer name or 'pkg.module:Factory'")
+def add_scorer_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """Flags that choose and load a scorer (shared with `visalign relabel`, `agreement` and `label`)."""
+    parser.add_argument("--scorer", required=required, help="registered scorer name or 'pkg.module:Factory'")
     parser.add_argument("--model", help="hub id or local path of the scorer's weights (scorer default if omitted)")
     parser.add_argument("--scorer-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="extra scorer option, value parsed as YAML (e.g. version=v2.0, head=aes.pth); repeatable")
@@ -40,26 +39,9 @@ def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_scorer(args: argparse.Namespace):
-    """Load the scorer chosen by :func:`add_scorer_arguments` flags."""
-    from reward_models import load_scorer
-
-    kwargs = {"device": args.device, "dtype": args.dtype}
-    if args.model is not None:
-        kwargs["model"] = args.model
-    kwargs.update(parse_scorer_args(args.scorer_arg))
-    return load_scorer(args.scorer, **kwargs)
-
-
-def parse_scorer_args(items) -> dict:
-    """``["KEY=VALUE", ...]`` -> scorer keyword arguments; values are read as YAML (numbers, booleans, lists,
-    mappings such as ``weights={colour: 1.0}``), an empty value is the empty string (e.g. ``prefix=``)."""
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"scorer argument {item!r} must look like KEY=VALUE")
-        kwargs[key.replace("-", "_")] = yaml.safe_load(value) if value.strip() else ""
-    return kwargs
+    """Load the scorer chosen by :func:`add_scorer_arguments` flags (``scorer_specs.build_scorer``)."""
+    return scorer_specs.build_scorer(args.scorer, model=args.model, device=args.device, dtype=args.dtype,
+                                     scorer_args=args.scorer_arg)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from visalign.cli.main import one_line
-from visalign.cli.recipes import recipe_file
 from visalign.config_io import ConfigError, add_config_arguments, config_to_dict, given_overrides, load_config
 from visalign.config_io import read_yaml_mapping
 from visalign.errors import UserError
+from visalign.recipes import recipe_file
 
 DEFAULT_RECIPE = "quickstart"
 

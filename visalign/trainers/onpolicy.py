@@ -95,8 +95,7 @@ class OnPolicyConfig(DiffusionConfig):
 
     def scorer_spec(self):
         from visalign.evaluation.report import ScorerSpec
-
-        from visalign.cli.score import parse_scorer_args
+        from visalign.evaluation.scorer_specs import parse_scorer_args
 
         kwargs = parse_scorer_args(self.scorer_args)
         if self.scorer_model is not None:
