@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relabel": ("visalign.cli.relabel", "relabel preference pairs with a reward model"),
     "agreement": ("visalign.cli.agreement", "accuracy of a reward model against human preferences (3 protocols)"),
     "eval": ("visalign.cli.eval", "generate and score images, win rates with confidence intervals"),
+    "label": ("visalign.cli.label", "collect pairwise human preferences in a local web page; annotator agreement"),
     "mia-dpo": ("visalign.cli.mia_dpo", "build MIA-DPO multi-image preference data from single-image QA rows"),
 }
 
