@@ -7,6 +7,7 @@
   ``render_markdown``, ``comparison_grid``
 - ``pairs``: ``generate_preference_pairs`` (sample K per prompt, score, best vs worst), ``select_pairs``
 - ``validation``: validation images during training
+- ``scorer_specs``: scorer options as text (``NAME=MODEL``, ``KEY=VALUE``) -> ``build_scorer`` / ``parse_scorers``
 
 Names are re-exported lazily, so importing one submodule does not import the others.
 """
