@@ -1,9 +1,9 @@
 """How the reference model is obtained, shared by every model family (reference §C.4).
 
-``make_reference(strategy, policy, dtype=None) -> Reference``; then, every step::
+``make_reference(strategy, policy, dtype=None, columns=None) -> Reference``; then, every step, one call for every
+strategy (``visalign.objective`` makes it)::
 
-    with torch.no_grad(), reference.active(policy) as ref_model:
-        ref = pair_loglik(ref_model, batch)
+    ref = reference.loglik(policy, batch, pair_loglik)  # PairLogLik (or what pair_loglik returns), or None
 
 ``active`` runs the block in eval mode (no dropout; transformers' gradient checkpointing is off outside training)
 and restores every module's train/eval flag afterwards. ``policy`` may be the accelerate-wrapped model; the
@@ -23,8 +23,9 @@ Strategies (``REFERENCE_STRATEGIES``):
   copy of the active adapter named ``"ref"`` is added at construction and activated with ``set_adapter`` during
   the reference forward (TRL 1.16's rule for a ``PeftModel`` passed without ``peft_config``).
 - ``precomputed``: no forward during training; reference log-probs are columns of the dataset
-  (``visalign.data.ref_cache``), read back with ``visalign.likelihood.text.cached_pair_loglik``.
-- ``none``: reference-free losses; no reference at all.
+  (``visalign.data.ref_cache``, attached by the trainer when ``reads_batch``), read back by ``columns``, given at
+  construction (default ``visalign.likelihood.text.cached_pair_loglik``, summed token log-probs).
+- ``none``: reference-free losses; no reference at all: ``loglik`` returns ``None``.
 
 ``precomputed`` and ``none`` run no forward, so their ``active`` raises.
 """
@@ -32,14 +33,16 @@ Strategies (``REFERENCE_STRATEGIES``):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
 
+from visalign.likelihood.text import cached_pair_loglik
 from visalign.models.lora import is_peft_model
 
 REFERENCE_STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
@@ -90,7 +93,8 @@ def reference_mode(module: torch.nn.Module, flags: ModeFlags | None = None) -> I
 
 @dataclass
 class Reference:
-    """A reference strategy bound to one policy; ``active(policy)`` yields the module to run as the reference.
+    """A reference strategy bound to one policy; ``loglik(policy, batch, fn)`` gives the reference log-likelihoods
+    of a batch, whatever the strategy; ``active(policy)`` yields the module to run as the reference.
 
     Attributes:
         strategy: one of ``REFERENCE_STRATEGIES``.
@@ -102,11 +106,29 @@ class Reference:
     _switch: Callable[[], AbstractContextManager] | None = None
     _policy: torch.nn.Module | None = None
     _flags: ModeFlags | None = None
+    _columns: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def needs_forward(self) -> bool:
         """Whether the strategy runs a reference forward during training."""
         return self.strategy not in ("precomputed", "none")
+
+    @property
+    def reads_batch(self) -> bool:
+        """Whether the reference log-likelihoods are batch columns (``precomputed``): the trainer attaches them to its
+        datasets (``visalign.data.ref_cache``) before training."""
+        return self._columns is not None
+
+    def loglik(self, policy: torch.nn.Module, batch: Any, fn: Callable[[torch.nn.Module, Any], Any]) -> Any:
+        """The reference's log-likelihoods of ``batch``: ``fn(reference module, batch)`` under ``active`` (no grad,
+        eval mode) for the strategies with a forward, the batch's ``ref_*`` columns for ``precomputed``, ``None`` for
+        ``none``. ``fn`` is the policy's log-likelihood function (``(model, batch) -> PairLogLik``)."""
+        if self._columns is not None:
+            return self._columns(batch)
+        if not self.needs_forward:
+            return None
+        with self.active(policy) as module:
+            return fn(module, batch)
 
     @contextmanager
     def active(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -127,10 +149,19 @@ class Reference:
             yield module
 
 
-def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype | None = None) -> Reference:
-    """Bind ``strategy`` to ``policy`` (module docstring). ``dtype`` applies to ``frozen_copy`` only."""
+def make_reference(
+    strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype | None = None,
+    columns: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> Reference:
+    """Bind ``strategy`` to ``policy`` (module docstring). ``dtype`` is the ``frozen_copy``'s (an error with the other
+    forward strategies; ``precomputed`` and ``none`` load no model, so it is moot there). ``columns(batch)`` reads the
+    reference log-likelihoods from a batch for ``precomputed`` (default: summed token log-probs)."""
     if strategy not in REFERENCE_STRATEGIES:
         raise ValueError(f"unknown reference strategy {strategy!r}; use one of {list(REFERENCE_STRATEGIES)}")
+    if strategy == "precomputed":
+        return Reference(strategy, _columns=columns or cached_pair_loglik)
+    if strategy == "none":
+        return Reference(strategy)
     if dtype is not None and strategy != "frozen_copy":
         raise ValueError(f"reference_dtype applies to reference 'frozen_copy' only, not {strategy!r}")
     module = extract_model_from_parallel(policy)
@@ -144,10 +175,8 @@ def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype
                 "reference 'disable_adapter' needs a model with peft adapters (use_lora); use 'frozen_copy' for "
                 "full fine-tuning"
             )
-    elif strategy == "ref_adapter":
-        _add_frozen_ref_adapter(module)
     else:
-        return Reference(strategy)
+        _add_frozen_ref_adapter(module)
     return Reference(strategy, _switch=_SWITCHES[strategy](module), _policy=policy, _flags=ModeFlags(module))
 
 

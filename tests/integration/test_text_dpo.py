@@ -88,7 +88,8 @@ def test_lora_run_saves_a_peft_adapter(tmp_path):
 def test_reference_free_loss_builds_no_reference(tmp_path):
     trainer = DPOTrainer(args=_config(tmp_path, loss_type="simpo", beta=2.0, max_steps=1),
                          train_dataset=_train_rows(4))
-    assert trainer.reference_strategy == "none" and trainer.reference is None
+    reference = trainer.reference
+    assert trainer.reference_strategy == "none" and reference.model is None and not reference.needs_forward
     assert trainer.train()["train_steps"] == 1
 
 

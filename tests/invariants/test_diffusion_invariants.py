@@ -72,7 +72,7 @@ def test_full_fine_tune_frozen_copy_starts_at_ln2(sd15, pairs, tmp_path):
 def test_mapo_runs_without_a_reference_forward(sd15, pairs, tmp_path):
     mapo = trainer(MaPOConfig, model=sd15, dataset=pairs, output_dir=str(tmp_path / "mapo"), use_lora=True)
     dpo = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path / "dpo"), use_lora=True)
-    assert mapo.reference_strategy == "none" and mapo.reference is None
+    assert mapo.reference_strategy == "none" and mapo.reference.model is None and not mapo.reference.needs_forward
     counts = {}
     for name, t in (("mapo", mapo), ("dpo", dpo)):
         calls = count_unet_calls(t.accelerator.unwrap_model(t.model))

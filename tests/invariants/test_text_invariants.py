@@ -85,7 +85,7 @@ def test_frozen_copy_equals_disable_adapter_for_a_fresh_lora(tmp_path, pairs):
 def test_precomputed_reference_equals_live_reference(tmp_path, pairs):
     live = _trainer(tmp_path / "live", pairs, reference="frozen_copy", max_steps=2)
     cached = _trainer(tmp_path / "cached", pairs, reference="precomputed", max_steps=2)
-    assert cached.reference is None  # no reference model kept in memory
+    assert cached.reference.model is None and not cached.reference.needs_forward  # no reference model in memory
     assert "ref_chosen_logps" in cached.train_dataset.column_names
     live_result, cached_result = live.train(), cached.train()
     for key in ("train_loss", "eval_loss", "eval_rewards/margins", "eval_rewards/chosen"):

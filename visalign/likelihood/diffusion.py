@@ -172,3 +172,12 @@ def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, schedu
     target = diffusion_target(noised, scheduler).to(pred.device)
     chosen, rejected = diffusion_loglik(pred, target).chunk(2)
     return PairLogLik(chosen=chosen, rejected=rejected, nll_scale=DIFFUSION_NLL_SCALE)
+
+
+def mse_metrics(policy: PairLogLik, ref: PairLogLik | None) -> dict[str, torch.Tensor]:
+    """Mean denoising MSE of each side, ``-2·loglik``: ``mse/chosen|rejected`` and, with a reference,
+    ``ref_mse/chosen|rejected`` (the diffusion scripts' logged MSEs)."""
+    sides = {"mse/chosen": policy.chosen, "mse/rejected": policy.rejected}
+    if ref is not None:
+        sides.update({"ref_mse/chosen": ref.chosen, "ref_mse/rejected": ref.rejected})
+    return {key: -DIFFUSION_NLL_SCALE * value.detach().mean() for key, value in sides.items()}

@@ -1,7 +1,9 @@
 """The shared preference-loss core: pure tensor maths over per-sample log-likelihoods, no model code.
 
 Paired data goes through ``preference_loss(loss_type, policy, ref, beta=..., loss_weights=..., **hparams)``; unpaired
-(KTO) data through ``kto_loss``. ``LOSSES`` lists every loss with its hparams, reference-freeness and a one-line doc.
+(KTO) data through ``kto_loss``; a training step plans the combination once (``plan_losses``) and runs it with
+``combined_loss`` (``visalign.objective``). ``LOSSES`` lists every loss with its hparams, reference-freeness and a
+one-line doc.
 """
 
 from visalign.losses.kto import kto_loss, kto_reference_point
@@ -11,6 +13,7 @@ from visalign.losses.registry import (
     LossPlan,
     LossSpec,
     check_family,
+    combined_loss,
     needs_reference,
     plan_losses,
     preference_loss,
@@ -28,6 +31,7 @@ __all__ = [
     "PairLogLik",
     "UnpairedLogLik",
     "check_family",
+    "combined_loss",
     "kto_loss",
     "kto_reference_point",
     "needs_reference",

@@ -279,6 +279,12 @@ def preference_loss(
     several losses are combined.
     """
     plans = plan_losses(loss_type, beta=beta, loss_weights=loss_weights, **hparams)
+    return combined_loss(plans, policy, ref, beta=beta)
+
+
+def combined_loss(plans: Sequence[LossPlan], policy: PairLogLik, ref: PairLogLik | None, *, beta: float) -> LossOutput:
+    """:func:`preference_loss` for a loss combination validated once by :func:`plan_losses` (and the same ``beta``):
+    the training step (``visalign.objective``) plans at build time, not every micro-batch."""
     if ref is None:
         for plan in plans:
             if not plan.spec.reference_free:

@@ -12,7 +12,7 @@ One trainer; a method is a choice along the four axes of DESIGN.md:
 Per micro-batch of B pairs (rows ``[chosen; rejected]``): latents (VAE posterior mean, or the latent cache), prompt
 embeddings (encoded per step, or the text cache; DCPO conditions each side on its own caption, SDXL adds each image's
 pooled embedding and time ids), one noised point per image from the noise source, ONE policy UNet forward
-over the 2B samples, one no-grad reference forward on the same inputs, then ``preference_loss`` on the ELBO surrogate
+over the 2B samples, one no-grad reference forward on the same inputs, then the paired loss on the ELBO surrogate
 ``-0.5·MSE`` (Diffusion-DPO Eq. 14 / Supp. Eq. 46; reference ``diffusion-methods.md`` §2–§5, §7, §10).
 
 β convention: the paper's and Salesforce's ``-logσ(-β/2·(Δθ - Δref))``, so the diffusers SD1.5 script's
@@ -61,14 +61,14 @@ from visalign.data.diffusion import (
 from visalign.data.diffusion_cache import cached_preference_dataset
 from visalign.data.image_transforms import PairTransform
 from visalign.evaluation.validation import ValidationSettings, run_validation
-from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik
+from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik, mse_metrics
 from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
-from visalign.losses import preference_loss
-from visalign.losses.types import to_floats
+from visalign.losses import PairLogLik
 from visalign.models.diffusion import SDXL, SDXL_TIME_IDS, DiffusionComponents, encode_images, encode_prompts
 from visalign.models.diffusion import load_diffusion_components, sdxl_time_ids
 from visalign.models.builtin import is_builtin
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
+from visalign.objective import make_objective
 from visalign.reference import Reference, make_reference
 from visalign.trainers._common import CONFIG_FILE
 from visalign.trainers._loop import Trainer
@@ -444,10 +444,11 @@ class DiffusionTrainer(Trainer):
         model.enable_gradient_checkpointing()
 
     def prepare_reference(self) -> None:
-        if self.reference_strategy == "none":
-            return
+        """The reference and the objective (``visalign.objective``) over the ELBO surrogate."""
         dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
         self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
+        self.objective = make_objective(self.args, reference=self.reference, loglik=self._pair_loglik,
+                                        loglik_metrics=mse_metrics)
 
     def resolved_config(self) -> DiffusionConfig:
         """The config as it ran: reference, resolution, and no ``vae`` for a built-in model, which keeps its own
@@ -507,30 +508,19 @@ class DiffusionTrainer(Trainer):
 
         return NoisedLatents(*(stack(f.name) for f in dataclasses.fields(NoisedLatents)))
 
+    def _pair_loglik(self, unet: torch.nn.Module, inputs: tuple[NoisedLatents, UNetCond]) -> PairLogLik:
+        """The objective's likelihood: the ELBO surrogate of ``unet`` at the step's noised latents and conditioning."""
+        noised, cond = inputs
+        return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler)
+
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        args = self.args
         if batch["num_pairs"] == 0:  # every pair of this micro-batch was unreadable: a zero loss on the graph
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return zero, {}
         latents = self._latents(batch)
         cond = self._conditioning(batch)
         noised = self._noised(latents, cond, batch["indices"])
-        scheduler = self.components.scheduler
-        policy = diffusion_pair_loglik(self.model, noised, cond, scheduler=scheduler)
-        ref = None
-        if self.reference is not None:
-            with self.reference.active(self.model) as reference_unet:  # no_grad, eval mode
-                ref = diffusion_pair_loglik(reference_unet, noised, cond, scheduler=scheduler)
-        out = preference_loss(args.loss_type, policy, ref, beta=args.beta, loss_weights=args.loss_weights,
-                              **args.loss_hparams)
-        losses = out.losses
-        if "weights" in batch:
-            losses = losses * batch["weights"].to(losses.device)
-        mse = {"mse/chosen": policy.chosen, "mse/rejected": policy.rejected}
-        if ref is not None:
-            mse.update({"ref_mse/chosen": ref.chosen, "ref_mse/rejected": ref.rejected})
-        metrics = {**out.metrics, **to_floats({k: -2 * v.detach().mean() for k, v in mse.items()})}  # one host sync
-        return losses.mean(), metrics
+        return self.objective(self.model, (noised, cond), weights=batch.get("weights"))
 
     def num_examples(self, batch: dict) -> int:
         return batch["num_pairs"]

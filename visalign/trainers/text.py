@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,10 +29,10 @@ from visalign.data.collators import PreferenceCollator, UnpairedCollator
 from visalign.data.sources import load_source
 from visalign.data.text import tokenize_preferences, tokenize_unpaired, validate_columns
 from visalign.likelihood.text import cached_pair_loglik, pair_loglik, unpaired_loglik
-from visalign.losses import kto_loss, kto_reference_point, preference_loss
 from visalign.models.card import write_transformers_card
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
 from visalign.models.lora import apply_lora, is_peft_model
+from visalign.objective import LogLik, make_objective
 from visalign.reference import make_reference
 from visalign.data.ref_cache import attach_reference_logps
 from visalign.trainers._loop import Trainer
@@ -106,6 +107,9 @@ class KTOConfig(DPOConfig):
                 "KTOConfig.per_device_batch_size must be >= 2: the KL reference point pairs each prompt with another "
                 f"row's completion; got {self.per_device_batch_size}"
             )
+        if self.reference == "precomputed":
+            raise ValueError("KTOConfig.reference 'precomputed' is not supported (the KL reference point needs a "
+                             "reference forward on mismatched pairs); use frozen_copy or disable_adapter")
 
 
 class DPOTrainer(Trainer):
@@ -202,18 +206,24 @@ class DPOTrainer(Trainer):
         self.reference_strategy = args.resolved_reference(lora=is_peft_model(model))
         return model
 
+    def likelihood(self) -> tuple[LogLik, LogLik | None]:
+        """The family's likelihood function ``(model, batch) -> PairLogLik`` and the reader of a batch's precomputed
+        reference columns (``reference: precomputed``)."""
+        return pair_loglik, cached_pair_loglik
+
     def prepare_reference(self) -> None:
-        if self.reference_strategy == "none":
-            return
-        if self.reference_strategy == "precomputed":
+        """The reference (its precomputed columns attached to the datasets when it reads them) and the objective."""
+        loglik, columns = self.likelihood()
+        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
+        self.reference = make_reference(
+            self.reference_strategy, self.accelerator.unwrap_model(self.model), dtype=dtype, columns=columns
+        )
+        if self.reference.reads_batch:
             self.train_dataset = self._attach_reference(self.train_dataset, "train_dataset")
             if self.eval_dataset is not None:
                 self.eval_dataset = self._attach_reference(self.eval_dataset, "eval_dataset")
-            return
-        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
-        self.reference = make_reference(
-            self.reference_strategy, self.accelerator.unwrap_model(self.model), dtype=dtype
-        )
+        self.objective = make_objective(self.args, reference=self.reference, loglik=loglik,
+                                        reduce=partial(self.accelerator.reduce, reduction="mean"))
 
     def _attach_reference(self, dataset: datasets.Dataset, name: str) -> datasets.Dataset:
         """Reference log-probs computed once with the initial policy (cached on disk by ``ref_cache``) as columns."""
@@ -230,19 +240,7 @@ class DPOTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------- loss
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        args = self.args
-        policy = pair_loglik(self.model, batch)
-        if self.reference_strategy == "none":
-            ref = None
-        elif self.reference_strategy == "precomputed":
-            ref = cached_pair_loglik(batch)
-        else:
-            with torch.no_grad(), self.reference.active(self.model) as ref_model:
-                ref = pair_loglik(ref_model, batch)
-        out = preference_loss(
-            args.loss_type, policy, ref, beta=args.beta, loss_weights=args.loss_weights, **args.loss_hparams
-        )
-        return out.loss, out.metrics
+        return self.objective(self.model, batch)
 
     def num_examples(self, batch: dict) -> int:
         return batch["input_ids"].shape[0] // 2
@@ -282,19 +280,8 @@ class KTOTrainer(DPOTrainer):
         return UnpairedCollator(self.tokenizer.pad_token_id, kl=True, max_length=self.args.max_length,
                                 pad_to_multiple_of=self.args.pad_to_multiple_of)
 
-    def prepare_reference(self) -> None:
-        if self.reference_strategy == "precomputed":
-            raise ValueError("KTOConfig.reference 'precomputed' is not supported; use frozen_copy or disable_adapter")
-        super().prepare_reference()
-
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        policy = unpaired_loglik(self.model, batch)
-        with torch.no_grad(), self.reference.active(self.model) as ref_model:
-            ref = unpaired_loglik(ref_model, batch)
-        z0 = self.accelerator.reduce(kto_reference_point(policy, ref), reduction="mean")
-        hparams = self.args.loss_hparams
-        out = kto_loss(policy, ref, beta=self.args.beta, z0=z0, **hparams)
-        return out.loss, out.metrics
+    def likelihood(self) -> tuple[LogLik, None]:
+        return unpaired_loglik, None
 
     def num_examples(self, batch: dict) -> int:
         return batch["input_ids"].shape[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,9 @@ from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
 from visalign.likelihood.text import cached_pair_loglik
 from visalign.likelihood.vlm import vlm_pair_loglik
-from visalign.losses import preference_loss
 from visalign.models.lora import apply_lora, is_peft_model
 from visalign.models.vlm import freeze_vlm_parts, language_lora_targets, load_processor, load_vlm
+from visalign.objective import LogLik
 from visalign.trainers.text import DPOConfig, DPOTrainer, disable_dropout
 
 
@@ -219,19 +220,10 @@ class VLMDPOTrainer(DPOTrainer):
 
     # ---------------------------------------------------------------------------------------------- loss
 
-    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        args = self.args
-        policy = vlm_pair_loglik(self.model, batch, reduction=args.reduction)
-        if self.reference_strategy == "none":
-            ref = None
-        elif self.reference_strategy == "precomputed":
-            ref = cached_pair_loglik(batch, reduction=args.reduction)
-        else:
-            with torch.no_grad(), self.reference.active(self.model) as ref_model:
-                ref = vlm_pair_loglik(ref_model, batch, reduction=args.reduction)
-        out = preference_loss(args.loss_type, policy, ref, beta=args.beta, loss_weights=args.loss_weights,
-                              **args.loss_hparams)
-        return out.loss, out.metrics
+    def likelihood(self) -> tuple[LogLik, LogLik]:
+        """``vlm_pair_loglik`` and the precomputed columns' reader, both with the config's ``reduction``."""
+        reduction = self.args.reduction
+        return partial(vlm_pair_loglik, reduction=reduction), partial(cached_pair_loglik, reduction=reduction)
 
 
 def run(config: VLMDPOConfig) -> dict[str, float]:
