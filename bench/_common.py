@@ -24,6 +24,7 @@ and one JSON result per bench (:func:`bench_result`) that ``run_all.py`` gathers
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -312,8 +313,10 @@ def bench_result(bench: str, rows: list[Row], *, peer: str, unit: str, device: t
     out_rows = []
     for r in rows:
         util = mfu(r.rate, r.flops, device)
+        measured = math.isfinite(r.peak_mib) and math.isfinite(base.peak_mib)  # NaN: no peak measured (CPU scoring)
         out_rows.append({"name": r.name, "rate": r.rate, "unit": unit, "vs_peer": r.rate / base.rate,
-                         "peak_mib": r.peak_mib, "peak_vs_peer": r.peak_mib / base.peak_mib, "rss_mib": r.rss_mib,
+                         "peak_mib": r.peak_mib if measured else None,
+                         "peak_vs_peer": r.peak_mib / base.peak_mib if measured else None, "rss_mib": r.rss_mib,
                          "flops_per_unit": r.flops, "tflops_per_s": r.flops and r.rate * r.flops / 1e12,
                          "mfu": util, "note": r.note})
     return {"bench": bench, "device": str(device), "machine": machine_line(device), "config": config, "peer": peer,
