@@ -385,21 +385,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; "
-                                                    "style-src 'unsafe-inline'; img-src 'self'")
+                                                    "style-src 'unsafe-inline'; img-src 'self' data:")
         self.end_headers()
         self.wfile.write(body)
 
 
 #: The page: all text from the server is set with textContent, never parsed as HTML.
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>visalign label</title>
+<html lang="en"><head><meta charset="utf-8"><title>visalign label</title><link rel="icon" href="data:,">
 <style>
-body { font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; color: #222; }
-header { display: flex; justify-content: space-between; align-items: baseline; }
-#caption { font-size: 1.3rem; margin: 1rem 0; min-height: 1.6em; }
+body { font-family: system-ui, sans-serif; margin: 1rem 1.5rem; background: #fafafa; color: #222; }
+header { display: flex; justify-content: space-between; align-items: baseline; white-space: nowrap; }
+h1 { font-size: 1.2rem; margin: 0; }
+#caption { font-size: 1.3rem; margin: .8rem 0; min-height: 1.6em; }
 #pair { display: flex; gap: 1rem; }
 figure { flex: 1; margin: 0; text-align: center; }
-figure img { width: 100%; max-height: 60vh; object-fit: contain; image-rendering: pixelated; background: #eee; }
+figure img { width: 100%; height: 45vh; object-fit: contain; image-rendering: pixelated; background: #eee; }
 .buttons { display: flex; gap: .6rem; justify-content: center; margin-top: 1rem; }
 button { font-size: 1rem; padding: .5rem 1rem; cursor: pointer; }
 progress { width: 14rem; }
