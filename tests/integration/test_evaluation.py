@@ -4,7 +4,9 @@ its HTML report checked in headless Chromium."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +163,8 @@ def test_visalign_eval_end_to_end(models, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert "| pickscore |" in markdown and "grid.png" in markdown
     assert report["files"]["html"] == "report.html" and (out / "report.html").is_file()
-    assert "| pickscore |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| pickscore |" in printed and f"open {out / 'report.html'} in a browser" in printed
 
     # a rerun reuses every image and reproduces the report
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("images/*/*.png")}
@@ -235,4 +238,5 @@ def test_visalign_eval_html_report_in_a_browser(models, tmp_path, browser):  # n
     assert margins() == sorted(margins())
     assert console_errors(browser) == []
     browser.execute_script(select, "abs:0")
-    screenshot(browser, tmp_path / "eval-report.png")
+    # VISALIGN_SCREENSHOTS=docs/images keeps it for the docs
+    screenshot(browser, Path(os.environ.get("VISALIGN_SCREENSHOTS", tmp_path)) / "eval-report.png")

@@ -28,6 +28,7 @@ def test_default_run_is_the_shapes_quickstart(tmp_path, capsys):
     assert summary["num_prompts"] == 6 and len(captions) == summary["pairs"] == 6 - summary["skipped_small_gap"]
     assert all(row["score_chosen"] > row["score_rejected"] for row in captions)
     assert (out / LORA_WEIGHT_NAME).is_file() and (out / "eval" / "grid.png").is_file()
+    assert (out / "eval" / "report.html").is_file() and f"report: {out / 'eval' / 'report.html'}" in printed
 
     report = json.loads((out / "eval" / REPORT_JSON).read_text())
     section = report["scorers"]["shapes"]

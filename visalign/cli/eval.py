@@ -6,8 +6,9 @@
 Model A is compared against model B: the same prompts and seeds for both (safety checker off; CFG: ``--guidance``, else
 the pipeline's default, 7.5 for SD and 5.0 for SDXL), every ``--scorer`` on both, and per scorer mean/median scores,
 strict A win/tie/loss rates and the mean difference with paired bootstrap intervals over prompts. ``--out`` receives
-``report.json``, ``report.md``, ``scores.jsonl``, ``grid.png`` and ``images/{a,b}`` with manifests; a rerun reuses
-existing images (reference diffusion-methods.md §16; module ``visalign.evaluation.report``).
+``report.html`` (open it in a browser), ``report.json``, ``report.md``, ``scores.jsonl``, ``grid.png`` and
+``images/{a,b}`` with manifests; a rerun reuses existing images (reference diffusion-methods.md §16; module
+``visalign.evaluation.report``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from visalign.evaluation.report import render_markdown
 
     print(render_markdown(report))
-    print(f"report written to {args.out}")
+    print(f"report written to {args.out}; open {args.out / 'report.html'} in a browser")
     return 0
 
 

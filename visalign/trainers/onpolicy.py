@@ -11,8 +11,9 @@ Three stages, all in ``output_dir``:
    ``output_dir/cache`` unless ``cache_dir`` says otherwise);
 3. ``eval/``: base and trained model render the first ``num_eval_prompts`` prompts of ``eval_prompts`` with
    ``eval_seeds`` seeds each (seeds from ``eval_seed``, never used for the pairs), both scored, compared with paired
-   bootstrap intervals over prompts (:func:`visalign.evaluation.report.compare_models`): ``report.md``,
-   ``report.json``, ``scores.jsonl`` and ``grid.png`` (rows: prompts; columns: after, before).
+   bootstrap intervals over prompts (:func:`visalign.evaluation.report.compare_models`): ``report.html``
+   (open it in a browser: images side by side, sortable by score difference), ``report.md``, ``report.json``,
+   ``scores.jsonl`` and ``grid.png`` (rows: prompts; columns: after, before).
 
 ``visalign train`` with no arguments runs this on the shipped shapes world (recipe ``quickstart``): the
 ``builtin:shapes-sd`` model, ``builtin:shapes-prompts`` and the programmatic ``shapes`` reward. Sampling and
@@ -188,6 +189,6 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
           f"losses {figures['loss_rate']:.1%}\n"
           f"time: sampling {seconds['sample_s']:.0f} s, training {seconds['train_s']:.0f} s, evaluation "
           f"{seconds['eval_s']:.0f} s\n"
-          f"before/after images: {eval_dir / 'grid.png'} (columns: after, before); report: {eval_dir / 'report.md'}"
+          f"before/after images: {eval_dir / 'grid.png'} (columns: after, before); report: {eval_dir / 'report.html'}"
           f"\nLoRA: {config.output_dir} (pipe.load_lora_weights)", flush=True)
     return {**train_metrics, **figures, **seconds}
