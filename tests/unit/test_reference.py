@@ -9,7 +9,7 @@ from visalign.likelihood.text import pair_loglik
 from visalign.errors import NotFoundError
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
 from visalign.models.lora import apply_lora
-from visalign.reference import make_reference
+from visalign.reference import REFERENCE_STRATEGIES, make_reference
 from visalign.testing.causal_lm import save_tiny_llama, tiny_llama
 from visalign.testing.tokenizers import word_level_tokenizer
 
@@ -132,6 +132,27 @@ def test_reference_errors():
         assert not reference.needs_forward
         with pytest.raises(ValueError, match="runs no reference forward"), reference.active(base_model()):
             pass
+
+
+def test_loglik_is_one_call_for_every_strategy():
+    policy = lora_model()
+    perturb_adapter(policy)
+    before = scores(policy)
+    with policy.disable_adapter():
+        base = scores(policy)
+    references = {strategy: make_reference(strategy, policy) for strategy in REFERENCE_STRATEGIES}
+    perturb_adapter(policy)  # the policy moves after the references are made
+    expected = {"frozen_copy": before, "ref_adapter": before, "disable_adapter": base}
+    for strategy, want in expected.items():
+        got = references[strategy].loglik(policy, BATCH, pair_loglik)
+        assert not references[strategy].reads_batch and got.chosen.grad_fn is None
+        torch.testing.assert_close((got.chosen, got.rejected), (want.chosen, want.rejected))
+    columns = {**BATCH, "ref_chosen_logps": torch.tensor([-1.0, -2.0]),
+               "ref_rejected_logps": torch.tensor([-3.0, -4.0])}
+    assert references["precomputed"].reads_batch
+    read = references["precomputed"].loglik(policy, columns, pair_loglik)
+    assert read.chosen.tolist() == [-1.0, -2.0] and read.rejected.tolist() == [-3.0, -4.0]
+    assert references["none"].loglik(policy, BATCH, pair_loglik) is None
 
 
 def test_apply_lora_trains_only_the_adapter():
