@@ -5,6 +5,7 @@
 - ``winrate``: ``head_to_head`` -> ``HeadToHead``, ``outcomes``, ``bootstrap_means``, ``percentile_interval``
 - ``report``: ``compare_models`` (A vs B end to end), ``ModelSpec``, ``ScorerSpec``, ``write_report``,
   ``render_markdown``, ``comparison_grid``
+- ``html_report``: ``write_html_report``, ``render_html`` (``report.html``: the report as a self-contained page)
 - ``pairs``: ``generate_preference_pairs`` (sample K per prompt, score, best vs worst), ``select_pairs``
 - ``validation``: validation images during training
 - ``scorer_specs``: scorer options as text (``NAME=MODEL``, ``KEY=VALUE``) -> ``build_scorer`` / ``parse_scorers``
@@ -19,6 +20,7 @@ _EXPORTS = {
                  "read_manifest", "score_samples"),
     "winrate": ("HeadToHead", "head_to_head", "outcomes", "bootstrap_means", "percentile_interval"),
     "report": ("compare_models", "ModelSpec", "ScorerSpec", "write_report", "render_markdown", "comparison_grid"),
+    "html_report": ("write_html_report", "render_html"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
