@@ -48,6 +48,13 @@ Usage::
     python bench/diffusion_dpo.py --full               # full fine-tuning, frozen-copy reference
     python bench/diffusion_dpo.py --device cuda --precision bf16
     python bench/diffusion_dpo.py --quick              # tiny sizes, a smoke run of ~1 min
+    python bench/diffusion_dpo.py --gpu --device cuda --precision bf16   # real SDXL shapes at 1024² (~3 min, H100)
+
+``--gpu``: SDXL base 1.0's UNet and VAE architectures (``GPU_SHAPE``; the two text encoders at one width, 1024 x 24
+layers, so their states concatenate to SDXL's 2048), 1024 px, 1 pair per step (2 images: a 1024² SDXL LoRA step
+without gradient checkpointing holds ~15-20 GB of activations per image), random weights built on the GPU. Each GPU
+row also prints its RSS beside the CUDA peak and the UNet's training FLOPs per pair counted on the meta device, read
+as model FLOPs utilisation (``bench/_common.py``); MaPO's figure has no reference forward.
 """
 
 from __future__ import annotations
@@ -71,7 +78,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, Row, StepClock, format_table, machine_line, timed_trainer_class  # noqa: E402
+from _common import (  # noqa: E402
+    MIB, Row, StepClock, TrainFlops, add_device_args, bench_result, check_device_args, flops_line, format_table,
+    machine_line, rss_mib, timed_trainer_class, train_flops, weights_gib, write_json,
+)
 
 from visalign.testing.diffusion import SMALL_SDXL, TINY_SDXL, DiffusionShape, tiny_sdxl_components  # noqa: E402
 
@@ -79,6 +89,13 @@ from visalign.testing.diffusion import SMALL_SDXL, TINY_SDXL, DiffusionShape, ti
 BENCH_SHAPE = dataclasses.replace(SMALL_SDXL, vae_channels=(8, 24, 32, 32))
 FULL = {"shape": BENCH_SHAPE, "batch_size": 4, "steps": 10, "warmup": 2}
 QUICK = {"shape": TINY_SDXL, "batch_size": 2, "steps": 2, "warmup": 1}
+#: SDXL base 1.0's UNet and VAE at 1024² (as ``real_sdxl_flops``); text encoders at one width (module docstring)
+GPU_SHAPE = DiffusionShape(image_size=1024, unet_channels=(320, 640, 1280), unet_layers_per_block=2,
+                           transformer_layers_per_block=(1, 2, 10), attention_heads=(5, 10, 20),
+                           vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, norm_num_groups=32,
+                           text_hidden_size=1024, text_layers=24, text_heads=16, pooled_dim=1280,
+                           addition_time_embed_dim=256)
+GPU = {"shape": GPU_SHAPE, "batch_size": 1, "steps": 10, "warmup": 3}
 CAPTION_WORDS = ["red", "blue", "green", "square", "circle", "cross", "two", "dots", "a", "on", "the", "left"]
 
 
@@ -347,6 +364,7 @@ def row_main(key: str, settings_json: str, result_path: str) -> None:
     spec = BY_KEY[key]
     result = run_bare(s, memory) if spec.kind == "bare" else run_ours(spec, s, memory)
     result["baseline_mib"] = memory.baseline
+    result["rss_mib"] = rss_mib()
     Path(result_path).write_text(json.dumps(result))
 
 
@@ -381,7 +399,26 @@ def flops_lines(flops: dict, real: dict | None, shape: DiffusionShape, resolutio
     return lines
 
 
-def report(runs: dict[str, list[dict]], s: Settings, head: list[str]) -> tuple[str, list[Row]]:
+def unet_train_flops(shape: DiffusionShape, full: bool) -> tuple[TrainFlops, dict[str, float]]:
+    """:class:`TrainFlops` of one pair (two images) through the UNet with LoRA r 8 (or every weight trained), and the
+    UNet's real-size memory, counted on the meta device."""
+    from peft import LoraConfig
+
+    with torch.device("meta"):
+        unet = tiny_sdxl_components(shape=shape)["unet"]
+        if not full:
+            unet.requires_grad_(False)
+            unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        x = torch.zeros(2, shape.latent_channels, shape.latent_size, shape.latent_size)
+        cond = {"encoder_hidden_states": torch.zeros(2, 77, 2 * shape.text_hidden_size),
+                "added_cond_kwargs": {"text_embeds": torch.zeros(2, shape.pooled_dim), "time_ids": torch.zeros(2, 6)}}
+        t = torch.tensor([500, 500])
+    flops = train_flops(unet, lambda m: m(x, t, **cond).sample.float().pow(2).sum())
+    return flops, weights_gib(unet)
+
+
+def report(runs: dict[str, list[dict]], s: Settings, head: list[str], flops: TrainFlops | None = None
+           ) -> tuple[str, list[Row], dict]:
     """The table (medians over the repeats; the note lists every run's pairs/s) and the headline ratios."""
     import statistics
 
@@ -393,16 +430,19 @@ def report(runs: dict[str, list[dict]], s: Settings, head: list[str]) -> tuple[s
         if len(rates) > 1:
             note += "; runs: " + ", ".join(f"{rate:.3f}" for rate in rates)
         rows.append(Row(spec.label, statistics.median(rates),
-                        statistics.median(r["peak_mib"] for r in runs[spec.key]), note))
+                        statistics.median(r["peak_mib"] for r in runs[spec.key]), note,
+                        flops=flops and flops.per_unit(live_reference=spec.method != "mapo"),
+                        rss_mib=max(r.get("rss_mib", 0.0) for r in runs[spec.key])))
     results = {key: values[0] for key, values in runs.items()}
     by = {spec.key: row for spec, row in zip(ROWS, rows)}
     a, b, c, mapo = by["a"], by["b"], by["c"], by["mapo"]
     memory_how = ("torch.cuda.max_memory_allocated over the timed steps" if s.device == "cuda" else
                   f"RSS high-water mark over the timed steps minus RSS after imports (~{results['a']['baseline_mib']:.0f}"
                   " MiB), each row in a fresh subprocess")
+    device = torch.device(s.device)
     text = "\n".join([
         *head, "",
-        format_table(rows, by["c"].name, unit="pairs/s", versus="vs (c)"), "",
+        format_table(rows, by["c"].name, unit="pairs/s", versus="vs (c)", device=device), "",
         f"peak memory: {memory_how}",
         f"(a) / (c): {a.rate / c.rate:.2f}x pairs/s (goal >= 0.85), "
         f"{a.peak_mib / c.peak_mib:.2f}x memory",
@@ -410,7 +450,12 @@ def report(runs: dict[str, list[dict]], s: Settings, head: list[str]) -> tuple[s
         f"MaPO vs Diffusion-DPO (both (a)): time per step {time_change(a.rate, mapo.rate):+.1%}, peak memory "
         f"{mapo.peak_mib / a.peak_mib - 1:+.1%} (MaPO paper, full SDXL fine-tune on GPU: -14.5% time, -17.5% memory)",
     ])
-    return text, rows
+    ratios = {"a_vs_c_rate": a.rate / c.rate, "a_vs_c_memory": a.peak_mib / c.peak_mib, "b_vs_c_rate": b.rate / c.rate,
+              "a_vs_b_rate": a.rate / b.rate, "mapo_vs_dpo_time": time_change(a.rate, mapo.rate),
+              "mapo_vs_dpo_memory": mapo.peak_mib / a.peak_mib - 1}
+    result = bench_result("diffusion_dpo", rows, peer=c.name, unit="pairs/s", device=device, config=head[-1],
+                          ratios=ratios)
+    return text, rows, result
 
 
 def time_change(dpo_rate: float, mapo_rate: float) -> float:
@@ -435,8 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="warm-up optimizer steps excluded from timing (>= 1)")
     parser.add_argument("--resolution", type=int, help="training resolution in pixels (default: the shape's, 256)")
     parser.add_argument("--batch-size", type=int, help="pairs per step")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
+    add_device_args(parser)
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved rounds of every row (each run a fresh subprocess); medians reported")
     parser.add_argument("--full", action="store_true", help="full UNet fine-tuning with a frozen-copy reference")
@@ -444,7 +488,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--row", choices=sorted(BY_KEY), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.row:
+        check_device_args(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -455,7 +502,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         return []
     from visalign.testing.diffusion import save_tiny_sdxl
 
-    sizes = QUICK if args.quick else FULL
+    sizes = QUICK if args.quick else GPU if args.gpu else FULL
     resolution = args.resolution or sizes["shape"].image_size
     shape = dataclasses.replace(sizes["shape"], image_size=resolution)
     steps, warmup = args.steps or sizes["steps"], args.warmup or sizes["warmup"]
@@ -463,10 +510,16 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if warmup < 1 or steps < 1:
         raise ValueError(f"--warmup and --steps must be >= 1; got {warmup} and {steps}")
     device = torch.device(args.device)
-    flops = component_flops(tiny_sdxl_components(shape=shape), resolution)
-    real = None if args.quick else real_sdxl_flops()
+    if args.gpu:  # real size: count on the meta device (the CPU would take minutes); the shape is SDXL's own
+        with torch.device("meta"):
+            flops = component_flops(tiny_sdxl_components(shape=shape), resolution)
+    else:
+        flops = component_flops(tiny_sdxl_components(shape=shape), resolution)
+    real = None if args.quick or args.gpu else real_sdxl_flops()
+    unet_flops, unet_memory = unet_train_flops(shape, args.full)
     with tempfile.TemporaryDirectory(prefix="bench-diffusion-") as tmp:
-        model_dir = save_tiny_sdxl(Path(tmp) / "model", shape=shape)
+        with torch.device(device):  # random weights built on the device, then saved
+            model_dir = save_tiny_sdxl(Path(tmp) / "model", shape=shape)
         data_dir = write_pairs(Path(tmp) / "pairs", batch_size * (warmup + steps), resolution)
         s = Settings(str(model_dir), str(data_dir), tmp, batch_size, steps, warmup, resolution, args.device,
                      args.precision, args.full)
@@ -475,11 +528,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
             for spec in ROWS:
                 runs[spec.key].append(run_row(spec, s))
     head = [machine_line(device), *flops_lines(flops, real, shape, resolution),
+            flops_line(unet_flops.per_unit(live_reference=True), "pair (UNet policy fwd+bwd + reference fwd)",
+                       unet_memory),
             f"{'full UNet, frozen-copy reference' if args.full else 'LoRA r 8, adapter-disabled reference'}; batch "
             f"{batch_size} pairs; precision {args.precision}; {warmup} warm-up + {steps} timed steps per row; "
             f"{args.repeats} interleaved round(s)"]
-    text, rows = report(runs, s, head)
+    text, rows, result = report(runs, s, head, unet_flops)
     print(text)
+    write_json(args.json, result)
     return rows
 
 

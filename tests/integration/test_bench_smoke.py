@@ -8,6 +8,7 @@ positive numbers; no timing is asserted (timings belong to the bench, not to tes
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -74,3 +75,24 @@ def test_quick_scoring_bench_prints_every_row(capsys):
         assert len(row.rates) == 1 and math.isfinite(row.rate) and row.rate > 0, row
         assert row.scores.shape == (bench.QUICK["images"],) and row.name in out
     assert "speed-up vs the README loop" in out and "max |score difference|" in out and "the ceiling here" in out
+
+
+def test_run_all_quick_records_results_and_failures(monkeypatch, tmp_path):
+    """``run_all.py --quick``: each bench in its own subprocess; one that fails (here text_dpo, given an unknown flag)
+    is recorded with its error and the others still run and land in one JSON and one Markdown table."""
+    run_all = _load("run_all")
+    monkeypatch.setitem(run_all.QUICK_FLAGS, "text_dpo", ["--no-such-flag"])
+    code = run_all.main(["--quick", "--benches", "text_dpo", "scoring", "--out", str(tmp_path)])
+
+    assert code == 1  # a bench failed
+    results = json.loads((tmp_path / "results.json").read_text())
+    failed, scoring = results
+    assert failed["bench"] == "text_dpo" and "exit 2" in failed["error"]
+    assert any("--no-such-flag" in line for line in failed["output_tail"])
+    assert scoring["bench"] == "scoring" and scoring["device"] == "cpu" and len(scoring["rows"]) == 4
+    for row in scoring["rows"]:
+        assert math.isfinite(row["rate"]) and row["rate"] > 0 and row["flops_per_unit"] > 0, row
+        assert row["mfu"] is None  # no bf16 peak for a CPU
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| scoring | {row['name']} |" in table for row in scoring["rows"])
+    assert "**text_dpo failed** (exit 2)" in table
