@@ -1,7 +1,7 @@
 """Run every speed bench, one subprocess each, and write one JSON and one Markdown table with every ratio.
 
 One bench failing (an error, an out-of-memory, a time-out) is recorded with the tail of its output and the rest go
-on. The whole set sized for one H100 (``--device cuda --gpu``, the default on CUDA) is estimated at ~6 minutes
+on. The whole set sized for one H100 (``--device cuda --gpu``, the default on CUDA) is estimated at ~7 minutes
 including start-up (bench/README.md "On a GPU"); on the CPU ``--quick`` runs the same path as a smoke test.
 
     python bench/run_all.py --device cuda                     # GPU presets, bf16, results in bench-results/
