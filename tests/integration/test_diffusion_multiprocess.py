@@ -49,6 +49,19 @@ def write_pairs(root, n=4):
     return root
 
 
+def launch_two(recipe, output_dir, launch_flags, cwd, *, cpu=True) -> subprocess.CompletedProcess:
+    """`accelerate launch <launch_flags>` of `visalign train` on 2 processes, per-device batch 1."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    command = ["accelerate", "launch", *launch_flags, "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               "-m", "visalign", "train", "--config", str(recipe), "--output_dir", str(output_dir),
+               "--per_device_batch_size", "1"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=cwd)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
 def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(tmp_path):
@@ -60,12 +73,7 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(
     assert main(["--config", str(recipe), "--output_dir", str(single), "--per_device_batch_size", "2"]) == 0
 
     double = tmp_path / "two"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "visalign", "train", "--config", str(recipe), "--output_dir", str(double),
-               "--per_device_batch_size", "1"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    done = launch_two(recipe, double, ["--multi_gpu"], tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
 
     losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -76,3 +84,23 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(
     assert max((one[k] - start[k]).abs().max().item() for k in one) > 1e-4  # training moved the weights
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+@pytest.mark.parametrize("launch_flags, cpu, message", [
+    (["--use_fsdp", "--fsdp_version", "2"], True, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up MULTI_CPU"),
+    (["--use_fsdp", "--fsdp_version", "2"], False, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up NO"),
+    (["--multi_gpu"], False, "2 processes were launched (WORLD_SIZE) but accelerate set up NO with 1 process"),
+], ids=["fsdp-cpu-ddp", "fsdp-alone", "ddp-alone"])
+def test_a_launch_accelerate_does_not_build_on_cpus_fails_before_training(tmp_path, launch_flags, cpu, message):
+    """accelerate builds FSDP only on GPUs, and without ACCELERATE_USE_CPU it builds nothing distributed on CPUs: the
+    launch would silently train DDP, or two independent runs into one folder. The run stops before any model loads,
+    saying what accelerate built (docs/diffusion.md, "Many GPUs")."""
+    model, data = save_tiny_sd(tmp_path / "sd15"), write_pairs(tmp_path / "pairs")
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(yaml.safe_dump({**SETTINGS, "model": str(model), "dataset": str(data)}))
+    done = launch_two(recipe, tmp_path / "out", launch_flags, tmp_path, cpu=cpu)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-4000:]
+    assert not (tmp_path / "out" / "unet").exists()

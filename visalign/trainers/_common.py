@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
@@ -359,3 +361,26 @@ def device_mixed_precision(mixed_precision: str) -> tuple[str, str | None]:
         return mixed_precision, None
     return "no", "mixed_precision fp16 needs a GPU; training on the CPU in fp32 instead (--mixed_precision bf16 for " \
                  "bfloat16 on a CPU)"
+
+
+def check_distributed_setup(accelerator: Accelerator) -> None:
+    """Fail, before any model loads, when ``accelerate launch`` asked for a setup that accelerate did not build.
+
+    accelerate (1.16, ``AcceleratorState``) builds FSDP only on an accelerator device (GPU, NPU, XPU, HPU, ...), even
+    given a plugin: on CPUs it drops ``--use_fsdp`` without a word. With ``ACCELERATE_USE_CPU=true`` it runs DDP over
+    gloo instead (``--use_deepspeed`` too); without it every launched process trains the whole run alone, all writing
+    the same ``output_dir``."""
+    setup = accelerator.distributed_type.value
+    for flag, wanted in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                         ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if parse_flag_from_env(flag) and accelerator.distributed_type != wanted:
+            raise ConfigError(
+                f"the launch asked for {wanted.value} ({flag}=true) but accelerate set up {setup} on "
+                f"{accelerator.device.type}: it builds FSDP and DeepSpeed only on GPUs (or NPU/XPU/HPU); on CPUs launch "
+                "DDP instead (ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...)")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise ConfigError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate set up {setup} with "
+            f"{accelerator.num_processes} process: each would train alone into the same output_dir; on CPUs set "
+            "ACCELERATE_USE_CPU=true (accelerate launch --multi_gpu --num_processes N ...)")

@@ -56,6 +56,7 @@ from visalign.models.card import write_card_results
 from visalign.trainers._common import (
     CONFIG_FILE,
     MetricsLog,
+    check_distributed_setup,
     check_resume_method,
     complete_checkpoints,
     device_mixed_precision,
@@ -98,6 +99,7 @@ class Trainer:
             project_dir=args.output_dir,
             step_scheduler_with_optimizer=False,
         )
+        check_distributed_setup(self.accelerator)  # a launch accelerate did not honour (FSDP on CPUs) fails here
         register_trainable_state_hooks(self.accelerator)
         prepare_output_dir(args, is_main_process=self.accelerator.is_main_process)  # before any model loads
         self._checkpoint = resolve_resume(args.output_dir, args.resume_from)  # also: a bad path fails before loading
