@@ -86,11 +86,14 @@ def test_two_processes_train_the_same_weights_as_one_with_the_same_global_batch(
         torch.testing.assert_close(two[key], value, rtol=0, atol=1e-6)
 
 
+FSDP = ["--use_fsdp", "--fsdp_version", "2"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
 @pytest.mark.parametrize("launch_flags, cpu, message", [
-    (["--use_fsdp", "--fsdp_version", "2"], True, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up MULTI_CPU"),
-    (["--use_fsdp", "--fsdp_version", "2"], False, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up NO"),
+    (FSDP, True, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up MULTI_CPU"),
+    (FSDP, False, "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up NO"),
     (["--multi_gpu"], False, "2 processes were launched (WORLD_SIZE) but accelerate set up NO with 1 process"),
 ], ids=["fsdp-cpu-ddp", "fsdp-alone", "ddp-alone"])
 def test_a_launch_accelerate_does_not_build_on_cpus_fails_before_training(tmp_path, launch_flags, cpu, message):

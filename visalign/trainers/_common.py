@@ -376,8 +376,8 @@ def check_distributed_setup(accelerator: Accelerator) -> None:
         if parse_flag_from_env(flag) and accelerator.distributed_type != wanted:
             raise ConfigError(
                 f"the launch asked for {wanted.value} ({flag}=true) but accelerate set up {setup} on "
-                f"{accelerator.device.type}: it builds FSDP and DeepSpeed only on GPUs (or NPU/XPU/HPU); on CPUs launch "
-                "DDP instead (ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...)")
+                f"{accelerator.device.type}: it builds FSDP and DeepSpeed only on GPUs (or NPU/XPU/HPU); on CPUs "
+                "launch DDP instead (ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > accelerator.num_processes:
         raise ConfigError(
