@@ -1,11 +1,9 @@
 """The likelihood contract (``likelihood_contract.py``) applied to every provider: token log-probs of a causal LM
 (``likelihood.text.pair_loglik``), of VLMs (``likelihood.vlm.vlm_pair_loglik``; LLaVA-1.5 and Qwen2-VL) and the
-diffusion ELBO surrogate (``likelihood.diffusion.diffusion_pair_loglik``; SD and SDXL conditioning, random and
+diffusion ELBO surrogate (``likelihood.diffusion.DiffusionELBO``; SD and SDXL conditioning, random and
 DDIM-inversion noise)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -14,15 +12,15 @@ from tests.contract.likelihood_contract import LikelihoodContract
 from visalign.data.collators import PreferenceCollator
 from visalign.data.vlm import VisionPreferenceDataset
 from visalign.data.vlm_collator import VisionPreferenceCollator
-from visalign.likelihood.diffusion import DIFFUSION_NLL_SCALE, UNetCond, diffusion_pair_loglik, pair_cond
+from visalign.likelihood.diffusion import DIFFUSION_NLL_SCALE, DiffusionELBO, UNetCond, pair_cond
 from visalign.likelihood.noise import make_noise_source
 from visalign.likelihood.text import pair_loglik
 from visalign.likelihood.vlm import vlm_pair_loglik
+from visalign.models.diffusion import DiffusionComponents, detect_family
 from visalign.testing.causal_lm import tiny_llama
 from visalign.testing.diffusion import TINY_SD, tiny_sd_components, tiny_sdxl_components
 from visalign.testing.tokenizers import word_level_tokenizer
 from visalign.testing.vlm import tiny_llava, tiny_qwen2_vl
-from visalign.trainers.diffusion import DiffusionTrainer
 
 
 class TestTextLikelihood(LikelihoodContract):
@@ -91,7 +89,8 @@ class TestQwen2VLLikelihood(_VLM):
 
 class _Diffusion(LikelihoodContract):
     """Rows carry clean latents and per-side conditioning (DCPO's per-side captions, SDXL's per-image time ids); the
-    batch is noised as ``DiffusionTrainer`` does it, pair by pair from generators keyed by the pair's index."""
+    batch is noised by the provider, ``DiffusionELBO.noised``, pair by pair from generators keyed by the pair's
+    index."""
 
     SIDE_KEYS = (("chosen", "rejected"), ("chosen_cond", "rejected_cond"))
     NLL_SCALE = DIFFUSION_NLL_SCALE
@@ -117,13 +116,14 @@ class _Diffusion(LikelihoodContract):
     def loglik(self, model, rows):
         latents = torch.stack([r["chosen"] for r in rows] + [r["rejected"] for r in rows])
         cond = pair_cond(self.cond([r["chosen_cond"] for r in rows]), self.cond([r["rejected_cond"] for r in rows]))
-        scheduler = self.components["scheduler"]
-        # the noising still lives in the trainer (issue 17 moves it into the provider); these are the attributes it reads
-        trainer = SimpleNamespace(args=SimpleNamespace(seed=0), global_step=0, model=model,
-                                  noise_source=make_noise_source(**self.NOISE_SOURCE),
-                                  components=SimpleNamespace(scheduler=scheduler))
-        noised = DiffusionTrainer._noised(trainer, latents, cond, [r["index"] for r in rows])
-        return diffusion_pair_loglik(model, noised, cond, scheduler=scheduler)
+        c = self.components
+        encoders = tuple(c[k] for k in ("text_encoder", "text_encoder_2") if k in c)
+        tokenizers = tuple(c[k] for k in ("tokenizer", "tokenizer_2") if k in c)
+        components = DiffusionComponents(detect_family(c["unet"].config), c["unet"], c["vae"], encoders, tokenizers,
+                                         c["scheduler"])
+        elbo = DiffusionELBO(components, make_noise_source(**self.NOISE_SOURCE), policy=model, seed=0,
+                             device=torch.device("cpu"))
+        return elbo.pair_loglik(model, (elbo.noised(latents, cond, [r["index"] for r in rows], step=0), cond))
 
 
 class TestSDLikelihood(_Diffusion):

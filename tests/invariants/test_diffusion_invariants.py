@@ -126,8 +126,8 @@ def test_sdxl_square_resolution_time_ids_are_the_launchers_res_res_0_0_res_res(s
 def test_inpo_noise_is_reparametrised_per_image_with_t_shared_in_the_pair(sd15, pairs, tmp_path):
     t = trainer(InPOConfig, model=sd15, dataset=pairs, output_dir=str(tmp_path), use_lora=True, inversion_steps=3)
     batch = first_batch(t)
-    latents, cond = t._latents(batch), t._conditioning(batch)
-    noised = t._noised(latents, cond, batch["indices"])
+    latents, cond = t.likelihood.latents(batch), t.likelihood.conditioning(batch)
+    noised = t.likelihood.noised(latents, cond, batch["indices"], t.global_step)
     abar = t.components.scheduler.alphas_cumprod[noised.timesteps].view(-1, 1, 1, 1)
     torch.testing.assert_close(noised.noisy_latents, abar.sqrt() * latents + (1 - abar).sqrt() * noised.noise)
     chosen_t, rejected_t = noised.timesteps.chunk(2)
@@ -141,11 +141,11 @@ def test_inpo_noise_is_reparametrised_per_image_with_t_shared_in_the_pair(sd15, 
 def test_noise_is_keyed_by_pair_so_batch_composition_does_not_matter(sd15, pairs, tmp_path):
     t = trainer(model=sd15, dataset=pairs, output_dir=str(tmp_path), use_lora=True, caption_dropout=0.0)
     batch = first_batch(t)
-    latents, cond = t._latents(batch), t._conditioning(batch)
-    together = t._noised(latents, cond, batch["indices"])
+    latents, cond = t.likelihood.latents(batch), t.likelihood.conditioning(batch)
+    together = t.likelihood.noised(latents, cond, batch["indices"], t.global_step)
     for i, index in enumerate(batch["indices"]):
         rows = torch.tensor([i, len(batch["indices"]) + i])
-        alone = t._noised(latents[rows], cond.select(rows), [index])
+        alone = t.likelihood.noised(latents[rows], cond.select(rows), [index], t.global_step)
         torch.testing.assert_close(alone.noisy_latents, together.noisy_latents[rows], rtol=0, atol=0)
         assert torch.equal(alone.noise[0], alone.noise[1])  # random source: eps shared within the pair
         assert torch.equal(alone.timesteps[0], alone.timesteps[1])

@@ -12,15 +12,25 @@ therefore carries the Salesforce/paper convention (2000-5000); the diffusers SD1
 
 Noising is a separate step (``visalign.likelihood.noise``): it returns a :class:`NoisedLatents` that the policy and
 the reference both score, so they see exactly the same ``x_t``, ``t`` and ``eps``.
+
+:class:`DiffusionELBO` is the provider a trainer calls: ``prepare(batch, step)`` turns a collated batch into those
+inputs (latents, conditioning, keyed noise) and ``pair_loglik(unet, inputs)`` scores them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from visalign.losses.types import PairLogLik
+from visalign.models.diffusion import SDXL, encode_images, encode_prompts, sdxl_time_ids
+
+if TYPE_CHECKING:
+    from visalign.models.diffusion import DiffusionComponents
 
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: ``PairLogLik.nll_scale`` of the ELBO surrogate: the supervised (SFT) loss is the denoising MSE, ``-2 * loglik``.
@@ -181,3 +191,100 @@ def mse_metrics(policy: PairLogLik, ref: PairLogLik | None) -> dict[str, torch.T
     if ref is not None:
         sides.update({"ref_mse/chosen": ref.chosen, "ref_mse/rejected": ref.rejected})
     return {key: -DIFFUSION_NLL_SCALE * value.detach().mean() for key, value in sides.items()}
+
+
+def pair_noise_seed(seed: int, step: int, index: int) -> int:
+    """The seed of pair ``index``'s noise at optimizer step ``step`` (:class:`DiffusionELBO`: keyed noise)."""
+    return int(np.random.SeedSequence([seed, step, int(index)]).generate_state(1, dtype=np.uint64)[0])
+
+
+class DiffusionELBO:
+    """The diffusion likelihood provider: the ELBO surrogate (ε or v prediction, the scheduler's) of a batch of pairs.
+
+    ``prepare(batch, step)`` builds the step's inputs ``(NoisedLatents, UNetCond)``, 2B rows ``[chosen; rejected]``,
+    from a collated batch of B pairs: latents (the batch's cached ``latents``, else the VAE posterior mean), prompt
+    conditioning (cached embeddings, else encoded per step; each side with its own caption, DCPO; SDXL adds each
+    image's pooled embedding and time ids) and one noised point per image. The noise is keyed, not streamed: pair
+    ``index`` at optimizer step ``step`` draws from a generator seeded with ``(seed, step, index)``
+    (:func:`pair_noise_seed`), so the draws do not depend on the number of processes, the per-device batch size or a
+    resume. ``pair_loglik(unet, inputs)`` scores the inputs (:func:`diffusion_pair_loglik`), with the policy and with
+    the reference alike.
+
+    Args:
+        components: the model's ``DiffusionComponents`` (family, VAE, text encoders, tokenizers, scheduler).
+        noise_source: a source of ``visalign.likelihood.noise``, called pair by pair.
+        policy: the trained UNet (as ``accelerate`` prepared it); inversion noise sources (InPO) run it.
+        seed: the run's seed, the first key of every pair's noise.
+        device: where the inputs go.
+        resolution: training resolution in pixels, the SDXL target size.
+        time_ids: the SDXL time-id convention (``visalign.models.diffusion.SDXL_TIME_IDS``).
+        vae_batch_size: images per VAE forward when the batch carries pixels.
+    """
+
+    def __init__(self, components: DiffusionComponents, noise_source, *, policy: torch.nn.Module, seed: int,
+                 device: torch.device, resolution: int | None = None, time_ids: str = "true_size",
+                 vae_batch_size: int = 8) -> None:
+        self.components, self.noise_source, self.policy = components, noise_source, policy
+        self.seed, self.device, self.resolution = seed, device, resolution
+        self.time_ids, self.vae_batch_size = time_ids, vae_batch_size
+
+    def _no_autocast(self):
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """``[2B, C, h, w]`` fp32 clean latents: the batch's cached ``latents``, else the VAE posterior mean of its
+        ``pixel_values`` (the tensors the latent cache stores, so cached and uncached runs agree)."""
+        if "latents" in batch:
+            return batch["latents"].to(self.device, torch.float32)
+        with self._no_autocast():  # the VAE runs in its own dtype (fp32, or an fp16-safe VAE)
+            return encode_images(self.components.vae, batch["pixel_values"], batch_size=self.vae_batch_size,
+                                 sample=False)
+
+    def conditioning(self, batch: Mapping[str, Any]) -> UNetCond:
+        """``[chosen; rejected]`` conditioning (2B rows): each image with its own side's caption (identical for
+        every method but DCPO) and, for SDXL, its pooled embedding and its own time ids."""
+        if "prompt_embeds" in batch:
+            hidden, pooled = batch["prompt_embeds"], batch.get("pooled_prompt_embeds")
+        else:
+            captions = batch["captions_chosen"] + batch["captions_rejected"]
+            unique = list(dict.fromkeys(captions))
+            with self._no_autocast():
+                embeds = encode_prompts(self.components.text_encoders, self.components.tokenizers, unique)
+            rows = torch.tensor([unique.index(c) for c in captions], device=embeds.hidden_states.device)
+            hidden = embeds.hidden_states[rows]
+            pooled = None if embeds.pooled is None else embeds.pooled[rows]
+        if self.components.family != SDXL:
+            return UNetCond(hidden.to(self.device))
+        if "time_ids" in batch:
+            time_ids = batch["time_ids"]
+        else:
+            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"],
+                                     (self.resolution, self.resolution), convention=self.time_ids)
+        return UNetCond(hidden.to(self.device), pooled.to(self.device), time_ids.to(self.device))
+
+    def noised(self, latents: torch.Tensor, cond: UNetCond, indices: list[int], step: int) -> NoisedLatents:
+        """One noised point per image, pair by pair from generators keyed by ``(seed, step, index)``."""
+        num_pairs = len(indices)
+        parts = []
+        for i, index in enumerate(indices):
+            rows = torch.tensor([i, num_pairs + i], device=latents.device)
+            generator = torch.Generator().manual_seed(pair_noise_seed(self.seed, step, index))
+            parts.append(self.noise_source(latents[rows], scheduler=self.components.scheduler, unet=self.policy,
+                                           cond=cond.select(rows), generator=generator))
+
+        def stack(name: str) -> torch.Tensor:
+            values = [getattr(p, name) for p in parts]
+            return torch.cat([v[:1] for v in values] + [v[1:] for v in values])
+
+        return NoisedLatents(*(stack(f.name) for f in fields(NoisedLatents)))
+
+    def prepare(self, batch: Mapping[str, Any], step: int) -> tuple[NoisedLatents, UNetCond]:
+        """The inputs of optimizer step ``step`` for a collated batch (its ``indices`` key the pairs' noise)."""
+        latents = self.latents(batch)
+        cond = self.conditioning(batch)
+        return self.noised(latents, cond, batch["indices"], step), cond
+
+    def pair_loglik(self, unet: torch.nn.Module, inputs: tuple[NoisedLatents, UNetCond]) -> PairLogLik:
+        """The ELBO surrogate of ``unet`` at the prepared noised latents and conditioning."""
+        noised, cond = inputs
+        return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler)

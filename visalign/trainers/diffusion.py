@@ -9,7 +9,8 @@ One trainer; a method is a choice along the four axes of DESIGN.md:
 | ``dcpo`` (``DCPOConfig``) | per-side captions | ``random`` | ``sigmoid`` | as DPO |
 | ``inpo`` (``InPOConfig``) | same as DPO | ``ddim_inversion`` | ``sigmoid`` | as DPO |
 
-Per micro-batch of B pairs (rows ``[chosen; rejected]``): latents (VAE posterior mean, or the latent cache), prompt
+Per micro-batch of B pairs (rows ``[chosen; rejected]``), prepared by the likelihood provider
+(``visalign.likelihood.diffusion.DiffusionELBO``): latents (VAE posterior mean, or the latent cache), prompt
 embeddings (encoded per step, or the text cache; DCPO conditions each side on its own caption, SDXL adds each image's
 pooled embedding and time ids), one noised point per image from the noise source, ONE policy UNet forward
 over the 2B samples, one no-grad reference forward on the same inputs, then the paired loss on the ELBO surrogate
@@ -45,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from accelerate.utils import DistributedType
 
@@ -61,11 +61,9 @@ from visalign.data.diffusion import (
 from visalign.data.diffusion_cache import cached_preference_dataset
 from visalign.data.image_transforms import PairTransform
 from visalign.evaluation.validation import ValidationSettings, run_validation
-from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik, mse_metrics
+from visalign.likelihood.diffusion import DiffusionELBO, mse_metrics
 from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
-from visalign.losses import PairLogLik
-from visalign.models.diffusion import SDXL, SDXL_TIME_IDS, DiffusionComponents, encode_images, encode_prompts
-from visalign.models.diffusion import load_diffusion_components, sdxl_time_ids
+from visalign.models.diffusion import SDXL_TIME_IDS, DiffusionComponents, load_diffusion_components
 from visalign.models.builtin import is_builtin
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
 from visalign.objective import make_objective
@@ -271,11 +269,6 @@ class InPOConfig(DiffusionConfig):
             raise ValueError("InPOConfig.noise_source must be an inversion source (ddim_inversion); got 'random'")
 
 
-def pair_noise_seed(seed: int, step: int, index: int) -> int:
-    """The seed of pair ``index``'s noise at optimizer step ``step`` (module docstring: keyed noise)."""
-    return int(np.random.SeedSequence([seed, step, int(index)]).generate_state(1, dtype=np.uint64)[0])
-
-
 class _IndexedPairs(torch.utils.data.Dataset):
     """A pair dataset whose items also carry their ``index`` (the key of their noise)."""
 
@@ -444,10 +437,16 @@ class DiffusionTrainer(Trainer):
         model.enable_gradient_checkpointing()
 
     def prepare_reference(self) -> None:
-        """The reference and the objective (``visalign.objective``) over the ELBO surrogate."""
-        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
+        """The likelihood provider (``DiffusionELBO``), the reference and the objective (``visalign.objective``)
+        over the ELBO surrogate."""
+        args = self.args
+        self.likelihood = DiffusionELBO(
+            self.components, self.noise_source, policy=self.model, seed=args.seed, device=self.accelerator.device,
+            resolution=self.resolution, time_ids=args.sdxl_time_ids, vae_batch_size=args.vae_encode_batch_size,
+        )
+        dtype = None if args.reference_dtype is None else getattr(torch, args.reference_dtype)
         self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
-        self.objective = make_objective(self.args, reference=self.reference, loglik=self._pair_loglik,
+        self.objective = make_objective(args, reference=self.reference, loglik=self.likelihood.pair_loglik,
                                         loglik_metrics=mse_metrics)
 
     def resolved_config(self) -> DiffusionConfig:
@@ -459,68 +458,12 @@ class DiffusionTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------------- loss
 
-    def _no_autocast(self):
-        return torch.autocast(device_type=self.accelerator.device.type, enabled=False)
-
-    def _latents(self, batch: dict) -> torch.Tensor:
-        if "latents" in batch:
-            return batch["latents"].to(self.accelerator.device, torch.float32)
-        with self._no_autocast():  # the VAE runs in its own dtype (fp32, or an fp16-safe VAE)
-            return encode_images(self.components.vae, batch["pixel_values"], batch_size=self.args.vae_encode_batch_size,
-                                 sample=False)
-
-    def _conditioning(self, batch: dict) -> UNetCond:
-        """``[chosen; rejected]`` conditioning (2B rows): each image with its own side's caption (identical for
-        every method but DCPO) and, for SDXL, its pooled embedding and its own time ids."""
-        device = self.accelerator.device
-        if "prompt_embeds" in batch:
-            hidden, pooled = batch["prompt_embeds"], batch.get("pooled_prompt_embeds")
-        else:
-            captions = batch["captions_chosen"] + batch["captions_rejected"]
-            unique = list(dict.fromkeys(captions))
-            with self._no_autocast():
-                embeds = encode_prompts(self.components.text_encoders, self.components.tokenizers, unique)
-            rows = torch.tensor([unique.index(c) for c in captions], device=embeds.hidden_states.device)
-            hidden = embeds.hidden_states[rows]
-            pooled = None if embeds.pooled is None else embeds.pooled[rows]
-        if self.family != SDXL:
-            return UNetCond(hidden.to(device))
-        if "time_ids" in batch:
-            time_ids = batch["time_ids"]
-        else:
-            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"],
-                                     (self.resolution, self.resolution), convention=self.args.sdxl_time_ids)
-        return UNetCond(hidden.to(device), pooled.to(device), time_ids.to(device))
-
-    def _noised(self, latents: torch.Tensor, cond: UNetCond, indices: list[int]) -> NoisedLatents:
-        """One noised point per image, pair by pair from generators keyed by ``(seed, step, index)``."""
-        num_pairs = len(indices)
-        parts = []
-        for i, index in enumerate(indices):
-            rows = torch.tensor([i, num_pairs + i], device=latents.device)
-            generator = torch.Generator().manual_seed(pair_noise_seed(self.args.seed, self.global_step, index))
-            parts.append(self.noise_source(latents[rows], scheduler=self.components.scheduler, unet=self.model,
-                                           cond=cond.select(rows), generator=generator))
-
-        def stack(name: str) -> torch.Tensor:
-            values = [getattr(p, name) for p in parts]
-            return torch.cat([v[:1] for v in values] + [v[1:] for v in values])
-
-        return NoisedLatents(*(stack(f.name) for f in dataclasses.fields(NoisedLatents)))
-
-    def _pair_loglik(self, unet: torch.nn.Module, inputs: tuple[NoisedLatents, UNetCond]) -> PairLogLik:
-        """The objective's likelihood: the ELBO surrogate of ``unet`` at the step's noised latents and conditioning."""
-        noised, cond = inputs
-        return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler)
-
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         if batch["num_pairs"] == 0:  # every pair of this micro-batch was unreadable: a zero loss on the graph
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return zero, {}
-        latents = self._latents(batch)
-        cond = self._conditioning(batch)
-        noised = self._noised(latents, cond, batch["indices"])
-        return self.objective(self.model, (noised, cond), weights=batch.get("weights"))
+        inputs = self.likelihood.prepare(batch, self.global_step)
+        return self.objective(self.model, inputs, weights=batch.get("weights"))
 
     def num_examples(self, batch: dict) -> int:
         return batch["num_pairs"]
