@@ -48,7 +48,7 @@ def _families(spec: LossSpec) -> str:
     data is trained by text LLMs only (method ``kto``)."""
     if not spec.paired:
         return "text (`method: kto`)"
-    names = {"tokens": "text, VLM", "diffusion": "diffusion"}
+    names = {"tokens": "text, VLM", "diffusion": "diffusion", "transition": "diffusion sampler transitions (SPO)"}
     return "all" if spec.likelihoods == LIKELIHOODS else ", ".join(names[name] for name in spec.likelihoods)
 
 

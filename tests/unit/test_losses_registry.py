@@ -34,8 +34,10 @@ def test_reference_free_flags():
 
 def test_families_run_the_losses_their_likelihood_and_data_allow():
     paired = [n for n, s in LOSSES.items() if s.paired]
-    assert runnable_losses(likelihood="diffusion") == paired  # every paired loss, MaPO included
-    assert runnable_losses(likelihood="tokens") == [n for n in paired if n != "mapo"]  # MaPO reads MSEs
+    generic = [n for n in paired if n not in ("mapo", "spo")]
+    assert runnable_losses(likelihood="diffusion") == [n for n in paired if n != "spo"]  # MaPO included
+    assert runnable_losses(likelihood="tokens") == generic  # MaPO reads MSEs, SPO clips transition ratios
+    assert runnable_losses(likelihood="transition") == generic + ["spo"]
     assert runnable_losses(likelihood="tokens", unpaired=True) == ["kto"]
     assert runnable_losses(likelihood="diffusion", unpaired=True) == []
     check_family(["sigmoid", "sft"], likelihood="diffusion")
@@ -44,6 +46,8 @@ def test_families_run_the_losses_their_likelihood_and_data_allow():
         check_family("kto", likelihood="diffusion")
     with pytest.raises(ValueError, match=r"loss 'sigmoid' needs preference pairs, .* unpaired data; it runs: kto$"):
         check_family("sigmoid", likelihood="tokens", unpaired=True)
+    with pytest.raises(ValueError, match=r"loss 'spo' is defined on the transition likelihood only, not on diffusion"):
+        check_family("spo", likelihood="diffusion")
 
 
 def test_every_spec_has_one_line_doc_and_valid_defaults():

@@ -9,6 +9,8 @@ hyper-parameters as required keywords (defaults live once, in ``registry.LOSSES`
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -160,3 +162,21 @@ def sigmoid_norm(policy, ref, *, beta, f_divergence_type, f_alpha_divergence_coe
     """Length-normalised DPO (Tülu 3, Lambert et al. 2024): ``−logσ(β(sc/|y_w| − sr/|y_l|))``."""
     delta = _score_delta(policy, ref, f_divergence_type, f_alpha_divergence_coef, length_normalised=True)
     return LossTerms(-F.logsigmoid(beta * delta))
+
+
+def spo(policy, ref, *, beta, spo_ratio_clip) -> LossTerms:
+    """SPO (Liang et al., CVPR 2025, arXiv 2406.04314, §3.3; the clipped ratio of D3PO) on stored sampler transitions:
+    ``−logσ(β·log r_w − β·log r_l)`` with ``r = clamp(π_θ/π_ref, 1 − ε, 1 + ε)``, ε = ``spo_ratio_clip``.
+
+    ``policy``/``ref`` are the transitions' log-probabilities (``visalign.likelihood.transition``). The clamp is
+    taken on the log-ratio, ``clamp(lc, log(1 − ε), log(1 + ε))``: the same value and gradient as SPO's clamp of
+    ``exp(lc)`` (no gradient once a ratio leaves [1 − ε, 1 + ε]) without overflowing ``exp`` for a large log-ratio.
+    Metrics: ``spo/ratio_chosen|rejected`` (mean unclipped ratio) and ``spo/clip_fraction`` (ratios outside).
+    """
+    low, high = math.log1p(-spo_ratio_clip), math.log1p(spo_ratio_clip)
+    lc, lr = _logratios(policy, ref)
+    clipped_c, clipped_r = lc.clamp(low, high), lr.clamp(low, high)
+    outside = torch.cat([(lc < low) | (lc > high), (lr < low) | (lr > high)]).float()
+    return LossTerms(-F.logsigmoid(beta * (clipped_c - clipped_r)), metrics={
+        "spo/ratio_chosen": lc.detach().exp().mean(), "spo/ratio_rejected": lr.detach().exp().mean(),
+        "spo/clip_fraction": outside.mean()})

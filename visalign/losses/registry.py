@@ -32,8 +32,9 @@ _NON_NEGATIVE: Check = (lambda v: _real(v) and v >= 0, "a number >= 0")
 _FINITE: Check = (_real, "a finite number")
 _F_DIV_TYPE: Check = (lambda v: v in F_DIVERGENCES, f"one of {', '.join(F_DIVERGENCES)}")
 
-#: What a family's likelihood provider scores: token log-probs (text LLMs, VLMs) or the diffusion ELBO surrogate.
-LIKELIHOODS = ("tokens", "diffusion")
+#: What a family's likelihood provider scores: token log-probs (text LLMs, VLMs), the diffusion ELBO surrogate, or the
+#: log-probabilities of stored sampler transitions (SPO; ``visalign.likelihood.transition``).
+LIKELIHOODS = ("tokens", "diffusion", "transition")
 
 _F_DIV_HPARAMS = {"f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}
 _F_DIV_CHECKS = {"f_divergence_type": _F_DIV_TYPE, "f_alpha_divergence_coef": _FINITE}
@@ -154,6 +155,11 @@ LOSSES: dict[str, LossSpec] = {
         "MaPO (Hong et al. 2024), diffusion: mean(L_w) - β·mean(log σ(T·[f(s·L_w) - f(s·L_l)])), f(x) = x/(eˣ-1)",
         reference_free=True, hparams={"mapo_snr": 0.5, "mapo_timesteps": 1000},
         checks={"mapo_snr": _POSITIVE, "mapo_timesteps": _POSITIVE}, likelihoods=("diffusion",),
+    ),
+    "spo": LossSpec(
+        dpo_family.spo,
+        "SPO (Liang et al. 2025, §3.3), sampler transitions: -log σ(β log r_w - β log r_l), r = clamp(π/π_ref, 1±ε)",
+        hparams={"spo_ratio_clip": 0.1}, checks={"spo_ratio_clip": _OPEN_UNIT}, likelihoods=("transition",),
     ),
     "kto": LossSpec(
         kto.kto_loss, "KTO (Ethayarajh et al. 2024, Eq. 7), unpaired: λ(1 - σ(±β(r - z0))); use kto_loss()",
