@@ -1,0 +1,48 @@
+"""The diffusion model families: one adapter each (``base.DiffusionFamily``), registered in :data:`FAMILIES`.
+
+Adding a family: a module beside ``sd.py``/``sdxl.py`` with a :class:`DiffusionFamily` subclass, and its instance in
+:data:`FAMILIES` below. Everything else (loading, training, caching, validation, saving) asks the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from visalign.models.families.base import DiffusionFamily
+from visalign.models.families.sd import SDFamily
+from visalign.models.families.sdxl import SDXLFamily
+
+#: Every family by name, in detection order (the first whose ``matches`` accepts a denoiser config wins).
+FAMILIES: dict[str, DiffusionFamily] = {family.name: family for family in (SDXLFamily(), SDFamily())}
+
+
+def get_family(name: str | DiffusionFamily) -> DiffusionFamily:
+    """The adapter of family ``name`` (an adapter passes through); a ValueError lists the known names."""
+    if isinstance(name, DiffusionFamily):
+        return name
+    if name not in FAMILIES:
+        raise ValueError(f"unknown diffusion model family {name!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def detect_family(denoiser_config: Mapping[str, Any]) -> DiffusionFamily:
+    """The family whose adapter accepts this denoiser (UNet) config."""
+    for family in FAMILIES.values():
+        if family.matches(denoiser_config):
+            return family
+    raise ValueError(f"no diffusion model family matches this denoiser config (known families: {sorted(FAMILIES)}); "
+                     f"addition_embed_type={denoiser_config.get('addition_embed_type')!r}")
+
+
+def family_of_text_encoders(count: int) -> DiffusionFamily:
+    """The family that conditions on ``count`` text encoders (each family has its own number)."""
+    for family in FAMILIES.values():
+        if family.num_text_encoders == count:
+            return family
+    counts = " or ".join(f"{f.num_text_encoders} ({f.name})" for f in sorted(FAMILIES.values(),
+                                                                              key=lambda f: f.num_text_encoders))
+    raise ValueError(f"need {counts} text encoders; got {count}")
+
+
+__all__ = ["FAMILIES", "DiffusionFamily", "detect_family", "family_of_text_encoders", "get_family"]
