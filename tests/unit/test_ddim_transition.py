@@ -28,8 +28,8 @@ def test_the_drawn_sample_is_diffusers_ddim_step_with_the_same_noise(overrides, 
     sample = torch.randn(2, 4, 8, 8, generator=generator)
     output = torch.randn(2, 4, 8, 8, generator=generator)
     for t in scheduler.timesteps[[0, 7, -2]]:  # early, middle and the step before the last
-        ours = ddim_transition(scheduler, output, t, sample, eta=eta, generator=torch.Generator().manual_seed(1))
         noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(1))
+        ours = ddim_transition(scheduler, output, t, sample, eta=eta, noise=noise)
         expected = scheduler.step(output, int(t), sample, eta=eta, variance_noise=noise).prev_sample
         torch.testing.assert_close(ours.prev_sample, expected, atol=1e-5, rtol=1e-5)
         variance = scheduler._get_variance(int(t), int(t) - 1000 // 20)
@@ -42,7 +42,8 @@ def test_log_prob_is_the_mean_gaussian_log_density_over_the_latent_elements():
     scheduler = _scheduler()
     generator = torch.Generator().manual_seed(2)
     sample, output = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
-    step = ddim_transition(scheduler, output, scheduler.timesteps[5], sample, eta=1.0, generator=generator)
+    step = ddim_transition(scheduler, output, scheduler.timesteps[5], sample, eta=1.0,
+                           noise=torch.randn(sample.shape, generator=generator))
     normal = torch.distributions.Normal(step.mean, step.std.view(-1, 1, 1, 1))
     torch.testing.assert_close(step.log_prob, normal.log_prob(step.prev_sample).flatten(1).mean(1))
     # a stored x_{t-1} is scored, not redrawn: the same transition scores the same
@@ -89,12 +90,24 @@ def test_bad_settings_fail_naming_them():
     generator = torch.Generator().manual_seed(5)
     sample = torch.randn(1, 4, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="eta must be > 0"):
-        ddim_transition(_scheduler(), sample, 981, sample, eta=0.0)
+        ddim_transition(_scheduler(), sample, 981, sample, eta=0.0, prev_sample=sample)
     with pytest.raises(ValueError, match="thresholding"):
-        ddim_transition(_scheduler(thresholding=True), sample, 981, sample, eta=1.0)
+        ddim_transition(_scheduler(thresholding=True), sample, 981, sample, eta=1.0, prev_sample=sample)
     with pytest.raises(ValueError, match="prediction_type='sample'"):
-        ddim_transition(_scheduler(prediction_type="sample"), sample, 981, sample, eta=1.0)
+        ddim_transition(_scheduler(prediction_type="sample"), sample, 981, sample, eta=1.0, prev_sample=sample)
     with pytest.raises(ValueError, match="set_timesteps"):
-        ddim_transition(DDIMScheduler(**SD_SCHEDULER), sample, 981, sample, eta=1.0)
-    with pytest.raises(ValueError, match="std must be > 0"):
-        transition_log_prob(sample, sample, torch.zeros(1))
+        ddim_transition(DDIMScheduler(**SD_SCHEDULER), sample, 981, sample, eta=1.0, prev_sample=sample)
+    with pytest.raises(ValueError, match="exactly one of prev_sample"):
+        ddim_transition(_scheduler(), sample, 981, sample, eta=1.0)
+
+
+
+def test_a_deterministic_last_step_has_no_density():
+    scheduler = _scheduler(set_alpha_to_one=True)  # abar_prev = 1 after the last step: sigma = 0
+    generator = torch.Generator().manual_seed(6)
+    sample, output = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    last = ddim_transition(scheduler, output, scheduler.timesteps[-1], sample, eta=1.0, noise=torch.randn_like(sample))
+    assert (last.std == 0).all() and torch.isnan(last.log_prob).all()
+    torch.testing.assert_close(last.prev_sample, last.mean)
+    mixed = transition_log_prob(sample, sample, torch.tensor([0.0, 1.0]))
+    assert torch.isnan(mixed[0]) and torch.isfinite(mixed[1])

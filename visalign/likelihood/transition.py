@@ -56,24 +56,26 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def transition_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``[N]`` fp32 Gaussian log-density of ``prev_sample`` under ``N(mean, std^2 I)``, averaged over the non-batch
-    elements (SPO's scale). ``std`` is ``[N]`` and must be > 0 (``eta > 0``)."""
+    elements (SPO's scale). ``std`` is ``[N]``; a row with ``std == 0`` is a deterministic step (the last step of a
+    scheduler with ``set_alpha_to_one: true``), which has no density: its log-probability is NaN (no stock Stable
+    Diffusion scheduler config sets it; online methods form no pair there, as its candidates coincide)."""
     std = std.float()
-    if not bool((std > 0).all()):
-        raise ValueError("transition_log_prob: std must be > 0 (a DDIM transition with eta > 0 before the last step)")
-    sigma = _broadcast(std, mean)
+    sigma = _broadcast(torch.where(std > 0, std, torch.ones_like(std)), mean)
     density = -((prev_sample.float() - mean.float()) ** 2) / (2.0 * sigma**2) - torch.log(sigma) - _LOG_SQRT_2PI
-    return density.flatten(1).mean(dim=1)
+    return torch.where(std > 0, density.flatten(1).mean(dim=1), torch.full_like(std, math.nan))
 
 
 def ddim_transition(
     scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, *, eta: float,
-    prev_sample: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
 ) -> DDIMTransition:
     """One DDIM step from ``sample`` (x_t) at ``timesteps`` (``[N]`` or a scalar) given the (guided) model output.
 
-    With ``prev_sample`` given (a stored transition: training), it is scored, not drawn; otherwise it is drawn as
-    ``mean + std * noise`` with ``noise`` from ``generator`` (a CPU generator: the same draws on every device).
+    Give exactly one of ``prev_sample`` (a stored transition, scored: training) and ``noise`` (standard normal, the
+    shape of ``sample``: the step is drawn as ``mean + std * noise``, diffusers' ``variance_noise``).
     """
+    if (prev_sample is None) == (noise is None):
+        raise ValueError("ddim_transition: give exactly one of prev_sample (score it) and noise (draw it)")
     config = scheduler.config
     if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
         raise ValueError(f"scheduler.config.prediction_type={config.prediction_type!r} is not supported; expected "
@@ -103,7 +105,6 @@ def ddim_transition(
     sigma = _broadcast(std, x_t)
     mean = a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps
     if prev_sample is None:
-        noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32).to(device)
-        prev_sample = mean + sigma * noise
+        prev_sample = mean + sigma * noise.to(device=device, dtype=torch.float32)
     prev_sample = prev_sample.float().to(device)
     return DDIMTransition(prev_sample, mean, std, transition_log_prob(prev_sample, mean, std), x0)
