@@ -65,6 +65,34 @@ def transition_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: torc
     return torch.where(std > 0, density.flatten(1).mean(dim=1), torch.full_like(std, math.nan))
 
 
+def _check_scheduler(config) -> None:
+    if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
+        raise ValueError(f"scheduler.config.prediction_type={config.prediction_type!r} is not supported; expected "
+                         f"one of {SUPPORTED_PREDICTION_TYPES}")
+    if getattr(config, "thresholding", False):
+        raise ValueError("scheduler.config.thresholding=True (dynamic thresholding) is not supported")
+
+
+def predicted_original_sample(scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0_hat, eps_hat)`` in fp32 from the model output at ``(x_t, t)`` (DDIM Eq. 12's "predicted x0", after
+    ``clip_sample``); ``timesteps`` is ``[N]`` or a scalar. SPO's step-aware scorer judges ``x0_hat``."""
+    config = scheduler.config
+    _check_scheduler(config)
+    x_t = sample.float()
+    timesteps = torch.as_tensor(timesteps, device=x_t.device).long().expand(x_t.shape[0])
+    abar_t = scheduler.alphas_cumprod.to(device=x_t.device, dtype=torch.float32)[timesteps]
+    a_t, b_t = _broadcast(abar_t, x_t), _broadcast(1.0 - abar_t, x_t)
+    output = model_output.float()
+    if config.prediction_type == "epsilon":
+        x0, eps = (x_t - b_t.sqrt() * output) / a_t.sqrt(), output
+    else:  # v_prediction
+        x0, eps = a_t.sqrt() * x_t - b_t.sqrt() * output, a_t.sqrt() * output + b_t.sqrt() * x_t
+    if config.clip_sample:
+        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    return x0, eps
+
+
 def ddim_transition(
     scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, *, eta: float,
     prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
@@ -76,33 +104,19 @@ def ddim_transition(
     """
     if (prev_sample is None) == (noise is None):
         raise ValueError("ddim_transition: give exactly one of prev_sample (score it) and noise (draw it)")
-    config = scheduler.config
-    if config.prediction_type not in SUPPORTED_PREDICTION_TYPES:
-        raise ValueError(f"scheduler.config.prediction_type={config.prediction_type!r} is not supported; expected "
-                         f"one of {SUPPORTED_PREDICTION_TYPES}")
-    if getattr(config, "thresholding", False):
-        raise ValueError("scheduler.config.thresholding=True (dynamic thresholding) is not supported")
     if not eta > 0:
         raise ValueError(f"ddim_transition: eta must be > 0 for a transition with a density; got {eta!r}")
-    device = sample.device
-    x_t = sample.float()
-    timesteps = torch.as_tensor(timesteps, device=device).long().expand(x_t.shape[0])
+    x0, eps = predicted_original_sample(scheduler, model_output, timesteps, sample)
+    device = x0.device
+    timesteps = torch.as_tensor(timesteps, device=device).long().expand(x0.shape[0])
     prev = previous_timesteps(scheduler, timesteps)
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=device)
     abar_t = alphas[timesteps]
     abar_prev = torch.where(prev >= 0, alphas[prev.clamp(min=0)], final)
-    a_t, b_t, a_prev = _broadcast(abar_t, x_t), _broadcast(1.0 - abar_t, x_t), _broadcast(abar_prev, x_t)
-    output = model_output.float()
-    if config.prediction_type == "epsilon":
-        x0, eps = (x_t - b_t.sqrt() * output) / a_t.sqrt(), output
-    else:  # v_prediction
-        x0, eps = a_t.sqrt() * x_t - b_t.sqrt() * output, a_t.sqrt() * output + b_t.sqrt() * x_t
-    if config.clip_sample:
-        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
     variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
     std = eta * variance.sqrt()
-    sigma = _broadcast(std, x_t)
+    sigma, a_prev = _broadcast(std, x0), _broadcast(abar_prev, x0)
     mean = a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps
     if prev_sample is None:
         prev_sample = mean + sigma * noise.to(device=device, dtype=torch.float32)
