@@ -47,7 +47,9 @@ from tqdm.auto import tqdm
 from visalign.data.diffusion import PreferencePairs, SeededPairDataset, skip_marker
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip
 from visalign.errors import DataError
-from visalign.models.diffusion import encode_images, encode_prompts, sdxl_time_ids
+from visalign.models.diffusion import encode_images, encode_prompts
+from visalign.models.families import family_of_text_encoders
+from visalign.models.families.conditioning import PromptEmbeddings
 
 logger = logging.getLogger(__name__)
 
@@ -354,17 +356,19 @@ class TextEmbeddingCache:
 class CachedDiffusionPreferenceDataset(SeededPairDataset):
     """The cached counterpart of :class:`~visalign.data.diffusion.DiffusionPreferenceDataset` (module docstring).
 
-    An item: ``latents_*``, ``prompt_embeds_*`` and for SDXL ``pooled_prompt_embeds_*`` and ``time_ids_*``
-    (``*`` = chosen, rejected), ``original_size_*``, ``crop_top_left``, the captions and ``weight``; or the skip marker.
+    An item: ``latents_*``, the family's cache keys ``<key>_*`` (``DiffusionFamily.cache_item``: ``prompt_embeds``,
+    and for SDXL ``pooled_prompt_embeds`` and ``time_ids``; ``*`` = chosen, rejected), ``original_size_*``,
+    ``crop_top_left``, the captions and ``weight``; or the skip marker. ``family``: the adapter of the model whose
+    text encoders filled ``texts``.
     """
 
-    def __init__(self, pairs: PreferencePairs, latents: LatentCache, texts: TextEmbeddingCache, *,
+    def __init__(self, pairs: PreferencePairs, latents: LatentCache, texts: TextEmbeddingCache, *, family,
                  caption_dropout: float = 0.0, seed: int = 0, time_id_convention: str = "true_size"):
         if latents.store.num_items != len(pairs):
             raise ValueError(f"latent cache {latents.store.dir} holds {latents.store.num_items} pairs; the data has "
                              f"{len(pairs)}")
         super().__init__(pairs, caption_dropout=caption_dropout, seed=seed)
-        self.latents, self.texts = latents, texts
+        self.latents, self.texts, self.family = latents, texts, family
         self.time_id_convention = time_id_convention
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -375,13 +379,11 @@ class CachedDiffusionPreferenceDataset(SeededPairDataset):
         item.update(self.pair_fields(index, captions))
         embeddings = {caption: self.texts.get(caption) for caption in set(captions)}
         for side, caption in zip(("chosen", "rejected"), captions):
-            hidden, pooled = embeddings[caption]
-            item[f"prompt_embeds_{side}"] = hidden
-            if pooled is not None:
-                item[f"pooled_prompt_embeds_{side}"] = pooled
-                res = self.latents.resolution
-                item[f"time_ids_{side}"] = sdxl_time_ids([item[f"original_size_{side}"]], [item["crop_top_left"]],
-                                                         (res, res), convention=self.time_id_convention)[0]
+            fields = self.family.cache_item(PromptEmbeddings(*embeddings[caption]),
+                                            original_size=item[f"original_size_{side}"],
+                                            crop_top_left=item["crop_top_left"], resolution=self.latents.resolution,
+                                            time_ids=self.time_id_convention)
+            item.update({f"{key}_{side}": value for key, value in fields.items()})
         return item
 
 
@@ -401,11 +403,12 @@ def cached_preference_dataset(
     latent_dtype: torch.dtype = torch.float32,
     time_id_convention: str = "true_size",
 ) -> CachedDiffusionPreferenceDataset:
-    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset (SDXL time ids by
-    ``time_id_convention``, one of ``visalign.models.diffusion.SDXL_TIME_IDS``)."""
+    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset of the family these ``text_encoders``
+    belong to (SDXL time ids by ``time_id_convention``, one of ``visalign.models.diffusion.SDXL_TIME_IDS``)."""
     latents = LatentCache.build(pairs, transform, vae, cache_dir, vae_batch_size=vae_batch_size,
                                 num_workers=num_workers, dtype=latent_dtype)
     texts = TextEmbeddingCache.build([*pairs.captions_chosen, *pairs.captions_rejected], text_encoders, tokenizers,
                                      cache_dir, batch_size=text_batch_size)
-    return CachedDiffusionPreferenceDataset(pairs, latents, texts, caption_dropout=caption_dropout, seed=seed,
+    return CachedDiffusionPreferenceDataset(pairs, latents, texts, family=family_of_text_encoders(len(text_encoders)),
+                                            caption_dropout=caption_dropout, seed=seed,
                                             time_id_convention=time_id_convention)

@@ -2,9 +2,9 @@
 
 As the diffusers DPO scripts do (reference ``diffusion-methods.md`` §4.1, §5.2), the current UNet is wrapped in a
 pipeline with the frozen components and sampled with ``DPMSolverMultistepScheduler`` (built from the training
-scheduler's config) at a fixed guidance scale: 7.5 for SD1.5/SD2.x, 5.0 for SDXL by default (§16). Image ``i`` uses
-its own generator seeded with ``seed + i``, so the same prompt gets the same starting noise at every step and in
-every run, and before/after grids are comparable.
+scheduler's config) at a fixed guidance scale: by default the family's (``DiffusionFamily.default_guidance_scale``,
+7.5 for SD1.5/SD2.x, 5.0 for SDXL, §16). Image ``i`` uses its own generator seeded with ``seed + i``, so the same
+prompt gets the same starting noise at every step and in every run, and before/after grids are comparable.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visalign.models.diffusion import SDXL, DiffusionComponents, decode_latents
+from visalign.models.diffusion import DiffusionComponents, decode_latents
+from visalign.models.families import DiffusionFamily, get_family
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}
 
 
 @dataclass(frozen=True)
 class ValidationSettings:
     """What to render: ``prompts`` (one image each), ``seed`` (image i uses ``seed + i``), sampler steps, CFG scale
-    (``None``: 7.5 SD, 5.0 SDXL) and the square ``resolution`` in pixels."""
+    (``None``: the family's default, 7.5 SD, 5.0 SDXL) and the square ``resolution`` in pixels."""
 
     prompts: tuple[str, ...]
     seed: int = 0
@@ -45,29 +45,24 @@ class ValidationSettings:
 
 
 def build_pipeline(components: DiffusionComponents, unet: torch.nn.Module):
-    """A ``StableDiffusion[XL]Pipeline`` over ``unet`` and the frozen components, sampling with DPM-Solver++."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The family's pipeline (``StableDiffusion[XL]Pipeline``, ``DiffusionFamily.build_pipeline``) over ``unet`` and
+    the frozen components, sampling with DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
-    if components.family == SDXL:
-        return StableDiffusionXLPipeline(
-            vae=components.vae, text_encoder=components.text_encoders[0], text_encoder_2=components.text_encoders[1],
-            tokenizer=components.tokenizers[0], tokenizer_2=components.tokenizers[1], unet=unet, scheduler=scheduler,
-            add_watermarker=False,
-        )
-    return StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoders[0], tokenizer=components.tokenizers[0], unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    return components.adapter.build_pipeline(components, unet, scheduler)
 
 
 @torch.no_grad()
-def render_validation_images(pipeline, settings: ValidationSettings, family: str) -> list[Image.Image]:
-    """One image per prompt, image i from a generator seeded ``settings.seed + i`` on the UNet's device. The sampler
+def render_validation_images(pipeline, settings: ValidationSettings, family: str | DiffusionFamily
+                             ) -> list[Image.Image]:
+    """One image per prompt, image i from a generator seeded ``settings.seed + i`` on the UNet's device, at the
+    family's default CFG scale unless ``settings`` names one (``components.family`` or its adapter). The sampler
     returns latents, decoded in the VAE's dtype (:func:`~visalign.models.diffusion.decode_latents`): the latents
     follow the text encoders' dtype, which a kept-fp32 VAE does not share."""
     device = pipeline.unet.device
-    guidance = settings.guidance_scale if settings.guidance_scale is not None else DEFAULT_GUIDANCE[family]
+    guidance = (settings.guidance_scale if settings.guidance_scale is not None else
+                get_family(family).default_guidance_scale)
     images = []
     for i, prompt in enumerate(settings.prompts):
         generator = torch.Generator(device=device).manual_seed(settings.seed + i)

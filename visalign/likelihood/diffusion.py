@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from visalign.losses.types import PairLogLik
-from visalign.models.diffusion import SDXL, encode_images, encode_prompts, sdxl_time_ids
+from visalign.models.diffusion import encode_images
+from visalign.models.families.conditioning import UNetCond, pair_cond
+from visalign.models.families.unet2d import unet_input_spec, unet_predict
+
+# UNetCond, pair_cond, unet_input_spec and unet_predict live with the UNet families; re-exported for the likelihood's
+# callers (noise sources, tests).
+__all__ = ["DIFFUSION_NLL_SCALE", "DiffusionELBO", "NoisedLatents", "UNetCond", "check_prediction_type",
+           "diffusion_loglik", "diffusion_pair_loglik", "diffusion_target", "mse_metrics", "pair_cond",
+           "pair_noise_seed", "unet_input_spec", "unet_predict"]
 
 if TYPE_CHECKING:
     from visalign.models.diffusion import DiffusionComponents
@@ -35,75 +43,6 @@ if TYPE_CHECKING:
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: ``PairLogLik.nll_scale`` of the ELBO surrogate: the supervised (SFT) loss is the denoising MSE, ``-2 * loglik``.
 DIFFUSION_NLL_SCALE = 2.0
-
-
-@dataclass
-class UNetCond:
-    """Conditioning of a ``UNet2DConditionModel`` for a batch of N samples.
-
-    Attributes:
-        encoder_hidden_states: ``[N, L, D]`` prompt token embeddings.
-        text_embeds: SDXL only, ``[N, D_pooled]`` pooled embedding (``added_cond_kwargs["text_embeds"]``).
-        time_ids: SDXL only, ``[N, 6]`` micro-conditioning (``added_cond_kwargs["time_ids"]``).
-    """
-
-    encoder_hidden_states: torch.Tensor
-    text_embeds: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if (self.text_embeds is None) != (self.time_ids is None):
-            raise ValueError("UNetCond: SDXL conditioning needs both text_embeds and time_ids (or neither)")
-        n = self.encoder_hidden_states.shape[0]
-        for name in ("text_embeds", "time_ids"):
-            value = getattr(self, name)
-            if value is not None and value.shape[0] != n:
-                raise ValueError(
-                    f"UNetCond.{name} has {value.shape[0]} rows but encoder_hidden_states has {n}"
-                )
-
-    def __len__(self) -> int:
-        return self.encoder_hidden_states.shape[0]
-
-    def select(self, index: torch.Tensor) -> "UNetCond":
-        """The rows ``index`` (an index or boolean tensor over the N samples)."""
-
-        def pick(t):
-            return None if t is None else t[index.to(t.device)]
-
-        return UNetCond(pick(self.encoder_hidden_states), pick(self.text_embeds), pick(self.time_ids))
-
-    def unet_kwargs(self, dtype: torch.dtype, device: torch.device) -> dict:
-        """Keyword arguments for ``unet(sample, t, **kwargs)``, cast to the UNet's dtype and device."""
-        kwargs = {"encoder_hidden_states": self.encoder_hidden_states.to(device=device, dtype=dtype)}
-        if self.text_embeds is not None:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": self.text_embeds.to(device=device, dtype=dtype),
-                "time_ids": self.time_ids.to(device=device, dtype=dtype),
-            }
-        return kwargs
-
-
-def pair_cond(chosen: UNetCond, rejected: UNetCond | None = None) -> UNetCond:
-    """``[chosen; rejected]`` conditioning for B pairs: ``2B`` rows.
-
-    Diffusion-DPO, MaPO, InPO: pass the caption's conditioning once; it is used for both images of each pair. DCPO
-    (arXiv 2502.06023, ``src/dcpo_trainer.py``): pass ``rejected`` built from the rejected side's caption, so the
-    chosen image is scored given ``caption_chosen`` and the rejected one given ``caption_rejected``. SDXL time ids
-    are per image, so for SDXL pass ``rejected`` with the rejected images' own time ids even when captions match.
-    """
-    rejected = chosen if rejected is None else rejected
-    if len(chosen) != len(rejected):
-        raise ValueError(f"pair_cond: {len(chosen)} chosen rows but {len(rejected)} rejected rows")
-
-    def cat(a, b):
-        return None if a is None else torch.cat([a, b.to(a.device)])
-
-    return UNetCond(
-        cat(chosen.encoder_hidden_states, rejected.encoder_hidden_states),
-        cat(chosen.text_embeds, rejected.text_embeds),
-        cat(chosen.time_ids, rejected.time_ids),
-    )
 
 
 @dataclass
@@ -130,30 +69,6 @@ def check_prediction_type(scheduler) -> str:
     return prediction_type
 
 
-def unet_input_spec(unet) -> tuple[torch.dtype, torch.device]:
-    """dtype and device the (possibly DDP-wrapped) UNet expects its inputs in: those of its first floating-point
-    parameter (``conv_in.weight``), the parameter diffusers' ``ModelMixin.dtype``/``.device`` report too. Those
-    properties also walk every submodule looking for layerwise-casting and group-offloading hooks (~15 ms per call
-    on an SDXL-shaped UNet on a CPU core, twice per training step); training uses neither."""
-    module = getattr(unet, "module", unet)
-    param = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if param is None:
-        raise ValueError(f"unet_input_spec: {type(module).__name__} has no floating-point parameters")
-    return param.dtype, param.device
-
-
-def unet_predict(unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: UNetCond) -> torch.Tensor:
-    """The UNet's raw output (eps or v) for each sample, upcast to fp32."""
-    dtype, device = unet_input_spec(unet)
-    out = unet(
-        noisy_latents.to(device=device, dtype=dtype),
-        timesteps.to(device),
-        **cond.unet_kwargs(dtype, device),
-        return_dict=False,
-    )[0]
-    return out.float()
-
-
 def diffusion_target(noised: NoisedLatents, scheduler) -> torch.Tensor:
     """Regression target in fp32: eps, or ``v = sqrt(abar)*eps - sqrt(1-abar)*x0`` via ``scheduler.get_velocity``."""
     if check_prediction_type(scheduler) == "epsilon":
@@ -166,11 +81,13 @@ def diffusion_loglik(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -0.5 * (target.float() - pred.float()).pow(2).flatten(1).mean(dim=1)
 
 
-def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, scheduler) -> PairLogLik:
+def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, scheduler,
+                          denoise=unet_predict) -> PairLogLik:
     """ONE UNet forward over ``[chosen; rejected]`` (2B samples) and the per-sample log-likelihoods of the pairs.
 
     Call it with the policy (with grad) and with the reference (under ``torch.no_grad()``) on the same ``noised``
-    and ``cond``. ``cond`` has 2B rows (see :func:`pair_cond`).
+    and ``cond``. ``cond`` has 2B rows (see :func:`pair_cond`). ``denoise``: the family's denoiser call
+    (``DiffusionFamily.denoise``), default the ``UNet2DConditionModel`` call.
     """
     n = noised.noisy_latents.shape[0]
     if n % 2 or len(cond) != n:
@@ -178,7 +95,7 @@ def diffusion_pair_loglik(unet, noised: NoisedLatents, cond: UNetCond, *, schedu
             f"diffusion_pair_loglik: expected an even batch [chosen; rejected] with as many conditioning rows; got "
             f"{n} latents and {len(cond)} conditioning rows"
         )
-    pred = unet_predict(unet, noised.noisy_latents, noised.timesteps, cond)
+    pred = denoise(unet, noised.noisy_latents, noised.timesteps, cond)
     target = diffusion_target(noised, scheduler).to(pred.device)
     chosen, rejected = diffusion_loglik(pred, target).chunk(2)
     return PairLogLik(chosen=chosen, rejected=rejected, nll_scale=DIFFUSION_NLL_SCALE)
@@ -217,7 +134,7 @@ class DiffusionELBO:
         seed: the run's seed, the first key of every pair's noise.
         device: where the inputs go.
         resolution: training resolution in pixels, the SDXL target size.
-        time_ids: the SDXL time-id convention (``visalign.models.diffusion.SDXL_TIME_IDS``).
+        time_ids: the SDXL time-id convention (``visalign.models.diffusion.SDXL_TIME_IDS``), passed to the family.
         vae_batch_size: images per VAE forward when the batch carries pixels.
     """
 
@@ -242,25 +159,19 @@ class DiffusionELBO:
 
     def conditioning(self, batch: Mapping[str, Any]) -> UNetCond:
         """``[chosen; rejected]`` conditioning (2B rows): each image with its own side's caption (identical for
-        every method but DCPO) and, for SDXL, its pooled embedding and its own time ids."""
-        if "prompt_embeds" in batch:
-            hidden, pooled = batch["prompt_embeds"], batch.get("pooled_prompt_embeds")
-        else:
+        every method but DCPO) and what the family adds per image (SDXL: the pooled embedding and the image's own
+        time ids), built by the family's adapter (``DiffusionFamily.training_conditioning``)."""
+        adapter = self.components.adapter
+        embeds = adapter.cached_embeddings(batch)
+        if embeds is None:
             captions = batch["captions_chosen"] + batch["captions_rejected"]
             unique = list(dict.fromkeys(captions))
             with self._no_autocast():
-                embeds = encode_prompts(self.components.text_encoders, self.components.tokenizers, unique)
-            rows = torch.tensor([unique.index(c) for c in captions], device=embeds.hidden_states.device)
-            hidden = embeds.hidden_states[rows]
-            pooled = None if embeds.pooled is None else embeds.pooled[rows]
-        if self.components.family != SDXL:
-            return UNetCond(hidden.to(self.device))
-        if "time_ids" in batch:
-            time_ids = batch["time_ids"]
-        else:
-            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"],
-                                     (self.resolution, self.resolution), convention=self.time_ids)
-        return UNetCond(hidden.to(self.device), pooled.to(self.device), time_ids.to(self.device))
+                encoded = adapter.encode_prompts(self.components.text_encoders, self.components.tokenizers, unique)
+            embeds = encoded.rows(torch.tensor([unique.index(c) for c in captions],
+                                               device=encoded.hidden_states.device))
+        return adapter.training_conditioning(embeds, batch, resolution=self.resolution, time_ids=self.time_ids,
+                                             device=self.device)
 
     def noised(self, latents: torch.Tensor, cond: UNetCond, indices: list[int], step: int) -> NoisedLatents:
         """One noised point per image, pair by pair from generators keyed by ``(seed, step, index)``."""
@@ -287,4 +198,5 @@ class DiffusionELBO:
     def pair_loglik(self, unet: torch.nn.Module, inputs: tuple[NoisedLatents, UNetCond]) -> PairLogLik:
         """The ELBO surrogate of ``unet`` at the prepared noised latents and conditioning."""
         noised, cond = inputs
-        return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler)
+        return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler,
+                                     denoise=self.components.adapter.denoise)

@@ -17,32 +17,41 @@ import torch
 
 from visalign.config_io import ConfigError
 from visalign.models.builtin import is_builtin, resolve_model
+from visalign.models.families import DiffusionFamily, family_of_text_encoders, get_family
+from visalign.models.families import detect_family as find_family
+from visalign.models.families.base import load_strict
+from visalign.models.families.conditioning import PromptEmbeddings
+from visalign.models.families.sd import SDFamily
+from visalign.models.families.sdxl import SDXL_NUM_TIME_IDS, SDXL_TIME_IDS, SDXLFamily, sdxl_time_ids
+from visalign.models.families.tokens import tokenize_prompts
+
+# Re-exported for callers of this module: the SDXL time ids and the prompt tokenizer live with their families.
+__all__ = ["SD", "SDXL", "SDXL_NUM_TIME_IDS", "SDXL_TIME_IDS", "DiffusionComponents", "PromptEmbeddings",
+           "decode_latents", "detect_family", "embed_token_ids", "encode_images", "encode_prompts",
+           "load_diffusion_components", "sdxl_time_ids", "tokenize_prompts"]
 
 if TYPE_CHECKING:  # imported where models load, so `visalign train --help` does not pay for diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 logger = logging.getLogger(__name__)
 
-SD = "sd"
-SDXL = "sdxl"
-SDXL_NUM_TIME_IDS = 6  # (orig_h, orig_w, crop_top, crop_left, target_h, target_w); the refiner's 5 are unsupported
-#: SDXL time-id conventions (:func:`sdxl_time_ids`): ``true_size``, each image's true original size and crop (the
-#: diffusers port, MaPO); ``square_resolution``, ``(res, res, 0, 0, res, res)`` for every image (Salesforce
-#: Diffusion-DPO, InPO, SmPO, DCPO; reference ``diffusion-methods.md`` §14).
-SDXL_TIME_IDS = ("true_size", "square_resolution")
+SD = SDFamily.name
+SDXL = SDXLFamily.name
 
 
 def detect_family(unet_config) -> str:
-    """``"sdxl"`` when the UNet takes SDXL's pooled-text + time-ids embedding (``addition_embed_type == "text_time"``),
-    else ``"sd"`` (SD1.5 / SD2.x)."""
-    return SDXL if unet_config.get("addition_embed_type") == "text_time" else SD
+    """The name of the family whose adapter accepts this UNet config (``visalign.models.families.detect_family``):
+    ``"sdxl"`` when the UNet takes SDXL's pooled-text + time-ids embedding (``addition_embed_type == "text_time"``),
+    ``"sd"`` (SD1.5 / SD2.x) without an added embedding."""
+    return find_family(unet_config).name
 
 
 @dataclass
 class DiffusionComponents:
     """What a diffusion preference trainer needs from a text-to-image checkpoint.
 
-    ``text_encoders``/``tokenizers`` hold one entry for SD (``CLIPTextModel``) and two for SDXL (``CLIPTextModel``,
+    ``family`` names the family and ``adapter`` is its adapter (``visalign.models.families``). ``text_encoders``/
+    ``tokenizers`` hold one entry for SD (``CLIPTextModel``) and two for SDXL (``CLIPTextModel``,
     ``CLIPTextModelWithProjection``). The scheduler is always a ``DDPMScheduler`` built from the checkpoint's config.
     """
 
@@ -53,16 +62,10 @@ class DiffusionComponents:
     tokenizers: tuple
     scheduler: DDPMScheduler
 
-
-def _load_strict(cls, path, **kwargs):
-    """``cls.from_pretrained(path, **kwargs)``, raising if any weight key is missing, unexpected or mismatched."""
-    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
-    problems = {key: sorted(map(str, info.get(key) or ())) for key in keys if info.get(key)}
-    if problems:
-        where = os.path.join(str(path), kwargs.get("subfolder") or "")
-        raise ValueError(f"loading {cls.__name__} from {where}: weights do not match the architecture: {problems}")
-    return model
+    @property
+    def adapter(self) -> DiffusionFamily:
+        """The family's adapter (``visalign.models.families``): everything that differs between families."""
+        return get_family(self.family)
 
 
 def load_diffusion_components(
@@ -77,7 +80,8 @@ def load_diffusion_components(
     vae_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> DiffusionComponents:
-    """Load SD1.5/SD2.x or SDXL components from a hub id or local folder (``subfolder="unet"``, ``"vae"``, ...).
+    """Load SD1.5/SD2.x or SDXL components from a hub id or local folder (``subfolder="unet"``, ``"vae"``, ...); the
+    family's adapter, detected from the UNet config, loads its text encoders and checks their dimensions.
 
     Args:
         model: hub id or local folder of a diffusers pipeline checkpoint.
@@ -95,7 +99,6 @@ def load_diffusion_components(
     The VAE and text encoders are frozen (``requires_grad_(False)``, eval mode); the UNet is left as loaded.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     if vae is not None and is_builtin(model):
         logger.warning("%s ships the VAE its UNet was trained with; ignoring vae=%s (a recipe's VAE is for the model "
@@ -103,25 +106,18 @@ def load_diffusion_components(
         vae = None
     model = resolve_model(model, revision=revision)
     common = {"revision": revision, "variant": variant}
-    unet = _load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
-    family = detect_family(unet.config)
+    unet = load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
+    family = find_family(unet.config)
     if vae is None:
-        vae_model = _load_strict(AutoencoderKL, model, subfolder="vae", dtype=vae_dtype or torch.float32, **common)
+        vae_model = load_strict(AutoencoderKL, model, subfolder="vae", dtype=vae_dtype or torch.float32, **common)
     else:
-        vae_model = _load_strict(AutoencoderKL, resolve_model(vae, what="VAE"), subfolder=vae_subfolder,
-                                 dtype=vae_dtype or weight_dtype)
+        vae_model = load_strict(AutoencoderKL, resolve_model(vae, what="VAE"), subfolder=vae_subfolder,
+                                dtype=vae_dtype or weight_dtype)
 
-    encoder_classes = (CLIPTextModel,) if family == SD else (CLIPTextModel, CLIPTextModelWithProjection)
-    suffixes = ("",) if family == SD else ("", "_2")
-    text_encoders = tuple(
-        _load_strict(cls, model, subfolder=f"text_encoder{sfx}", dtype=weight_dtype, **common)
-        for cls, sfx in zip(encoder_classes, suffixes)
-    )
-    tokenizers = tuple(
-        AutoTokenizer.from_pretrained(model, subfolder=f"tokenizer{sfx}", revision=revision) for sfx in suffixes
-    )
+    text_encoders, tokenizers = family.load_text_encoders(model, dtype=weight_dtype, revision=revision,
+                                                          variant=variant)
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", revision=revision)
-    _check_dimensions(str(model), family, unet, text_encoders)
+    family.check_dimensions(str(model), unet, text_encoders)
     _check_vae(str(model), vae, vae_model, unet)
 
     for frozen in (vae_model, *text_encoders):
@@ -129,7 +125,7 @@ def load_diffusion_components(
     if device is not None:
         for module in (unet, vae_model, *text_encoders):
             module.to(device)
-    return DiffusionComponents(family, unet, vae_model, text_encoders, tokenizers, scheduler)
+    return DiffusionComponents(family.name, unet, vae_model, text_encoders, tokenizers, scheduler)
 
 
 def _check_vae(model: str, vae: str | os.PathLike | None, vae_model: AutoencoderKL, unet) -> None:
@@ -140,106 +136,23 @@ def _check_vae(model: str, vae: str | os.PathLike | None, vae_model: Autoencoder
                           "model's own VAE")
 
 
-def _check_dimensions(model: str, family: str, unet, text_encoders) -> None:
-    """Fail before any compute if the UNet cannot consume these encoders' outputs."""
-    text_dim = sum(te.config.hidden_size for te in text_encoders)
-    if unet.config.cross_attention_dim != text_dim:
-        raise ValueError(
-            f"{model}: unet.config.cross_attention_dim={unet.config.cross_attention_dim} but the text encoders give "
-            f"{text_dim}-d token embeddings"
-        )
-    if family == SDXL:
-        expected = SDXL_NUM_TIME_IDS * unet.config.addition_time_embed_dim + text_encoders[1].config.projection_dim
-        if unet.config.projection_class_embeddings_input_dim != expected:
-            raise ValueError(
-                f"{model}: unet.config.projection_class_embeddings_input_dim="
-                f"{unet.config.projection_class_embeddings_input_dim}, expected {expected} for SDXL base (6 time ids "
-                f"+ pooled text); the SDXL refiner (aesthetic-score time ids) is not supported"
-            )
-
-
-@dataclass
-class PromptEmbeddings:
-    """Encoded prompts: ``hidden_states`` ``[N, L, D]``; ``pooled`` ``[N, D_pooled]`` for SDXL, else None."""
-
-    hidden_states: torch.Tensor
-    pooled: torch.Tensor | None = None
-
-
-def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    """``[N, model_max_length]`` input ids, padded to ``max_length`` and truncated, as the SD/SDXL pipelines do."""
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt {i} must be a str; got {type(prompt).__name__}")
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-@torch.no_grad()
 def encode_prompts(text_encoders: Sequence, tokenizers: Sequence, prompts: Sequence[str]) -> PromptEmbeddings:
-    """Encode prompts as the SD / SDXL pipelines condition the UNet (:func:`embed_token_ids` of each tokenizer's ids).
-
-    One encoder (SD1.5/SD2.x): the last hidden state. Two encoders (SDXL): the penultimate hidden states
-    (``hidden_states[-2]``) of both, concatenated on the feature axis, and the pooled embedding from encoder 2's
-    projection (``text_embeds``). Outputs are in the encoders' dtype and on their device.
-    """
-    if len(text_encoders) != len(tokenizers) or len(text_encoders) not in (1, 2):
-        raise ValueError(f"encode_prompts: need 1 (SD) or 2 (SDXL) encoder/tokenizer pairs; got "
-                         f"{len(text_encoders)} encoders and {len(tokenizers)} tokenizers")
-    return embed_token_ids(text_encoders, [tokenize_prompts(tokenizer, prompts) for tokenizer in tokenizers])
+    """Encode prompts as the pipeline of the family with this many text encoders conditions the UNet
+    (``DiffusionFamily.encode_prompts``: SD, the last hidden state; SDXL, both encoders' penultimate hidden states
+    concatenated and encoder 2's pooled projection). Outputs are in the encoders' dtype and on their device."""
+    if len(text_encoders) != len(tokenizers):
+        raise ValueError(f"encode_prompts: need one tokenizer per text encoder; got {len(text_encoders)} encoders and "
+                         f"{len(tokenizers)} tokenizers")
+    return family_of_text_encoders(len(text_encoders)).encode_prompts(text_encoders, tokenizers, prompts)
 
 
 def embed_token_ids(text_encoders: Sequence, input_ids: Sequence[torch.Tensor]) -> PromptEmbeddings:
     """:func:`encode_prompts` from token ids (one ``[N, L]`` tensor per encoder), with autograd, for training the
     text encoders (``scripts/train_shapes_models.py``)."""
-    if len(text_encoders) != len(input_ids) or len(text_encoders) not in (1, 2):
-        raise ValueError(f"embed_token_ids: need 1 (SD) or 2 (SDXL) encoders with one id tensor each; got "
-                         f"{len(text_encoders)} encoders and {len(input_ids)} id tensors")
-    if len(text_encoders) == 1:
-        encoder = text_encoders[0]
-        return PromptEmbeddings(encoder(input_ids[0].to(encoder.device), return_dict=True).last_hidden_state)
-    from transformers import CLIPTextModelWithProjection
-
-    if not isinstance(text_encoders[1], CLIPTextModelWithProjection):
-        raise TypeError("encode_prompts: SDXL's second text encoder must be a CLIPTextModelWithProjection "
-                        f"(the pooled embedding is its projection); got {type(text_encoders[1]).__name__}")
-    outputs = [encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=True)
-               for encoder, ids in zip(text_encoders, input_ids)]
-    device = outputs[0].hidden_states[-2].device
-    hidden = torch.cat([out.hidden_states[-2].to(device) for out in outputs], dim=-1)
-    return PromptEmbeddings(hidden, outputs[1].text_embeds.to(device))
-
-
-def _pairs(name: str, values, n: int | None) -> torch.Tensor:
-    tensor = torch.as_tensor(values, dtype=torch.float32)
-    if tensor.ndim == 1 and tensor.shape == (2,) and n is not None:
-        tensor = tensor.expand(n, 2)
-    if tensor.ndim != 2 or tensor.shape[1] != 2 or (n is not None and tensor.shape[0] != n):
-        raise ValueError(f"sdxl_time_ids: {name} must be {n if n is not None else 'N'} (h, w) / (top, left) pairs; "
-                         f"got shape {tuple(tensor.shape)}")
-    return tensor
-
-
-def sdxl_time_ids(original_sizes, crop_top_lefts, target_size, *, convention: str = "true_size") -> torch.Tensor:
-    """``[N, 6]`` fp32 SDXL micro-conditioning per image (Podell et al. 2023 §2.2):
-    ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``.
-
-    ``original_sizes`` and ``crop_top_lefts`` are per image (each image's true size before resizing and its crop
-    offset, as the diffusers port records them); ``target_size`` is one ``(h, w)`` for all images or one per image.
-    ``convention="square_resolution"`` ignores them and gives ``(target, 0, 0, target)``, the launchers' hard-coded
-    ``(res, res, 0, 0, res, res)`` (:data:`SDXL_TIME_IDS`).
-    """
-    if convention not in SDXL_TIME_IDS:
-        raise ValueError(f"sdxl_time_ids: convention must be one of {SDXL_TIME_IDS}; got {convention!r}")
-    original = _pairs("original_sizes", original_sizes, None)
-    n = original.shape[0]
-    target = _pairs("target_size", target_size, n)
-    crops = _pairs("crop_top_lefts", crop_top_lefts, n)
-    if convention == "square_resolution":
-        original, crops = target, torch.zeros_like(crops)
-    return torch.cat([original, crops, target], 1)
+    if len(text_encoders) != len(input_ids):
+        raise ValueError(f"embed_token_ids: need one id tensor per text encoder; got {len(text_encoders)} encoders "
+                         f"and {len(input_ids)} id tensors")
+    return family_of_text_encoders(len(text_encoders)).embed_token_ids(text_encoders, input_ids)
 
 
 @torch.no_grad()

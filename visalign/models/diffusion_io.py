@@ -1,10 +1,10 @@
 """Saving trained diffusion UNets in the ecosystem's formats, with a model card.
 
-- LoRA: the adapter of a UNet set up with diffusers' ``unet.add_adapter(LoraConfig(...))``, written by diffusers' own
-  ``StableDiffusionLoraLoaderMixin.save_lora_weights`` (SD1.5/SD2.x) or ``StableDiffusionXLLoraLoaderMixin``
-  (SDXL) from ``get_peft_model_state_dict`` + ``convert_state_dict_to_diffusers``, as the diffusers LoRA training
-  scripts save it; the adapter config (rank, alpha, targets) travels as metadata. Load it with
-  ``pipe.load_lora_weights(output_dir)``.
+- LoRA: the adapter of a UNet set up with diffusers' ``unet.add_adapter(LoraConfig(...))``, written by the
+  ``save_lora_weights`` of the family's diffusers pipeline (``DiffusionFamily.save_lora``:
+  ``StableDiffusionLoraLoaderMixin`` for SD1.5/SD2.x, ``StableDiffusionXLLoraLoaderMixin`` for SDXL) from
+  ``get_peft_model_state_dict`` + ``convert_state_dict_to_diffusers``, as the diffusers LoRA training scripts save it;
+  the adapter config (rank, alpha, targets) travels as metadata. Load it with ``pipe.load_lora_weights(output_dir)``.
 - Full fine-tune: ``unet.save_pretrained(output_dir / "unet")`` (safetensors), loadable with
   ``UNet2DConditionModel.from_pretrained(output_dir, subfolder="unet")`` and swappable into a pipeline.
 - ``README.md``: a Hugging Face model card (YAML front matter, how to load, the training settings).
@@ -20,23 +20,10 @@ import torch
 from huggingface_hub import save_torch_state_dict
 
 from visalign.models.card import base_model_code, front_matter, settings_table
-from visalign.models.diffusion import SD, SDXL
+from visalign.models.families import DiffusionFamily, get_family
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_SUBFOLDER = "unet"
-_PIPELINES = {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline"}
-
-
-def _pipeline_name(family: str) -> str:
-    if family not in _PIPELINES:
-        raise ValueError(f"unknown diffusion model family {family!r}; expected one of {sorted(_PIPELINES)}")
-    return _PIPELINES[family]
-
-
-def _pipeline_class(family: str):
-    import diffusers  # here, not at import: diffusers (and the bitsandbytes it loads) takes seconds
-
-    return getattr(diffusers, _pipeline_name(family))
 
 
 def has_lora(unet: torch.nn.Module) -> bool:
@@ -62,23 +49,20 @@ def unet_lora_state_dict(unet: torch.nn.Module, state_dict: Mapping[str, torch.T
 def save_diffusion_lora(
     output_dir: str | Path,
     unet: torch.nn.Module,
-    family: str,
+    family: str | DiffusionFamily,
     *,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     is_main_process: bool = True,
 ) -> Path:
     """Write ``output_dir/pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights(output_dir)``.
 
-    ``family`` is ``"sd"`` or ``"sdxl"`` (``visalign.models.diffusion.detect_family``); every process may call it,
-    only ``is_main_process`` writes.
+    ``family`` is a family name (``components.family``) or adapter, whose ``save_lora`` writes the family's format;
+    every process may call it, only ``is_main_process`` writes.
     """
-    pipeline_cls = _pipeline_class(family)
+    adapter = get_family(family)
     layers = unet_lora_state_dict(unet, state_dict)
-    metadata = unet.peft_config["default"].to_dict()
-    pipeline_cls.save_lora_weights(
-        str(output_dir), unet_lora_layers=layers, is_main_process=is_main_process, weight_name=LORA_WEIGHT_NAME,
-        unet_lora_adapter_metadata=metadata,
-    )
+    adapter.save_lora(output_dir, layers, metadata=unet.peft_config["default"].to_dict(),
+                      weight_name=LORA_WEIGHT_NAME, is_main_process=is_main_process)
     return Path(output_dir) / LORA_WEIGHT_NAME
 
 
@@ -109,7 +93,7 @@ def write_model_card(
     output_dir: str | Path,
     *,
     base_model: str,
-    family: str,
+    family: str | DiffusionFamily,
     method: str,
     lora: bool,
     settings: Mapping[str, Any],
@@ -119,11 +103,11 @@ def write_model_card(
     """Write ``output_dir/README.md``: front matter (``library_name: diffusers``, tags), code that loads the result
     from ``output_dir`` and renders ``prompt`` (one the model knows), and the training ``settings`` (e.g. the resolved
     config's method-relevant keys); ``visalign.models.card.write_card_results`` adds the results after training."""
-    pipeline = _pipeline_name(family)
+    adapter = get_family(family)
+    pipeline = adapter.pipeline_name
     imports, base = base_model_code(base_model)
     folder = str(output_dir)
-    tags = ["text-to-image", "diffusers", "visalign", method, "stable-diffusion-xl" if family == SDXL else
-            "stable-diffusion"]
+    tags = ["text-to-image", "diffusers", "visalign", method, *adapter.card_tags]
     if lora:
         tags.append("lora")
         load = f"pipe = {pipeline}.from_pretrained({base})\npipe.load_lora_weights({folder!r})"

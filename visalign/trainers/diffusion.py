@@ -76,7 +76,6 @@ logger = logging.getLogger(__name__)
 
 DIFFUSION_REFERENCES = ("auto", "frozen_copy", "disable_adapter", "none")
 LATENT_DTYPES = ("float32", "bfloat16", "float16")
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 _MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -103,8 +102,9 @@ class DiffusionConfig(PreferenceConfig):
     lora_r: int = field(default=8, metadata=_help("LoRA rank"))
     lora_alpha: float = field(default=8.0, metadata=_help("LoRA alpha (update scaled by alpha / r); diffusers: = r"))
     lora_target_modules: list[str] | None = field(
-        default_factory=lambda: list(LORA_TARGETS),
-        metadata=_help("UNet attention projections to adapt (the diffusers port: to_q,to_k,to_v,to_out.0)"),
+        default=None,
+        metadata=_help("denoiser modules to adapt; none = the model family's (SD/SDXL: the diffusers port's "
+                       "to_q,to_k,to_v,to_out.0)"),
     )
     # --- model
     model_revision: str | None = field(default=None, metadata=_help("hub revision of `model`"))
@@ -359,7 +359,8 @@ class DiffusionTrainer(Trainer):
                                  None)
         self.components = self._load_components()
         self.family = self.components.family
-        self.resolution = args.resolution or self._native_resolution()
+        self.resolution = args.resolution or self.components.adapter.native_resolution(self.components.unet,
+                                                                                        self.components.vae)
         transform = PairTransform(self.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
         if args.cache_dir is None:
             train = DiffusionPreferenceDataset(train_pairs, transform, caption_dropout=args.caption_dropout,
@@ -399,14 +400,14 @@ class DiffusionTrainer(Trainer):
             frozen.requires_grad_(False).eval().to(device)
         return components
 
-    def _native_resolution(self) -> int:
-        vae_factor = 2 ** (len(self.components.vae.config.block_out_channels) - 1)
-        return int(self.components.unet.config.sample_size) * vae_factor
-
     def build_collator(self):
         return collate_indexed_pairs
 
     # ---------------------------------------------------------------------------------------------- model
+
+    def _lora_targets(self) -> list[str]:
+        """The config's ``lora_target_modules``, else the model family's (``DiffusionFamily.lora_targets``)."""
+        return list(self.args.lora_target_modules or self.components.adapter.lora_targets)
 
     def build_model(self) -> torch.nn.Module:
         args = self.args
@@ -417,7 +418,7 @@ class DiffusionTrainer(Trainer):
             from visalign.models.lora import check_lora_targets
 
             unet.requires_grad_(False)
-            targets = list(args.lora_target_modules or LORA_TARGETS)
+            targets = self._lora_targets()
             check_lora_targets(unet, targets)
             unet.add_adapter(LoraConfig(
                 r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
@@ -450,11 +451,11 @@ class DiffusionTrainer(Trainer):
                                         loglik_metrics=mse_metrics)
 
     def resolved_config(self) -> DiffusionConfig:
-        """The config as it ran: reference, resolution, and no ``vae`` for a built-in model, which keeps its own
-        (``load_diffusion_components``)."""
+        """The config as it ran: reference, resolution, LoRA targets, and no ``vae`` for a built-in model, which keeps
+        its own (``load_diffusion_components``)."""
         builtin = isinstance(self._model_spec, str) and is_builtin(self._model_spec)
         return dataclasses.replace(self.args, reference=self.reference_strategy, resolution=self.resolution,
-                                   vae=None if builtin else self.args.vae)
+                                   vae=None if builtin else self.args.vae, lora_target_modules=self._lora_targets())
 
     # ---------------------------------------------------------------------------------------------- loss
 
