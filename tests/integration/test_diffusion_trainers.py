@@ -58,7 +58,7 @@ def test_cache_gives_the_same_losses_as_the_uncached_path(sd15, pairs, tmp_path)
     for name, cache_dir in (("plain", None), ("cached", str(tmp_path / "cache")), ("reused", str(tmp_path / "cache"))):
         trainer = DiffusionTrainer(config(model=sd15, dataset=pairs, output_dir=str(tmp_path / name), use_lora=True,
                                           cache_dir=cache_dir, caption_dropout=0.5, random_flip=True))
-        stream, losses = trainer._micro_batches(0), []
+        stream, losses = trainer.data_source.batches(0), []
         for step in range(4):  # both epochs of 2 batches, with the noise of 4 different steps
             trainer.global_step = step
             batch = next(stream)
@@ -231,7 +231,7 @@ def test_dcpo_trains_on_pick_double_caption_with_each_caption_following_its_imag
     data = write_pick_double_caption(tmp_path / "pdc.parquet", [1.0, 0.0, 0.0, 1.0])
     trainer = DiffusionTrainer(DCPOConfig(model=sd15, dataset=data, output_dir=str(tmp_path / "out"), max_steps=1,
                                           per_device_batch_size=4, save_steps=0, use_lora=True))
-    batch = next(iter(trainer._train_loader))
+    batch = next(iter(trainer.data_source.loader))
     winners = {0: 0, 1: 1, 2: 1, 3: 0}  # row -> the image label_0 picks
     expected = {(f"image {w} of row {row}", f"image {1 - w} of row {row}") for row, w in winners.items()}
     assert set(zip(batch["captions_chosen"], batch["captions_rejected"])) == expected

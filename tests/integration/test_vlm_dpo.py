@@ -76,7 +76,7 @@ def test_token_feature_alignment_and_ln2(saved, tmp_path):
     assert not ((batch["input_ids"] == image_token) & batch["completion_mask"].bool()).any()
 
     trainer = VLMDPOTrainer(model=path, args=_args(tmp_path, reference="frozen_copy"), train_dataset=_rows())
-    loss, metrics = trainer.compute_loss(next(iter(trainer._train_loader)))
+    loss, metrics = trainer.compute_loss(next(iter(trainer.data_source.loader)))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert metrics["rewards/margins"] == 0.0
 
@@ -89,7 +89,7 @@ def test_multi_image_lora_step(tmp_path):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
     assert trainer.reference_strategy == "disable_adapter"
-    first, _ = trainer.compute_loss(next(iter(trainer._train_loader)))
+    first, _ = trainer.compute_loss(next(iter(trainer.data_source.loader)))
     assert first.item() == pytest.approx(math.log(2), abs=1e-6)  # fresh LoRA: policy == reference
     result = trainer.train()
     assert math.isfinite(result["train_loss"]) and result["nonfinite_steps"] == 0
@@ -116,8 +116,8 @@ def test_precomputed_reference_matches_frozen_copy(tmp_path, dense):
     pre = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "b", reference="precomputed", **common),
                         train_dataset=_rows())
     assert "ref_chosen_token_logps" in pre.train_dataset[0]
-    batch_f = next(iter(frozen._train_loader))
-    batch_p = next(iter(pre._train_loader))
+    batch_f = next(iter(frozen.data_source.loader))
+    batch_p = next(iter(pre.data_source.loader))
     if dense:
         weights = batch_f["token_weights"]
         assert set(weights.unique().tolist()) == {0.0, 1.0, 3.0}
@@ -137,7 +137,7 @@ def test_dense_weighted_score_by_hand(tmp_path):
     path = save_tiny_llava(tmp_path / "m")
     trainer = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "o", method="dense-dpo", dense_dpo_gamma=2.0,
                                                         reference="frozen_copy"), train_dataset=_rows())
-    batch = next(iter(trainer._train_loader))
+    batch = next(iter(trainer.data_source.loader))
     model = trainer.accelerator.unwrap_model(trainer.model)
     plain = vlm_pair_loglik(model, batch, return_token_logps=True)
     weighted = vlm_pair_loglik(model, batch, reduction="weighted")

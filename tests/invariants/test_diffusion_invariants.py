@@ -23,7 +23,7 @@ def trainer(config_cls=DiffusionConfig, **overrides) -> DiffusionTrainer:
 
 
 def first_batch(t: DiffusionTrainer) -> dict:
-    return next(iter(t._train_loader))
+    return next(iter(t.data_source.loader))
 
 
 def count_unet_calls(module: torch.nn.Module) -> list:

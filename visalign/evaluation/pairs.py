@@ -9,7 +9,8 @@ Diffusion-DPO's data, reference diffusion-methods.md §3.3); these are counted a
 paired-folder layout read by ``visalign.data.diffusion.load_preference_pairs``: ``OUT/chosen/NAME.png``,
 ``OUT/rejected/NAME.png`` (``{prompt:05d}_{chosen k:02d}_{rejected k:02d}.png``) and ``OUT/captions.jsonl`` rows
 ``{"file_name", "caption", "score_chosen", "score_rejected", "seed_chosen", "seed_rejected"}``;
-``OUT/pairs_summary.json`` records the counts, the settings and the scorer's provenance. Scores are the scorer's raw output (reward-scorers.md §1.6).
+``OUT/pairs_summary.json`` records the counts, the settings and the scorer's provenance. Scores are the scorer's raw
+output (reward-scorers.md §1.6).
 
 This is the sampling-and-labelling step of on-policy preference optimisation (the shapes-world quickstart; SPO,
 reference §6.1, forms pairs the same way per denoising step, here per final image).
@@ -97,6 +98,7 @@ def generate_preference_pairs(
     out: str | Path,
     *,
     lora: str | None = None,
+    pipeline=None,
     samples_per_prompt: int = 4,
     min_gap: float = 0.0,
     pairing: str = "best_worst",
@@ -109,10 +111,12 @@ def generate_preference_pairs(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Sample, score and pair (module docstring) into ``out``; returns the summary also written to ``SUMMARY``.
-    ``scorer`` is a loaded ``reward_models`` scorer."""
+    ``scorer`` is a loaded ``reward_models`` scorer. Images come from ``pipeline`` when one is given (e.g. the policy
+    being trained; ``model`` and ``lora`` then only label them), else from ``model`` with the LoRA folder ``lora``."""
     check_pair_options(samples_per_prompt, min_gap, pairing)
     out = Path(out)
-    pipeline = load_pipeline(model, lora=lora, device=device, dtype=dtype)
+    if pipeline is None:
+        pipeline = load_pipeline(model, lora=lora, device=device, dtype=dtype)
     samples = generate_images(pipeline, prompts, out / CANDIDATES, num_seeds=samples_per_prompt, base_seed=seed,
                               settings=settings, model=model, lora=lora, batch_size=batch_size, progress=progress)
     del pipeline

@@ -1,7 +1,8 @@
 """Private helpers shared by every trainer: optimizer and schedule factories, checkpoint I/O, metrics logging.
 
 Checkpoint layout under ``<output_dir>/checkpoints/``: ``checkpoint-<step>/`` holds ``accelerator.save_state``
-output (model, optimizer, scheduler, RNG states), ``trainer_state.json`` and the resolved ``config.yaml``. The model
+output (model, optimizer, scheduler, RNG states), ``trainer_state.json`` (with the data source's state), the
+resolved ``config.yaml`` and any files the data source keeps (an online source's in-memory round). The model
 files hold what training changes only, not the frozen parameters (a LoRA checkpoint is the adapter, not the base
 model; :func:`register_trainable_state_hooks`): a resume rebuilds the frozen part from the config's ``model``. A
 checkpoint is written as ``checkpoint-<step>.tmp`` and renamed when complete, so an interrupted save leaves only a
@@ -17,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, tot
     )
 
 
-def total_optimizer_steps(config: TrainingConfig, micro_batches_per_epoch: int) -> int:
-    """``max_steps``, or enough optimizer steps for ``num_epochs`` passes (the last may be partial)."""
+def total_optimizer_steps(config: TrainingConfig, micro_batches_per_epoch: int | None) -> int:
+    """``max_steps``, or enough optimizer steps for ``num_epochs`` passes (the last may be partial); data without
+    epochs (``None``: an online source drawing several rounds) needs ``max_steps``."""
     if config.max_steps > 0:
         return config.max_steps
+    if micro_batches_per_epoch is None:
+        raise ConfigError(f"{type(config).__name__}.max_steps must be set (> 0): the training data is drawn in "
+                          "rounds and has no epochs for num_epochs to count")
     if micro_batches_per_epoch == 0:
         raise ValueError("the training dataset yields no batch")
     return math.ceil(config.num_epochs * micro_batches_per_epoch / config.gradient_accumulation_steps)
@@ -201,10 +206,12 @@ def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | No
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], config: Any
+    accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], config: Any, *,
+    write_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically: ``save_state`` into ``checkpoint-<step>.tmp``, add the trainer state and
-    the resolved config, then rename. Every process must call it (``save_state`` gathers sharded states)."""
+    """Write checkpoint ``step`` atomically: ``save_state`` into ``checkpoint-<step>.tmp``, add the trainer state, the
+    resolved config and what ``write_files(folder)`` writes (the data source's files; main process), then rename.
+    Every process must call it (``save_state`` gathers sharded states)."""
     root = checkpoints_root(output_dir)
     final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -214,6 +221,8 @@ def save_checkpoint(
     if accelerator.is_main_process:
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
         save_config(config, tmp / CONFIG_FILE)
+        if write_files is not None:
+            write_files(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

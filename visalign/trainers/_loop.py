@@ -1,4 +1,4 @@
-"""The one accelerate training loop every visalign trainer subclasses (text, VLM, diffusion).
+"""The one accelerate training loop every visalign trainer subclasses (text, VLM, diffusion, on-policy diffusion).
 
 A subclass supplies the method through hooks; the loop owns everything else:
 
@@ -7,6 +7,8 @@ A subclass supplies the method through hooks; the loop owns everything else:
 - ``enable_gradient_checkpointing(model)``: when ``gradient_checkpointing`` is set (default: transformers models);
 - ``build_collator()``: ``examples -> batch``;
 - ``prepare_reference()``: after ``accelerator.prepare``, set up the reference (may precompute it);
+- ``build_data_source()``: where training micro-batches come from (``visalign.trainers.data_source``): by default a
+  ``DatasetSource`` over the train dataset; an ``OnlineSource`` draws rounds from the policy being trained;
 - ``compute_loss(batch)``: ``(scalar loss, {metric name: float})`` for one micro-batch;
 - ``num_examples(batch)``: weight of a batch when averaging evaluation metrics (0: every example was skipped);
 - ``num_skipped(batch)``: examples dropped from a batch as unreadable (counted over processes and resumes);
@@ -14,18 +16,19 @@ A subclass supplies the method through hooks; the loop owns everything else:
 - ``save_final(output_dir)``: the final model folder (``save_pretrained`` + resolved config);
 - ``on_step_end(step)``: after each optimizer step's logging and checkpointing (e.g. validation images).
 
-A train dataset with ``set_epoch(e)`` is told the epoch before it is read, through accelerate's loader too (which
-re-sets it from its own counter), also after a resume mid-epoch, so per-epoch augmentation draws (flips, crops,
-caption dropout) replay exactly.
+The loop knows its data only through the data source's interface: micro-batches from a stream position, the epoch
+length if the data has epochs (else the run needs ``max_steps``), progress figures, and a state (plus files) saved
+in every checkpoint and restored on resume.
 
 Per optimizer step the loop runs ``gradient_accumulation_steps`` micro-batches (``no_sync`` on all but the last),
 clips the global gradient norm, and skips the update when the loss or the gradient norm is non-finite on any process
 (counted; more than ``max_nonfinite_steps`` in a row raises ``NonFiniteTrainingError`` and leaves the last good
-checkpoint in place: one followed by a finite loss) or when no micro-batch held an example. The data stream is deterministic: epoch ``e`` is shuffled with seed ``seed + e`` and the
-micro-batch position is ``step · gradient_accumulation_steps``, so ``resume_from`` restores model, optimizer,
-scheduler and RNG states with ``accelerator.load_state`` and skips to the same position with
-``accelerator.skip_first_batches`` — a resumed run ends where an uninterrupted one does. A fresh run needs an empty
-(or ``overwrite_output_dir``), writable ``output_dir``; a resume checks the checkpoint's config (``_resume``).
+checkpoint in place: one followed by a finite loss) or when no micro-batch held an example. The data stream is
+deterministic: the micro-batch position is ``step · gradient_accumulation_steps``, so ``resume_from`` restores model,
+optimizer, scheduler and RNG states with ``accelerator.load_state``, the data source's state with its
+``load_state_dict``, and asks the source for the same position — a resumed run ends where an uninterrupted one does.
+A fresh run needs an empty (or ``overwrite_output_dir``), writable ``output_dir``; a resume checks the checkpoint's
+config (``_resume``).
 
 Per-step overhead is kept off the module tree: ``train()`` puts the whole model in train mode once and a step does it
 again only if the top module was left in eval mode (``evaluate``, validation images and the reference restore every
@@ -48,7 +51,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from visalign.config_io import ConfigError, config_to_dict, read_yaml_mapping, save_config
@@ -73,6 +75,7 @@ from visalign.trainers._common import (
     weighted_means,
 )
 from visalign.trainers.config import TrainingConfig
+from visalign.trainers.data_source import DatasetSource, make_dataloader
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class Trainer:
     """Base accelerate trainer; see the module docstring for the hooks a subclass implements.
 
     Attributes after construction: ``args``, ``accelerator``, ``model`` (prepared), ``optimizer``, ``lr_scheduler``,
-    ``train_dataset``, ``eval_dataset``, ``collator``, ``global_step``.
+    ``train_dataset``, ``eval_dataset``, ``collator``, ``data_source``, ``global_step``.
     """
 
     def __init__(self, args: TrainingConfig) -> None:
@@ -119,13 +122,15 @@ class Trainer:
         )
         self.prepare_reference()  # may add columns (a precomputed reference) before the loader is built
         self._parameters = list(self.model.parameters())  # listed once: clipping needs no walk over the modules
-        self._data_generator = torch.Generator()
-        self._train_loader = self.accelerator.prepare(
-            self._dataloader(self.train_dataset, args.per_device_batch_size, shuffle=True)
-        )
-        self.total_steps = total_optimizer_steps(args, len(self._train_loader))
-        self.lr_scheduler = self.accelerator.prepare(make_scheduler(self.optimizer, args, self.total_steps))
         self.global_step = 0
+        self.data_source = self.build_data_source()  # an online source may draw its first round: from step 0
+        if self._checkpoint is not None:  # before its length is asked: a kept online round is restored, not redrawn
+            source_state = read_trainer_state(self._checkpoint).get("data_source")
+            if source_state is not None:  # absent from checkpoints written before data sources
+                self.data_source.load_state_dict(source_state, self._checkpoint)
+        self._epoch_length = self.data_source.epoch_length()
+        self.total_steps = total_optimizer_steps(args, self._epoch_length)
+        self.lr_scheduler = self.accelerator.prepare(make_scheduler(self.optimizer, args, self.total_steps))
         self.resumed_from: Path | None = None
         self.skipped_total = 0  # unreadable examples skipped, over every process (kept in checkpoints)
         self._unconfirmed_checkpoint: Path | None = None
@@ -158,6 +163,13 @@ class Trainer:
     def prepare_reference(self) -> None:
         """Set up the reference once the policy is prepared (default: nothing)."""
 
+    def build_data_source(self):
+        """Where training micro-batches come from (``visalign.trainers.data_source``; default: the train dataset,
+        shuffled per epoch). Runs after ``prepare_reference``, which may have added columns to the dataset."""
+        args = self.args
+        return DatasetSource(self.accelerator, self.train_dataset, batch_size=args.per_device_batch_size,
+                             collator=self.collator, seed=args.seed, num_workers=args.dataloader_num_workers)
+
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss of one micro-batch and its metrics (floats, TRL names)."""
         raise NotImplementedError
@@ -186,32 +198,6 @@ class Trainer:
             save_config(self.resolved_config(), output_dir / CONFIG_FILE)
 
     # ------------------------------------------------------------------------------------------------------
-    # data
-
-    def _dataloader(self, dataset, batch_size: int, *, shuffle: bool) -> DataLoader:
-        sampler = RandomSampler(dataset, generator=self._data_generator) if shuffle else SequentialSampler(dataset)
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
-            num_workers=self.args.dataloader_num_workers, generator=self._data_generator if shuffle else None,
-        )
-
-    def _micro_batches(self, start: int) -> Iterator[dict]:
-        """Training micro-batches from stream position ``start`` on, across epochs (epoch e shuffled with seed+e)."""
-        per_epoch = len(self._train_loader)
-        epoch, skip = divmod(start, per_epoch)
-        while True:
-            self._data_generator.manual_seed(self.args.seed + epoch)
-            # accelerate's loader calls dataset.set_epoch(loader.iteration) when iterated, and a resumed run's fresh
-            # loader (or skip_first_batches' copy of it) starts at iteration 0: the epoch goes to the loader, which
-            # passes it on. The dataset is told directly too, as the loader skips that when its sampler is seedable.
-            self._train_loader.set_epoch(epoch)
-            if hasattr(self.train_dataset, "set_epoch"):  # per-epoch augmentation draws (flip, crop, caption dropout)
-                self.train_dataset.set_epoch(epoch)
-            loader = self.accelerator.skip_first_batches(self._train_loader, skip) if skip else self._train_loader
-            yield from loader
-            epoch, skip = epoch + 1, 0
-
-    # ------------------------------------------------------------------------------------------------------
     # training
 
     def train(self) -> dict[str, float]:
@@ -222,7 +208,7 @@ class Trainer:
         self._resume()
         self._metrics.truncate_after(self.global_step)
         ga = args.gradient_accumulation_steps
-        stream = self._micro_batches(self.global_step * ga)
+        stream = self.data_source.batches(self.global_step * ga)
         self.model.train()
         losses = []
         start, examples = self.global_step, 0
@@ -241,8 +227,8 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.4g}")
             else:  # a skipped update still logs its data counts
                 self._metrics.add(metrics)
-            if not examples and ((self.global_step - start) * ga >= len(self._train_loader)
-                                 or self.global_step == self.total_steps):
+            epoch_done = self._epoch_length is not None and (self.global_step - start) * ga >= self._epoch_length
+            if not examples and (epoch_done or self.global_step == self.total_steps):
                 raise ValueError(
                     f"every example read in {self.global_step - start} step(s) was skipped as unreadable "
                     f"({self.skipped_total} skipped, the warnings above say why): nothing was trained; fix the "
@@ -356,7 +342,7 @@ class Trainer:
         micro = self.global_step * self.args.gradient_accumulation_steps
         return {
             "learning_rate": self.lr_scheduler.get_last_lr()[0],
-            "epoch": micro / len(self._train_loader),
+            **self.data_source.progress(micro),
             "nonfinite_steps": float(self.nonfinite_total),
         }
 
@@ -365,14 +351,15 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {"step": self.global_step, "total_steps": self.total_steps, "nonfinite_total": self.nonfinite_total,
-                "nonfinite_streak": self._nonfinite_streak, "skipped_total": self.skipped_total}
+                "nonfinite_streak": self._nonfinite_streak, "skipped_total": self.skipped_total,
+                "data_source": self.data_source.state_dict()}
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/checkpoint-<step>`` atomically. It is confirmed good, and older ones pruned to
         ``save_total_limit``, once a later step has a finite loss at its weights (so a limit of N briefly keeps N+1);
         a run stopped for non-finite steps before that renames it ``checkpoint-<step>.diverged``."""
         path = save_checkpoint(self.accelerator, self.args.output_dir, self.global_step, self._state(),
-                               self.resolved_config())
+                               self.resolved_config(), write_files=self.data_source.save_files)
         self._unconfirmed_checkpoint = path
         return path
 
@@ -423,8 +410,8 @@ class Trainer:
             self.accelerator.load_state(str(checkpoint))
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # torch.load of a damaged file
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ValueError(f"{checkpoint}: its optimizer, scheduler or RNG state cannot be read ({type(err).__name__}: "
-                             f"{first_line}); resume from another checkpoint") from None
+            raise ValueError(f"{checkpoint}: its optimizer, scheduler or RNG state cannot be read "
+                             f"({type(err).__name__}: {first_line}); resume from another checkpoint") from None
         scheduler = self.lr_scheduler.scheduler
         scheduler.base_lrs = [args.learning_rate for _ in scheduler.base_lrs]
         scheduler.last_epoch -= 1
@@ -449,8 +436,8 @@ class Trainer:
         if dataset is None:
             raise ValueError("evaluate() needs an eval dataset: pass one or set eval_dataset in the config")
         acc = self.accelerator
-        loader = acc.prepare(self._dataloader(dataset, self.args.eval_batch_size or self.args.per_device_batch_size,
-                                              shuffle=False))
+        loader = acc.prepare(make_dataloader(dataset, self.args.eval_batch_size or self.args.per_device_batch_size,
+                                             self.collator, num_workers=self.args.dataloader_num_workers))
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, float] = {}

@@ -349,40 +349,50 @@ class DiffusionTrainer(Trainer):
         return pairs
 
     def build_datasets(self):
-        """Load and check the pairs (before any model loads), then the model's components, then the (cached)
-        datasets, which need the VAE and text encoders."""
-        args, acc = self.args, self.accelerator
+        """Load and check the pairs (before any model loads), then the model's parts (:meth:`_load_model_parts`),
+        then the (cached) datasets, which need the VAE and text encoders."""
+        args = self.args
         train_pairs = self._pairs(self._raw_train, args.dataset_split)
         eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
-        # the model card's example prompt: one the model knows (a validation prompt, else a training caption)
-        self._card_prompt = next((p for p in [*(args.validation_prompts or []), *train_pairs.captions_chosen] if p),
-                                 None)
+        self._load_model_parts(train_pairs.captions_chosen)
+        return self._pair_dataset(train_pairs), None if eval_pairs is None else self._held_out(eval_pairs)
+
+    def _load_model_parts(self, captions: list[str]) -> None:
+        """The model's components, the training resolution, the validation settings, and the model card's example
+        prompt: one the model knows (a validation prompt, else the first of ``captions``)."""
+        args = self.args
+        self._card_prompt = next((p for p in [*(args.validation_prompts or []), *captions] if p), None)
         self.components = self._load_components()
         self.family = self.components.family
         self.resolution = args.resolution or self.components.adapter.native_resolution(self.components.unet,
                                                                                         self.components.vae)
-        transform = PairTransform(self.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
-        if args.cache_dir is None:
-            train = DiffusionPreferenceDataset(train_pairs, transform, caption_dropout=args.caption_dropout,
-                                               seed=args.seed)
-        else:
-            with acc.main_process_first():
-                train = cached_preference_dataset(
-                    train_pairs, transform, self.components.vae, self.components.text_encoders,
-                    self.components.tokenizers, args.cache_dir, caption_dropout=args.caption_dropout, seed=args.seed,
-                    vae_batch_size=args.vae_encode_batch_size, num_workers=args.dataloader_num_workers,
-                    latent_dtype=getattr(torch, args.cache_latent_dtype), time_id_convention=args.sdxl_time_ids,
-                )
-        held_out = None
-        if eval_pairs is not None:
-            eval_transform = PairTransform(self.resolution, center_crop=True, random_flip=False)
-            held_out = _IndexedPairs(DiffusionPreferenceDataset(eval_pairs, eval_transform, seed=args.seed))
         self.validation = None if not args.validation_prompts else ValidationSettings(
             tuple(args.validation_prompts), seed=args.validation_seed,
             num_inference_steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale,
             resolution=self.resolution,
         )
-        return _IndexedPairs(train), held_out
+
+    def _pair_dataset(self, pairs: PreferencePairs) -> _IndexedPairs:
+        """The training dataset of ``pairs``: transformed (encoded into the cache with ``cache_dir``), indexed."""
+        args = self.args
+        transform = PairTransform(self.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
+        if args.cache_dir is None:
+            train = DiffusionPreferenceDataset(pairs, transform, caption_dropout=args.caption_dropout,
+                                               seed=args.seed)
+        else:
+            with self.accelerator.main_process_first():
+                train = cached_preference_dataset(
+                    pairs, transform, self.components.vae, self.components.text_encoders,
+                    self.components.tokenizers, args.cache_dir, caption_dropout=args.caption_dropout, seed=args.seed,
+                    vae_batch_size=args.vae_encode_batch_size, num_workers=args.dataloader_num_workers,
+                    latent_dtype=getattr(torch, args.cache_latent_dtype), time_id_convention=args.sdxl_time_ids,
+                )
+        return _IndexedPairs(train)
+
+    def _held_out(self, pairs: PreferencePairs) -> _IndexedPairs:
+        """The evaluation dataset of ``pairs``: centre crops, no flips, no caption dropout."""
+        transform = PairTransform(self.resolution, center_crop=True, random_flip=False)
+        return _IndexedPairs(DiffusionPreferenceDataset(pairs, transform, seed=self.args.seed))
 
     def _load_components(self) -> DiffusionComponents:
         args = self.args

@@ -3,17 +3,26 @@ preference loss, then compare the trained model with the base on held-out prompt
 
 Three stages, all in ``output_dir``:
 
-1. ``pairs/``: ``samples_per_prompt`` images of each of the first ``num_prompts`` prompts, scored by ``scorer``,
-   best vs worst per prompt or every pair above ``min_gap`` (``pairing``;
+1. ``pairs/``: ``samples_per_prompt`` images of each of the first ``num_prompts`` prompts, sampled from the policy,
+   scored by ``scorer``, best vs worst per prompt or every pair above ``min_gap`` (``pairing``;
    :func:`visalign.evaluation.pairs.generate_preference_pairs`);
-2. training: :class:`~visalign.trainers.diffusion.DiffusionTrainer` on those pairs (every ``DiffusionConfig``
-   option applies; the LoRA lands in ``output_dir`` in diffusers format; latents and text embeddings are cached in
+2. training: :class:`OnPolicyTrainer`, a :class:`~visalign.trainers.diffusion.DiffusionTrainer` whose data source is
+   an :class:`~visalign.trainers.data_source.OnlineSource` drawing those pairs (every ``DiffusionConfig`` option
+   applies; the LoRA lands in ``output_dir`` in diffusers format; latents and text embeddings are cached in
    ``output_dir/cache`` unless ``cache_dir`` says otherwise);
 3. ``eval/``: base and trained model render the first ``num_eval_prompts`` prompts of ``eval_prompts`` with
    ``eval_seeds`` seeds each (seeds from ``eval_seed``, never used for the pairs), both scored, compared with paired
    bootstrap intervals over prompts (:func:`visalign.evaluation.report.compare_models`): ``report.html``
    (open it in a browser: images side by side, sortable by score difference), ``report.md``, ``report.json``,
    ``scores.jsonl`` and ``grid.png`` (rows: prompts; columns: after, before).
+
+With ``resample_every: 0`` (the default) the pairs are drawn once, before step 1, from the model as loaded, into
+``pairs/``. With ``resample_every: N`` stages 1 and 2 interleave: every N optimizer steps a new round of pairs is
+drawn from the current policy (the base with the LoRA as trained so far) into ``pairs/round-NNNN/``, round ``r``
+with seeds from ``seed + r``, and training goes on on it. A round is written under ``<name>.tmp`` and renamed when
+complete; the checkpoint records the round being trained on, so a resumed run trains on the same pairs, and a run
+killed while sampling draws that round again from the same weights. Sampling uses the base model loaded in
+``sample_dtype`` with the policy's LoRA weights copied in (the LoRA of step 0 adds exactly zero).
 
 ``visalign train`` with no arguments runs this on the shipped shapes world (recipe ``quickstart``): the
 ``builtin:shapes-sd`` model, ``builtin:shapes-prompts`` and the programmatic ``shapes`` reward. Sampling and
@@ -23,8 +32,11 @@ fine-tune would need its UNet swapped into a pipeline for stage 3.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +44,16 @@ from typing import Any
 
 import torch
 
-from visalign.evaluation.pairs import check_pair_options
+from visalign.evaluation.pairs import SUMMARY, check_pair_options
 from visalign.models.card import write_card_results
 from visalign.trainers._common import prepare_output_dir
+from visalign.trainers.data_source import OnlineSource, Round
 from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 
 logger = logging.getLogger(__name__)
 
 PAIRS_DIR = "pairs"
+ROUND_DIR = "round-{:04d}"
 EVAL_DIR = "eval"
 CACHE_DIR = "cache"
 
@@ -80,6 +94,9 @@ class OnPolicyConfig(DiffusionConfig):
     eval_seeds: int = field(default=4, metadata=_help("images per held-out prompt and model"))
     eval_seed: int = field(default=1000, metadata=_help("base seed of the held-out images (pairs use `seed`)"))
     bootstrap_resamples: int = field(default=2000, metadata=_help("bootstrap resamples of the intervals"))
+    resample_every: int = field(
+        default=0, metadata=_help("optimizer steps between rounds of pairs drawn from the current policy (LoRA "
+                                  "active) into pairs/round-NNNN; 0 = sample once, before training, into pairs/"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +106,10 @@ class OnPolicyConfig(DiffusionConfig):
         for key in ("num_prompts", "num_eval_prompts", "eval_seeds", "sample_steps", "sample_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{c}.{key} must be >= 1; got {getattr(self, key)!r}")
+        if self.resample_every < 0:
+            raise ValueError(f"{c}.resample_every must be >= 0 (0: sample once); got {self.resample_every!r}")
+        if self.resample_every and self.max_steps < 1:
+            raise ValueError(f"{c}.resample_every needs max_steps (rounds of pairs have no epochs to count)")
         try:
             check_pair_options(self.samples_per_prompt, self.min_gap, self.pairing)
         except ValueError as err:
@@ -110,23 +131,145 @@ class OnPolicyConfig(DiffusionConfig):
                                   height=self.resolution, width=self.resolution)
 
 
-def sample_pairs(config: OnPolicyConfig, device: str) -> dict[str, Any]:
-    """Stage 1: the pair folder ``output_dir/pairs``; returns its summary."""
+def sample_pairs(config: OnPolicyConfig, device: str | torch.device, *, out: Path | None = None, pipeline=None,
+                 policy_label: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Stage 1: a pair folder (default ``output_dir/pairs``) sampled from ``pipeline`` (default: ``config.model`` as
+    loaded, in ``sample_dtype``; ``policy_label`` names another policy in the images' manifest) with seeds from
+    ``seed`` (default ``config.seed``); returns its summary (``pairs`` may be 0)."""
     from visalign.evaluation.generate import load_prompts
     from visalign.evaluation.pairs import generate_preference_pairs
 
     prompts = load_prompts(config.prompts, column=config.prompt_column, split=config.prompts_split,
                            limit=config.num_prompts)
-    summary = generate_preference_pairs(
-        config.model, prompts, config.scorer_spec().load(), Path(config.output_dir) / PAIRS_DIR,
-        samples_per_prompt=config.samples_per_prompt, min_gap=config.min_gap, pairing=config.pairing,
-        seed=config.seed,
+    return generate_preference_pairs(
+        config.model, prompts, config.scorer_spec().load(), out or Path(config.output_dir) / PAIRS_DIR,
+        pipeline=pipeline, lora=policy_label, samples_per_prompt=config.samples_per_prompt, min_gap=config.min_gap,
+        pairing=config.pairing, seed=config.seed if seed is None else seed,
         settings=config.generation_settings(), device=device, dtype=config.sample_dtype,
         batch_size=config.sample_batch_size)
+
+
+def describe_pairs(summary: dict[str, Any], config: OnPolicyConfig) -> str:
+    """One line on a pair folder's summary: its pairs, mean score gap and prompts left without a pair."""
     if summary["pairs"] == 0:
-        raise ValueError(f"no preference pair from {len(prompts)} prompts: every score gap was <= min_gap "
-                         f"{config.min_gap}")
-    return summary
+        return (f"no preference pair from {summary['num_prompts']} prompts: every score gap was <= min_gap "
+                f"{config.min_gap}")
+    return (f"{summary['pairs']} pairs ({config.pairing}; mean score gap {summary['mean_gap']:.3f}; "
+            f"{summary['skipped_small_gap']} prompt(s) without a gap above {config.min_gap})")
+
+
+def policy_pipeline(config: OnPolicyConfig, policy: torch.nn.Module, device: torch.device):
+    """``config.model`` loaded in ``sample_dtype`` with the LoRA weights of ``policy`` (a UNet trained with
+    ``unet.add_adapter``) copied in: the policy as it stands, sampled as the evaluation samples it."""
+    from visalign.evaluation.generate import load_pipeline
+
+    pipeline = load_pipeline(config.model, device=device, dtype=config.sample_dtype)
+    lora = {key: value for key, value in policy.state_dict().items() if "lora_" in key}
+    for name, adapter in policy.peft_config.items():
+        pipeline.unet.add_adapter(copy.deepcopy(adapter), adapter_name=name)
+    missing, unexpected = pipeline.unet.load_state_dict(lora, strict=False)
+    missing = [key for key in missing if "lora_" in key]
+    if missing or unexpected:
+        raise ValueError(f"{config.model}: the policy's LoRA does not fit its UNet ({len(missing)} missing, e.g. "
+                         f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})")
+    return pipeline
+
+
+class PairRounds:
+    """The rounds of on-policy Diffusion-DPO (a :class:`~visalign.trainers.data_source.RoundProducer`): sample the
+    policy, score, pair into the round's folder, then load it as the trainer's pair dataset (module docstring).
+
+    Each round is kept on disk (written as ``<folder>.tmp``, renamed when complete; the main process samples, every
+    process loads), so a checkpoint holds nothing of it and a resume reloads the folder. ``seconds`` totals the
+    sampling time.
+    """
+
+    def __init__(self, trainer: OnPolicyTrainer, config: OnPolicyConfig) -> None:
+        self.trainer = trainer
+        self.config = config
+        self.seconds = 0.0
+
+    def folder(self, round_index: int) -> Path:
+        pairs = Path(self.config.output_dir) / PAIRS_DIR
+        return pairs / ROUND_DIR.format(round_index) if self.config.resample_every else pairs
+
+    def produce(self, round_index: int, policy: torch.nn.Module) -> Round:
+        config, acc, step = self.config, self.trainer.accelerator, self.trainer.global_step
+        seed = config.seed + round_index
+        if seed == config.eval_seed:
+            raise ValueError(f"round {round_index} would sample pairs with seed {seed}, the eval_seed of the held-out "
+                             "images: set eval_seed outside seed + the rounds of the run")
+        folder = self.folder(round_index)
+        if acc.is_main_process:
+            started = time.perf_counter()
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)  # a draw killed half-way: drawn again from these weights
+            was_training = policy.training
+            policy.eval()
+            try:
+                pipeline = policy_pipeline(config, policy, acc.device)
+                summary = sample_pairs(config, acc.device, out=tmp, pipeline=pipeline, seed=seed,
+                                       policy_label=None if step == 0 else f"policy at step {step}")
+                del pipeline
+            finally:
+                policy.train(was_training)
+            if folder.exists():  # a draw of another run (overwrite_output_dir) or of a run resumed earlier
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+            self.seconds += time.perf_counter() - started
+            where = f"round {round_index} (from step {step}): " if config.resample_every else ""
+            print(f"      {where}{describe_pairs(summary, config)}; {time.perf_counter() - started:.0f} s", flush=True)
+        acc.wait_for_everyone()
+        return self.restore_round(round_index, folder)
+
+    def save_round(self, round_index: int, data: Round, folder: Path) -> None:
+        """Nothing: the round's pair folder is kept under ``output_dir/pairs``."""
+
+    def restore_round(self, round_index: int, folder: Path) -> Round:
+        """Load the kept pair folder of ``round_index`` (``folder``, the checkpoint, holds nothing of it)."""
+        pairs = self.folder(round_index)
+        if not (pairs / SUMMARY).is_file():
+            raise FileNotFoundError(f"{pairs}: the pairs of round {round_index} are missing (no {SUMMARY}), so the "
+                                    f"run cannot resume on them; resume from a checkpoint before the round")
+        summary = json.loads((pairs / SUMMARY).read_text(encoding="utf-8"))
+        description = describe_pairs(summary, self.config)
+        if summary["pairs"] == 0:
+            return Round([], description)
+        return Round(self.trainer._pair_dataset(self.trainer._pairs(str(pairs), "train")), description)
+
+
+class OnPolicyTrainer(DiffusionTrainer):
+    """Diffusion-DPO on pairs drawn from the policy being trained (module docstring, stages 1 and 2): the pair folder
+    ``output_dir/pairs`` is its dataset, and latents and text embeddings are cached in ``output_dir/cache`` unless
+    ``cache_dir`` says otherwise."""
+
+    def __init__(self, args: OnPolicyConfig) -> None:
+        if not isinstance(args, OnPolicyConfig):
+            raise TypeError(f"OnPolicyTrainer needs an OnPolicyConfig; got {type(args).__name__}")
+        output = Path(args.output_dir)
+        args = dataclasses.replace(args, dataset=str(output / PAIRS_DIR),
+                                   cache_dir=args.cache_dir or str(output / CACHE_DIR))
+        self.rounds = PairRounds(self, args)
+        super().__init__(args)
+
+    def build_datasets(self):
+        """No training pairs yet (they are drawn in rounds): the model's parts and the held-out pairs, if any."""
+        from visalign.evaluation.generate import load_prompts
+
+        args = self.args
+        eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
+        prompts = load_prompts(args.prompts, column=args.prompt_column, split=args.prompts_split,
+                               limit=args.num_prompts)
+        self._load_model_parts(prompts)
+        return None, None if eval_pairs is None else self._held_out(eval_pairs)
+
+    def build_data_source(self) -> OnlineSource:
+        args = self.args
+        return OnlineSource(
+            self.accelerator, self.rounds, self.accelerator.unwrap_model(self.model),
+            steps_per_round=args.resample_every, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            batch_size=args.per_device_batch_size, collator=self.collator, seed=args.seed,
+            num_workers=args.dataloader_num_workers)
 
 
 def evaluate_before_after(config: OnPolicyConfig, device: str) -> dict[str, Any]:
@@ -155,25 +298,19 @@ def summarise(section: dict[str, Any]) -> dict[str, float]:
 def run(config: OnPolicyConfig) -> dict[str, float]:
     """Sample pairs, train, evaluate (module docstring); prints the before/after figures and returns them with the
     training metrics."""
-    prepare_output_dir(config)  # writable, and empty unless resuming or overwriting: before sampling
+    prepare_output_dir(config)  # writable, and empty unless resuming or overwriting: before any model loads
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seconds = {}
     started = time.perf_counter()
+    every = f" every {config.resample_every} steps" if config.resample_every else ""
     print(f"[1/3] sampling {config.samples_per_prompt} images for each of {config.num_prompts} prompts from "
-          f"{config.model}, scored by {config.scorer}", flush=True)
-    pairs = sample_pairs(config, device)
-    seconds["sample_s"], started = time.perf_counter() - started, time.perf_counter()
-    print(f"      {pairs['pairs']} pairs ({config.pairing}; mean score gap {pairs['mean_gap']:.3f}; "
-          f"{pairs['skipped_small_gap']} "
-          f"prompt(s) without a gap above {config.min_gap}); {seconds['sample_s']:.0f} s", flush=True)
+          f"{config.model}{every}, scored by {config.scorer}", flush=True)
+    trainer = OnPolicyTrainer(config)  # a single round of pairs is drawn here, before step 1
     print(f"[2/3] training {config.loss_type} (beta {config.beta}) with LoRA r{config.lora_r} for "
           f"{config.max_steps} steps", flush=True)
-    output = Path(config.output_dir)
-    # overwrite_output_dir: the folder was checked above and now holds this run's pairs
-    training = dataclasses.replace(config, dataset=str(output / PAIRS_DIR), overwrite_output_dir=True,
-                                   cache_dir=config.cache_dir or str(output / CACHE_DIR))
-    train_metrics = DiffusionTrainer(training).train()
-    seconds["train_s"], started = time.perf_counter() - started, time.perf_counter()
+    train_metrics = trainer.train()
+    seconds["sample_s"] = trainer.rounds.seconds
+    seconds["train_s"], started = time.perf_counter() - started - seconds["sample_s"], time.perf_counter()
     print(f"      {seconds['train_s']:.0f} s", flush=True)
     print(f"[3/3] evaluating on {config.num_eval_prompts} held-out prompts x {config.eval_seeds} seeds", flush=True)
     report = evaluate_before_after(config, device)
