@@ -194,8 +194,10 @@ class TrainerContract:
     # ------------------------------------------------------------------ training equivalences
     def test_a_batch_of_4_equals_4_accumulated_micro_batches_of_1(self, tmp_path):
         """One step over the 4 examples; Adam with ε = 1 makes the first update ~lr·g (the default ε makes it
-        ~lr·sign(g), which turns float rounding of tiny gradients into full-size differences)."""
-        common = dict(max_steps=1, adam_epsilon=1.0, learning_rate=1.0, lora_dropout=0.0)  # same draws in both
+        ~lr·sign(g), which turns float rounding of tiny gradients into full-size differences), and no clipping (which
+        would hide a wrongly scaled accumulated gradient)."""
+        common = dict(max_steps=1, adam_epsilon=1.0, learning_rate=1.0, max_grad_norm=None,
+                      lora_dropout=0.0)  # dropout would draw differently for the two layouts
         updates = []
         for name, batch, accumulation in (("batch", 4, 1), ("accumulated", 1, 4)):
             trainer = self.make_trainer(self.config(tmp_path / name, per_device_batch_size=batch,
