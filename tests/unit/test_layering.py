@@ -62,3 +62,72 @@ def test_scan_sees_every_import_form(tmp_path):
                                      "visalign/trainers/b.py:2: visalign.cli.recipes.recipe_file",
                                      "visalign/trainers/c.py:1: visalign.cli",
                                      "visalign/trainers/d.py:1: visalign.cli.eval"]
+
+
+# ------------------------------------------------------------------------------------------------ model families
+
+#: Where family-specific code lives (``visalign.models.families``), and the module that keeps the old public names.
+FAMILY_PACKAGE = "visalign/models/families/"
+#: ``visalign.models.diffusion`` defines ``SD``/``SDXL`` from the adapters, for callers that import them from there.
+FAMILY_NAME_REEXPORT = "visalign/models/diffusion.py"
+FAMILY_NAMES = ("SD", "SDXL")
+
+
+def _names(node: ast.AST) -> set[str]:
+    """The identifiers an expression reads (``components.family`` gives ``family``)."""
+    return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
+            if isinstance(n, (ast.Name, ast.Attribute))}
+
+
+def family_branches(root: Path) -> list[str]:
+    """``path:line: what`` for each family branch outside ``visalign/models/families/``: a comparison with a
+    ``family`` value or a family constant, a comparison with a registered family's name (``"sd"``, ``"sdxl"``), or a
+    use or import of the ``SD``/``SDXL`` constants (``visalign/models/diffusion.py`` may define them); one per line."""
+    from visalign.models.families import FAMILIES
+
+    found: dict[tuple[str, int], str] = {}
+    for path in sorted((root / "visalign").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(FAMILY_PACKAGE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
+            what = None
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                literals = {o.value for o in operands if isinstance(o, ast.Constant)}
+                if set().union(*map(_names, operands)) & {"family", *FAMILY_NAMES} or literals & set(FAMILIES):
+                    what = f"compares a family ({ast.unparse(node)})"
+            elif rel != FAMILY_NAME_REEXPORT:
+                if isinstance(node, ast.Name) and node.id in FAMILY_NAMES:
+                    what = f"uses {node.id}"
+                elif isinstance(node, ast.ImportFrom) and {a.name for a in node.names} & set(FAMILY_NAMES):
+                    what = f"imports {sorted({a.name for a in node.names} & set(FAMILY_NAMES))}"
+            if what is not None:
+                found.setdefault((rel, node.lineno), what)
+    return [f"{rel}:{line}: {what}" for (rel, line), what in sorted(found.items())]
+
+
+def test_no_family_branch_outside_the_family_adapters():
+    bad = family_branches(ROOT)
+    assert not bad, ("family-specific code outside visalign/models/families (ask components.adapter, a "
+                     f"visalign.models.families.DiffusionFamily, instead): {bad}")
+
+
+def test_family_scan_sees_every_branch_form(tmp_path):
+    files = {
+        "evaluation/a.py": "if components.family == 'sdxl':\n    pass\n",
+        "evaluation/b.py": "from visalign.models.diffusion import SDXL, encode_images\nx = family != SDXL\n",
+        "evaluation/c.py": "tag = 'xl' if name == 'sdxl' else 'sd'\nok = kind == 'text'\n",
+        "evaluation/d.py": "guidance = {SD: 7.5}[family]\n",
+        "models/families/sdxl.py": "x = family == 'sdxl'\n",
+    }
+    for name, text in files.items():
+        (tmp_path / "visalign" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "visalign" / name).write_text(text)
+    assert family_branches(tmp_path) == [
+        "visalign/evaluation/a.py:1: compares a family (components.family == 'sdxl')",
+        "visalign/evaluation/b.py:1: imports ['SDXL']",
+        "visalign/evaluation/b.py:2: compares a family (family != SDXL)",
+        "visalign/evaluation/c.py:1: compares a family (name == 'sdxl')",
+        "visalign/evaluation/d.py:1: uses SD",
+    ]

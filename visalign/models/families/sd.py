@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from visalign.models.families.conditioning import PromptEmbeddings, UNetCond, pair_cond
+from visalign.models.families.conditioning import PromptEmbeddings, UNetCond
 from visalign.models.families.unet2d import UNet2DFamily
 
 
@@ -43,14 +43,6 @@ class SDFamily(UNet2DFamily):
     def training_conditioning(self, embeds: PromptEmbeddings, batch: Mapping[str, Any], *, resolution: int | None,
                               time_ids: str, device: torch.device) -> UNetCond:
         return UNetCond(embeds.hidden_states.to(device))
-
-    def sampling_conditioning(self, components, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-                              *, resolution: int) -> UNetCond:
-        """``uncond`` is the encoding of ``negative_prompts``, default ``""`` (``StableDiffusionPipeline``)."""
-        negative = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
-        embeds = self.encode_prompts(components.text_encoders, components.tokenizers, [*negative, *prompts])
-        uncond, cond = embeds.hidden_states.chunk(2)
-        return pair_cond(UNetCond(uncond), UNetCond(cond))
 
     def build_pipeline(self, components, unet, scheduler):
         return self.pipeline_class()(

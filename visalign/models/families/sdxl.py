@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from visalign.models.families.conditioning import PromptEmbeddings, UNetCond, pair_cond
+from visalign.models.families.conditioning import PromptEmbeddings, UNetCond
 from visalign.models.families.unet2d import UNet2DFamily
 
 SDXL_NUM_TIME_IDS = 6  # (orig_h, orig_w, crop_top, crop_left, target_h, target_w); the refiner's 5 are unsupported
@@ -109,21 +109,13 @@ class SDXLFamily(UNet2DFamily):
                                 convention=time_ids)
         return UNetCond(embeds.hidden_states.to(device), embeds.pooled.to(device), ids.to(device))
 
-    def sampling_conditioning(self, components, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-                              *, resolution: int) -> UNetCond:
-        """As ``StableDiffusionXLPipeline`` builds it: ``uncond`` is zeros without ``negative_prompts``
-        (``force_zeros_for_empty_prompt``, SDXL base's setting), and every image gets the time ids
-        ``(res, res, 0, 0, res, res)`` (original size = target size, no crop)."""
-        n = len(prompts)
-        if negative_prompts is None:
-            cond = self.encode_prompts(components.text_encoders, components.tokenizers, prompts)
-            uncond = PromptEmbeddings(torch.zeros_like(cond.hidden_states), torch.zeros_like(cond.pooled))
-        else:
-            both = self.encode_prompts(components.text_encoders, components.tokenizers, [*negative_prompts, *prompts])
-            uncond, cond = both.rows(slice(None, -n)), both.rows(slice(-n, None))
-        ids = sdxl_time_ids([(resolution, resolution)] * n, [(0, 0)] * n, (resolution, resolution))
-        return pair_cond(UNetCond(uncond.hidden_states, uncond.pooled, ids),
-                         UNetCond(cond.hidden_states, cond.pooled, ids))
+    def empty_prompt_embeddings(self, components, cond: PromptEmbeddings) -> PromptEmbeddings:
+        """Zeros (``force_zeros_for_empty_prompt``, SDXL base's pipeline setting)."""
+        return PromptEmbeddings(torch.zeros_like(cond.hidden_states), torch.zeros_like(cond.pooled))
+
+    def sampling_time_ids(self, n: int, resolution: int) -> torch.Tensor:
+        """``(res, res, 0, 0, res, res)`` per image: original size = target size, no crop (the pipeline's default)."""
+        return sdxl_time_ids([(resolution, resolution)] * n, [(0, 0)] * n, (resolution, resolution))
 
     def build_pipeline(self, components, unet, scheduler):
         return self.pipeline_class()(

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 
 from visalign.models.families.base import DiffusionFamily, load_strict
-from visalign.models.families.conditioning import UNetCond
+from visalign.models.families.conditioning import PromptEmbeddings, UNetCond, pair_cond
 
 
 def unet_input_spec(unet) -> tuple[torch.dtype, torch.device]:
@@ -69,6 +69,28 @@ class UNet2DFamily(DiffusionFamily):
                 f"{model}: unet.config.cross_attention_dim={unet.config.cross_attention_dim} but the text encoders "
                 f"give {text_dim}-d token embeddings"
             )
+
+    def sampling_conditioning(self, components, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+                              *, resolution: int) -> UNetCond:
+        """As the family's pipeline encodes for CFG: prompts and negative prompts in separate encoder calls (a
+        batch's size changes the encoders' rounding), :meth:`empty_prompt_embeddings` without negative prompts, and
+        :meth:`sampling_time_ids` for every row."""
+        cond = self.encode_prompts(components.text_encoders, components.tokenizers, prompts)
+        if negative_prompts is None:
+            uncond = self.empty_prompt_embeddings(components, cond)
+        else:
+            uncond = self.encode_prompts(components.text_encoders, components.tokenizers, negative_prompts)
+        ids = self.sampling_time_ids(len(prompts), resolution)
+        return pair_cond(UNetCond(uncond.hidden_states, uncond.pooled, ids),
+                         UNetCond(cond.hidden_states, cond.pooled, ids))
+
+    def empty_prompt_embeddings(self, components, cond: PromptEmbeddings) -> PromptEmbeddings:
+        """The unconditional embeddings of CFG without negative prompts: the encoding of ``""`` per prompt."""
+        return self.encode_prompts(components.text_encoders, components.tokenizers, [""] * len(cond.hidden_states))
+
+    def sampling_time_ids(self, n: int, resolution: int) -> torch.Tensor | None:
+        """Per-image micro-conditioning of ``n`` sampled images, ``None`` for a family without it."""
+        return None
 
     def denoise(self, unet, latents: torch.Tensor, timesteps: torch.Tensor, cond: UNetCond) -> torch.Tensor:
         return unet_predict(unet, latents, timesteps, cond)
