@@ -27,6 +27,7 @@ _REGISTRY: dict[str, Factory] = {
     "imagereward": "reward_models.image_reward:ImageReward",
     "unifiedreward": "reward_models.unified_reward:UnifiedReward",
     "shapes": "reward_models.shapes:ShapesScorer",
+    "step-aware": "reward_models.step_aware:StepAwareScorer",
 }
 
 
