@@ -23,7 +23,7 @@ from reward_models.step_aware import (
     timestep_frequencies,
 )
 from tests.contract.scorer_contract import PROMPTS, make_images
-from tests.contract.test_step_aware_scorer import perturb_step_modules, save_trained_spm
+from tests.contract.test_step_aware_scorer import save_trained_spm
 from visalign.testing.clip import save_tiny_clip
 
 
