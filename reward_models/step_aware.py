@@ -1,9 +1,8 @@
-"""SPO's step-aware preference model (SPM; Liang et al., CVPR 2025, arXiv 2406.04314, §3.3; diffusion-methods.md
+"""SPO's step-aware preference model (SPM; Liang et al., CVPR 2025, arXiv 2406.04314; diffusion-methods.md
 §6.3, flow-and-online.md §1): a PickScore-style CLIP whose vision transformer is conditioned on the timestep ``t``.
 
-- Timestep embedding (DiT, Peebles & Xie 2023, eq. of ``TimestepEmbedder``): ``[cos(t·f), sin(t·f)]`` with 256
-  frequencies ``f_i = 10000^(−i/128)``, then ``Linear(256, D) → SiLU → Linear(D, D)`` (D = vision width); ``c`` is
-  that embedding.
+- Timestep embedding ``c`` (DiT's ``TimestepEmbedder``, Peebles & Xie, ICCV 2023): ``[cos(t·f), sin(t·f)]`` with
+  256 frequencies ``f_i = 10000^(−i/128)``, then ``Linear(256, D) → SiLU → Linear(D, D)`` (D = vision width).
 - Every vision layer is an adaLN block: ``SiLU(c) → Linear(D, 6D)`` gives shift/scale/gate for attention and MLP,
   ``h += gate_msa·attn(LN1(h)·(1 + scale_msa) + shift_msa)``, the same for the MLP with LN2.
 - The pooled output (post-layernorm CLS) is modulated by ``SiLU(c) → Linear(D, 2D)``: ``pooled·(1 + scale) + shift``.
