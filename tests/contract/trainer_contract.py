@@ -67,8 +67,9 @@ class TrainerContract:
 
     #: Metric names every logged training step carries.
     METRICS: tuple[str, ...] = TRL_METRICS
-    #: The loss at step 0, when every log-ratio is 0 (sigmoid: ln 2); ``None``: a reference-free loss.
-    STEP_ZERO_LOSS: float | None = math.log(2.0)
+    #: The loss at step 0, when every log-ratio is 0 (sigmoid: ln 2); a reference-free loss has none and lists
+    #: ``test_the_first_loss_is_the_loss_at_zero_log_ratios`` in ``NOT_APPLICABLE``.
+    STEP_ZERO_LOSS: float = math.log(2.0)
     STEP_ZERO_ATOL: float = 1e-6
     #: The reference strategy the family resolves for ``make_config``'s defaults (written in ``config.yaml``).
     REFERENCE: str = "disable_adapter"
