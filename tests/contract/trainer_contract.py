@@ -6,8 +6,8 @@ model, ``config.yaml``, ``metrics.jsonl``) and the saved weights read back with 
 whatever the loop, the likelihood providers and the family adapters look like inside. What every trainer promises:
 
 - a bad config value or an unknown key fails when the config is built, naming the key;
-- a fresh run refuses a non-empty ``output_dir`` (before any model loads); ``overwrite_output_dir`` replaces the old
-  run's checkpoints and metrics;
+- a fresh run refuses a non-empty or unwritable ``output_dir`` (before any model loads); ``overwrite_output_dir``
+  replaces the old run's checkpoints and metrics;
 - ``metrics.jsonl`` has one line per logged step with a finite ``loss`` and the loss's TRL-named metrics
   (``rewards/chosen``, ``rewards/accuracies``, ...);
 - at step 0 the policy is its reference (a fresh LoRA or a frozen copy), so the first logged loss is the loss at zero
@@ -157,6 +157,12 @@ class TrainerContract:
         config = self.config(out, model=NO_SUCH_MODEL, max_steps=1)
         with pytest.raises(ConfigError, match=r"output_dir '.*run' is not empty \(holds README.md, checkpoints\).*"
                                               r"--overwrite_output_dir"):
+            self.make_trainer(config)
+
+    def test_an_unwritable_output_dir_fails_before_any_model_loads(self, tmp_path):
+        (tmp_path / "file").write_text("")
+        config = self.config(tmp_path / "file" / "run", model=NO_SUCH_MODEL, max_steps=1)
+        with pytest.raises(ConfigError, match=r"output_dir '.*file/run' is not writable .*pass a writable --output_dir"):
             self.make_trainer(config)
 
     def test_overwrite_output_dir_replaces_the_old_runs_checkpoints_and_metrics(self, finished_run):

@@ -149,13 +149,6 @@ def test_cli_shows_which_checkpoint_a_resume_started_from(tmp_path, capsys):
     assert "WARNING: resumed with max_steps changed from 1 to 2 (applied)" in err
 
 
-def test_unwritable_output_dir_fails_before_the_model_loads(tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match=r"output_dir '.*file/run' is not writable .*pass a writable --output_dir"):
-        DPOTrainer(model=NO_SUCH_MODEL, args=_config(tmp_path, output_dir=str(tmp_path / "file" / "run")),
-                   train_dataset=_train_rows(4))
-
-
 # ------------------------------------------------------------------------------------------------ non-finite
 
 
