@@ -2,7 +2,10 @@
 
 A subclass supplies the method through hooks; the loop owns everything else:
 
-- ``build_datasets()``: train (and eval) datasets, validated; runs first, before any model loads;
+- ``load_data()``: load and check the training (and eval) data; runs first, before any model loads (default:
+  nothing, the data is loaded by ``build_datasets``);
+- ``build_datasets()``: train (and eval) datasets, validated; before the policy is built, and may load what the
+  datasets need first (the diffusion trainers: the VAE and text encoders that fill the latent and text caches);
 - ``build_model()``: the trainable policy (LoRA already applied);
 - ``enable_gradient_checkpointing(model)``: when ``gradient_checkpointing`` is set (default: transformers models);
 - ``build_collator()``: ``examples -> batch``;
@@ -109,6 +112,7 @@ class Trainer:
         if self._checkpoint is not None:  # so does another method's checkpoint (a text one for a diffusion run)
             check_resume_method(read_yaml_mapping(self._checkpoint / CONFIG_FILE), args.method, self._checkpoint)
         set_seed(args.seed)
+        self.load_data()
         self.train_dataset, self.eval_dataset = self.build_datasets()
         if precision_note is not None:  # said after the data and model checks, whose errors stay one line
             logger.warning(precision_note)
@@ -141,8 +145,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # hooks
 
+    def load_data(self) -> None:
+        """Load and check the data before any model loads, so bad data fails fast (default: nothing)."""
+
     def build_datasets(self) -> tuple[Any, Any | None]:
-        """Return ``(train_dataset, eval_dataset or None)``, validated (runs before the model loads)."""
+        """Return ``(train_dataset, eval_dataset or None)``, validated (runs before the policy is built; a train
+        dataset of ``None`` when the data source draws its own)."""
         raise NotImplementedError
 
     def build_model(self) -> torch.nn.Module:

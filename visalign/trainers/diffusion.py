@@ -348,14 +348,18 @@ class DiffusionTrainer(Trainer):
             )
         return pairs
 
-    def build_datasets(self):
-        """Load and check the pairs (before any model loads), then the model's parts (:meth:`_load_model_parts`),
-        then the (cached) datasets, which need the VAE and text encoders."""
+    def load_data(self) -> None:
+        """Load and check the train (and eval) pairs: before any model loads."""
         args = self.args
-        train_pairs = self._pairs(self._raw_train, args.dataset_split)
-        eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
-        self._load_model_parts(train_pairs.captions_chosen)
-        return self._pair_dataset(train_pairs), None if eval_pairs is None else self._held_out(eval_pairs)
+        self._train_pairs = self._pairs(self._raw_train, args.dataset_split)
+        self._eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
+
+    def build_datasets(self):
+        """The model's parts (:meth:`_load_model_parts`), then the (cached) datasets, which need the VAE and text
+        encoders."""
+        self._load_model_parts(self._train_pairs.captions_chosen)
+        eval_pairs = self._eval_pairs
+        return self._pair_dataset(self._train_pairs), None if eval_pairs is None else self._held_out(eval_pairs)
 
     def _load_model_parts(self, captions: list[str]) -> None:
         """The model's components, the training resolution, the validation settings, and the model card's example

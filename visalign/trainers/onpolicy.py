@@ -252,16 +252,19 @@ class OnPolicyTrainer(DiffusionTrainer):
         self.rounds = PairRounds(self, args)
         super().__init__(args)
 
-    def build_datasets(self):
-        """No training pairs yet (they are drawn in rounds): the model's parts and the held-out pairs, if any."""
+    def load_data(self) -> None:
+        """The prompts pairs are sampled for and the held-out pairs, if any: before any model loads."""
         from visalign.evaluation.generate import load_prompts
 
         args = self.args
-        eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
-        prompts = load_prompts(args.prompts, column=args.prompt_column, split=args.prompts_split,
-                               limit=args.num_prompts)
-        self._load_model_parts(prompts)
-        return None, None if eval_pairs is None else self._held_out(eval_pairs)
+        self._prompts = load_prompts(args.prompts, column=args.prompt_column, split=args.prompts_split,
+                                     limit=args.num_prompts)
+        self._eval_pairs = None if self._raw_eval is None else self._pairs(self._raw_eval, args.eval_split)
+
+    def build_datasets(self):
+        """No training pairs yet (they are drawn in rounds): the model's parts and the held-out pairs, if any."""
+        self._load_model_parts(self._prompts)
+        return None, None if self._eval_pairs is None else self._held_out(self._eval_pairs)
 
     def build_data_source(self) -> OnlineSource:
         args = self.args
