@@ -1,9 +1,9 @@
 """How the reference model is obtained, shared by every model family (reference §C.4).
 
-``make_reference(strategy, policy, dtype=None, columns=None) -> Reference``; then, every step, one call for every
-strategy (``visalign.objective`` makes it)::
+``make_reference(strategy, policy, dtype=None) -> Reference``; then, every step, one call for every strategy
+(``visalign.objective`` makes it), with the family's likelihood provider (``visalign.likelihood.base``)::
 
-    ref = reference.loglik(policy, batch, pair_loglik)  # PairLogLik (or what pair_loglik returns), or None
+    ref = reference.loglik(policy, inputs, likelihood)  # PairLogLik (what likelihood.pair_loglik returns), or None
 
 ``active`` runs the block in eval mode (no dropout; transformers' gradient checkpointing is off outside training)
 and restores every module's train/eval flag afterwards. ``policy`` may be the accelerate-wrapped model; the
@@ -23,8 +23,8 @@ Strategies (``REFERENCE_STRATEGIES``):
   copy of the active adapter named ``"ref"`` is added at construction and activated with ``set_adapter`` during
   the reference forward (TRL 1.16's rule for a ``PeftModel`` passed without ``peft_config``).
 - ``precomputed``: no forward during training; reference log-probs are columns of the dataset
-  (``visalign.data.ref_cache``, attached by the trainer when ``reads_batch``), read back by ``columns``, given at
-  construction (default ``visalign.likelihood.text.cached_pair_loglik``, summed token log-probs).
+  (``visalign.data.ref_cache``, attached by the trainer when ``reads_batch``), read back by the provider's
+  ``precomputed(inputs)``.
 - ``none``: reference-free losses; no reference at all: ``loglik`` returns ``None``.
 
 ``precomputed`` and ``none`` run no forward, so their ``active`` raises.
@@ -33,17 +33,19 @@ Strategies (``REFERENCE_STRATEGIES``):
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from visalign.likelihood.text import cached_pair_loglik
 from visalign.models.lora import is_peft_model
+
+if TYPE_CHECKING:
+    from visalign.likelihood.base import LikelihoodProvider
 
 REFERENCE_STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
 REF_ADAPTER_NAME = "ref"
@@ -93,8 +95,9 @@ def reference_mode(module: torch.nn.Module, flags: ModeFlags | None = None) -> I
 
 @dataclass
 class Reference:
-    """A reference strategy bound to one policy; ``loglik(policy, batch, fn)`` gives the reference log-likelihoods
-    of a batch, whatever the strategy; ``active(policy)`` yields the module to run as the reference.
+    """A reference strategy bound to one policy; ``loglik(policy, inputs, likelihood)`` gives the reference
+    log-likelihoods of a step's inputs, whatever the strategy; ``active(policy)`` yields the module to run as the
+    reference.
 
     Attributes:
         strategy: one of ``REFERENCE_STRATEGIES``.
@@ -106,7 +109,6 @@ class Reference:
     _switch: Callable[[], AbstractContextManager] | None = None
     _policy: torch.nn.Module | None = None
     _flags: ModeFlags | None = None
-    _columns: Callable[[Mapping[str, Any]], Any] | None = None
 
     @property
     def needs_forward(self) -> bool:
@@ -117,18 +119,18 @@ class Reference:
     def reads_batch(self) -> bool:
         """Whether the reference log-likelihoods are batch columns (``precomputed``): the trainer attaches them to its
         datasets (``visalign.data.ref_cache``) before training."""
-        return self._columns is not None
+        return self.strategy == "precomputed"
 
-    def loglik(self, policy: torch.nn.Module, batch: Any, fn: Callable[[torch.nn.Module, Any], Any]) -> Any:
-        """The reference's log-likelihoods of ``batch``: ``fn(reference module, batch)`` under ``active`` (no grad,
-        eval mode) for the strategies with a forward, the batch's ``ref_*`` columns for ``precomputed``, ``None`` for
-        ``none``. ``fn`` is the policy's log-likelihood function (``(model, batch) -> PairLogLik``)."""
-        if self._columns is not None:
-            return self._columns(batch)
+    def loglik(self, policy: torch.nn.Module, inputs: Any, likelihood: LikelihoodProvider) -> Any:
+        """The reference's log-likelihoods of ``inputs``: ``likelihood.pair_loglik(reference module, inputs)`` under
+        ``active`` (no grad, eval mode) for the strategies with a forward, ``likelihood.precomputed(inputs)`` (the
+        batch's ``ref_*`` columns) for ``precomputed``, ``None`` for ``none``."""
+        if self.reads_batch:
+            return likelihood.precomputed(inputs)
         if not self.needs_forward:
             return None
         with self.active(policy) as module:
-            return fn(module, batch)
+            return likelihood.pair_loglik(module, inputs)
 
     @contextmanager
     def active(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -149,18 +151,12 @@ class Reference:
             yield module
 
 
-def make_reference(
-    strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype | None = None,
-    columns: Callable[[Mapping[str, Any]], Any] | None = None,
-) -> Reference:
+def make_reference(strategy: str, policy: torch.nn.Module, *, dtype: torch.dtype | None = None) -> Reference:
     """Bind ``strategy`` to ``policy`` (module docstring). ``dtype`` is the ``frozen_copy``'s (an error with the other
-    forward strategies; ``precomputed`` and ``none`` load no model, so it is moot there). ``columns(batch)`` reads the
-    reference log-likelihoods from a batch for ``precomputed`` (default: summed token log-probs)."""
+    forward strategies; ``precomputed`` and ``none`` load no model, so it is moot there)."""
     if strategy not in REFERENCE_STRATEGIES:
         raise ValueError(f"unknown reference strategy {strategy!r}; use one of {list(REFERENCE_STRATEGIES)}")
-    if strategy == "precomputed":
-        return Reference(strategy, _columns=columns or cached_pair_loglik)
-    if strategy == "none":
+    if strategy in ("precomputed", "none"):
         return Reference(strategy)
     if dtype is not None and strategy != "frozen_copy":
         raise ValueError(f"reference_dtype applies to reference 'frozen_copy' only, not {strategy!r}")

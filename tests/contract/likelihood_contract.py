@@ -1,10 +1,11 @@
 """Behaviour every likelihood provider must have, written once and applied to each (``test_likelihood_contract.py``),
 as ``scorer_contract.py`` does for scorers and ``objective_contract.py`` for the training step.
 
-A provider turns a model and a batch of preference pairs ``[chosen; rejected]`` into a ``PairLogLik`` (DESIGN.md
-"The core"). The contract works on raw rows (one dict per pair): a family subclass says how rows become the
-provider's input and runs the provider (``loglik``: collate, prepare, score), so swapping or tying the sides of a pair
-is the same edit of the rows for every family (``SIDE_KEYS``).
+A provider (``visalign.likelihood.base.LikelihoodProvider``) turns a model and a batch of preference pairs
+``[chosen; rejected]`` into a ``PairLogLik`` (DESIGN.md "The core"). The contract works on raw rows (one dict per
+pair): a family subclass gives the provider and collates rows as its trainer does; the contract runs the provider as
+the objective does (``loglik``: ``prepare(batch, step)`` then ``pair_loglik``), so swapping or tying the sides of a
+pair is the same edit of the rows for every family (``SIDE_KEYS``).
 
 What every provider promises:
 
@@ -15,7 +16,11 @@ What every provider promises:
 - the same rows give the same scores whatever the global RNG state (a noise draw comes from the batch's own seeds);
 - a pair scored alone scores as it does within the batch;
 - counts: the number of scored tokens where the provider scores tokens (length-normalised losses divide by it), and
-  per-token log-probs, where given, sum to the sequence score; none (meaning 1) for the diffusion ELBO surrogate.
+  per-token log-probs, where given, sum to the sequence score; none (meaning 1) for the diffusion ELBO surrogate;
+- the interface: it is a ``LikelihoodProvider``; its extra ``metrics`` are detached finite scalars, with and without
+  a reference; a provider that reads a precomputed reference (``PRECOMPUTED``) reads from the columns the trainer
+  attaches exactly what a live reference forward gives at step 0 (through ``visalign.reference``, as the objective
+  calls it), and one that does not says so (``precomputed is None``).
 """
 
 from __future__ import annotations
@@ -25,16 +30,23 @@ from typing import Any
 
 import torch
 
+from visalign.likelihood.base import LikelihoodProvider
 from visalign.losses.types import PairLogLik
+from visalign.reference import make_reference
 
 
 class LikelihoodContract:
-    """Mixin: a subclass provides ``model``, ``rows``, ``loglik`` and, for token providers, ``expected_counts``."""
+    """Mixin: a subclass provides ``model``, ``rows``, ``provider``, ``collate`` and, for token providers,
+    ``expected_counts``; for a provider that reads a precomputed reference, ``PRECOMPUTED`` and ``precomputed_rows``."""
 
     #: ``(chosen key, rejected key)`` pairs of a row that belong to one side each; swapped or tied together.
     SIDE_KEYS: tuple[tuple[str, str], ...] = (("chosen", "rejected"),)
     #: ``PairLogLik.nll_scale`` the provider sets (1 for tokens, 2 for the diffusion ELBO surrogate).
     NLL_SCALE: float = 1.0
+    #: Whether the provider reads a precomputed reference (``reference: precomputed``).
+    PRECOMPUTED: bool = False
+    #: The optimizer step the inputs are prepared for.
+    STEP: int = 0
     ATOL: float = 1e-5
 
     # ------------------------------------------------------------------ family hooks
@@ -46,13 +58,28 @@ class LikelihoodContract:
         """At least two pairs whose chosen and rejected sides differ."""
         raise NotImplementedError
 
-    def loglik(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> PairLogLik:
-        """The provider on ``rows``: collate them as the trainer does, prepare, score."""
+    def provider(self, model: torch.nn.Module) -> LikelihoodProvider:
+        """The provider as the family's trainer builds it for the policy ``model``."""
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict[str, Any]]) -> Any:
+        """``rows`` collated as the family's trainer does."""
         raise NotImplementedError
 
     def expected_counts(self, rows: list[dict[str, Any]]) -> tuple[list[float], list[float]] | None:
         """Scored units per side, worked out from the rows alone; ``None``: the provider gives no counts (1)."""
         return None
+
+    def precomputed_rows(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` with the reference columns the trainer attaches for ``reference: precomputed``, computed with
+        ``model`` as the reference (``PRECOMPUTED`` providers only)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the provider as the objective runs it
+    def loglik(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> PairLogLik:
+        """Collate ``rows``, ``prepare`` them for step ``STEP``, score them with ``pair_loglik``."""
+        provider = self.provider(model)
+        return provider.pair_loglik(model, provider.prepare(self.collate(rows), self.STEP))
 
     # ------------------------------------------------------------------ row edits
     def swapped(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,3 +179,29 @@ class LikelihoodContract:
             if tokens is not None:
                 self._close(tokens.sum(-1), getattr(out, side), f"{side}: per-token log-probs sum to the score")
                 assert ((tokens != 0).sum(-1) <= getattr(out, f"{side}_count")).all(), side
+
+    def test_is_a_likelihood_provider(self):
+        provider = self.provider(self.model())
+        assert isinstance(provider, LikelihoodProvider)
+        assert (provider.precomputed is not None) == self.PRECOMPUTED, "PRECOMPUTED must say what the provider reads"
+
+    def test_extra_metrics_are_detached_finite_scalars(self):
+        model, rows = self.model(), self.rows()
+        provider = self.provider(model)
+        policy = self.loglik(model, rows)
+        for ref in (None, policy):
+            for name, value in provider.metrics(policy, ref).items():
+                assert value.shape == () and torch.isfinite(value) and not value.requires_grad, name
+
+    def test_the_precomputed_reader_equals_a_live_reference_forward_at_step_0(self):
+        if not self.PRECOMPUTED:
+            return  # test_is_a_likelihood_provider holds that the provider reads no precomputed reference
+        model, rows = self.model(), self.rows()
+        provider = self.provider(model)
+        live = make_reference("frozen_copy", model).loglik(model, provider.prepare(self.collate(rows), 0), provider)
+        inputs = provider.prepare(self.collate(self.precomputed_rows(model, rows)), 0)
+        read = make_reference("precomputed", model).loglik(model, inputs, provider)
+        for side in ("chosen", "rejected"):
+            self._close(getattr(read, side), getattr(live, side), f"{side}: read back vs live reference")
+        for got, want in zip(read.counts, live.counts):
+            torch.testing.assert_close(got, want)

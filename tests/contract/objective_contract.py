@@ -2,10 +2,11 @@
 family (``test_objective.py``), as ``scorer_contract.py`` does for scorers.
 
 For each reference strategy the family supports, the objective's loss, metrics and policy gradients equal the step
-written out by hand: the policy log-likelihood with gradients; the reference's under ``torch.no_grad()`` in eval mode
-on the model the strategy stands for (the policy as it was when the reference was made for ``frozen_copy`` and
-``ref_adapter``, the model without its adapter for ``disable_adapter``, the batch's columns holding the former for
-``precomputed``, nothing for ``none``); then the loss core (``preference_loss`` / ``kto_loss``).
+written out by hand with the family's likelihood provider: the policy log-likelihood (``provider.pair_loglik``) with
+gradients; the reference's under ``torch.no_grad()`` in eval mode on the model the strategy stands for (the policy as
+it was when the reference was made for ``frozen_copy`` and ``ref_adapter``, the model without its adapter for
+``disable_adapter``, the batch's columns holding the former for ``precomputed``, nothing for ``none``); then the loss
+core (``preference_loss`` / ``kto_loss``) and the provider's own metrics.
 
 A family subclass provides ``STRATEGIES`` and the hooks below; ``LOSS_TYPE`` and ``REFERENCE_FREE_LOSS`` (for
 ``none``) pick the losses, ``BETA`` their β.
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from visalign.likelihood.base import LikelihoodProvider
 from visalign.objective import make_objective
 from visalign.reference import make_reference
 from visalign.trainers.config import PreferenceConfig
@@ -66,12 +68,12 @@ class ObjectiveContract:
         """``model`` with a LoRA adapter, only the adapter trainable."""
         raise NotImplementedError
 
-    def batch(self) -> Any:
-        """The fixed input of the likelihood function."""
+    def likelihood(self) -> LikelihoodProvider:
+        """The family's likelihood provider."""
         raise NotImplementedError
 
-    def loglik(self, model: torch.nn.Module, batch: Any) -> Any:
-        """The family's likelihood function."""
+    def batch(self) -> Any:
+        """Fixed inputs of the provider's ``pair_loglik`` (what its ``prepare`` returns)."""
         raise NotImplementedError
 
     def with_columns(self, batch: Any, ref: Any) -> Any:
@@ -86,6 +88,7 @@ class ObjectiveContract:
         return out.loss, out.metrics
 
     def objective_kwargs(self) -> dict[str, Any]:
+        """Further arguments of ``make_objective`` (KTO's ``reduce``)."""
         return {}
 
     def scores(self, loglik: Any) -> torch.Tensor:
@@ -106,11 +109,12 @@ class ObjectiveContract:
             loss_type = self.REFERENCE_FREE_LOSS if strategy == "none" else self.LOSS_TYPE
             config = self.CONFIG(loss_type=loss_type, beta=self.BETA, reference=strategy)
             policy, stands_for = self._policy(strategy)
-            batch = self.batch()
+            likelihood, batch = self.likelihood(), self.batch()
+            loglik = likelihood.pair_loglik
             if strategy == "precomputed":
-                batch = self.with_columns(batch, by_hand(self.loglik, stands_for, batch))
+                batch = self.with_columns(batch, by_hand(loglik, stands_for, batch))
             reference = make_reference(strategy, policy)
-            objective = make_objective(config, reference=reference, loglik=self.loglik, **self.objective_kwargs())
+            objective = make_objective(config, reference=reference, likelihood=likelihood, **self.objective_kwargs())
             perturb(policy, seed=2, scale=self.SCALE)  # the policy moves on; the reference must not
 
             loss, metrics = objective(policy, batch)
@@ -118,8 +122,8 @@ class ObjectiveContract:
             grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
             policy.zero_grad(set_to_none=True)
 
-            ref = None if strategy == "none" else by_hand(self.loglik, stands_for, batch)
-            expected, expected_metrics = self.expected_loss(loss_type, self.loglik(policy, batch), ref)
+            ref = None if strategy == "none" else by_hand(loglik, stands_for, batch)
+            expected, expected_metrics = self.expected_loss(loss_type, loglik(policy, batch), ref)
             expected.backward()
             assert grads and grads.keys() == {n for n, p in policy.named_parameters() if p.grad is not None}
             torch.testing.assert_close(loss, expected, msg=f"{strategy}: loss")
@@ -127,4 +131,4 @@ class ObjectiveContract:
             for name, grad in grads.items():
                 torch.testing.assert_close(grad, policy.get_parameter(name).grad, msg=f"{strategy}: grad {name}")
             if strategy != "none":  # the reference is another model than the policy: the check has teeth
-                assert not torch.equal(self.scores(self.loglik(policy, batch)), self.scores(ref)), strategy
+                assert not torch.equal(self.scores(loglik(policy, batch)), self.scores(ref)), strategy

@@ -1,5 +1,6 @@
-"""The objective contract (``objective_contract.py``) applied to every likelihood family: token log-probs (text,
-VLM; paired and KTO's unpaired form) and the diffusion ELBO surrogate; plus what the objective itself promises."""
+"""The objective contract (``objective_contract.py``) applied to every likelihood provider family: token log-probs
+(text, VLM; paired and KTO's unpaired form) and the diffusion ELBO surrogate; plus what the objective itself
+promises."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import torch
 
 from tests.contract.objective_contract import ObjectiveContract
 from visalign.data.collators import PreferenceCollator, UnpairedCollator
-from visalign.likelihood.diffusion import NoisedLatents, UNetCond, diffusion_pair_loglik, mse_metrics
-from visalign.likelihood.text import pair_loglik, unpaired_loglik
+from visalign.likelihood.diffusion import DiffusionELBO, NoisedLatents, UNetCond
+from visalign.likelihood.noise import make_noise_source
+from visalign.likelihood.text import TokenLogProbs, UnpairedTokenLogProbs, pair_loglik
 from visalign.losses import kto_loss, kto_reference_point
+from visalign.models.diffusion import DiffusionComponents, detect_family
 from visalign.models.lora import apply_lora
 from visalign.testing.causal_lm import tiny_llama
 from visalign.testing.diffusion import TINY_SD, tiny_sd_components
@@ -39,11 +42,11 @@ class TestTextObjective(_Tokens, ObjectiveContract):
     STRATEGIES = ("frozen_copy", "disable_adapter", "ref_adapter", "precomputed", "none")
     LOSS_TYPE = ["sigmoid", "ipo", "sft"]  # a weighted combination, a length-normalised loss, a reference-free term
 
+    def likelihood(self):
+        return TokenLogProbs()
+
     def batch(self):
         return PreferenceCollator(pad_token_id=0)(PAIRS)
-
-    def loglik(self, model, batch):
-        return pair_loglik(model, batch)
 
     def with_columns(self, batch, ref):
         return {**batch, "ref_chosen_logps": ref.chosen, "ref_rejected_logps": ref.rejected}
@@ -54,11 +57,11 @@ class TestKTOObjective(_Tokens, ObjectiveContract):
     LOSS_TYPE = "kto"
     CONFIG = KTOConfig
 
+    def likelihood(self):
+        return UnpairedTokenLogProbs()
+
     def batch(self):
         return UnpairedCollator(pad_token_id=0, kl=True)(UNPAIRED)
-
-    def loglik(self, model, batch):
-        return unpaired_loglik(model, batch)
 
     def objective_kwargs(self):
         return {"reduce": lambda z0: z0}  # one process
@@ -100,11 +103,12 @@ class TestDiffusionObjective(ObjectiveContract):
         cond = UNetCond(torch.randn(4, 5, TINY_SD.text_hidden_size, generator=g))
         return NoisedLatents(latents, noisy, noise, timesteps), cond
 
-    def loglik(self, unet, inputs):
-        return diffusion_pair_loglik(unet, *inputs, scheduler=self.components["scheduler"])
-
-    def objective_kwargs(self):
-        return {"loglik_metrics": mse_metrics}
+    def likelihood(self):
+        c = self.components
+        components = DiffusionComponents(detect_family(c["unet"].config), c["unet"], c["vae"], (c["text_encoder"],),
+                                         (c["tokenizer"],), c["scheduler"])
+        return DiffusionELBO(components, make_noise_source("random"), policy=c["unet"], seed=0,
+                             device=torch.device("cpu"))
 
     def expected_loss(self, loss_type, policy, ref):
         loss, metrics = super().expected_loss(loss_type, policy, ref)
@@ -123,7 +127,7 @@ def test_the_loss_plan_is_built_once_not_per_step(monkeypatch):
 
     model = tiny_llama(word_level_tokenizer())
     config = PreferenceConfig(loss_type=["sigmoid", "sft"], loss_weights=[0.5, 1.0], reference="frozen_copy")
-    objective = make_objective(config, reference=make_reference("frozen_copy", model), loglik=pair_loglik)
+    objective = make_objective(config, reference=make_reference("frozen_copy", model), likelihood=TokenLogProbs())
 
     def refuse(*args, **kwargs):
         raise AssertionError("the loss plan was rebuilt during a step")
@@ -147,10 +151,11 @@ def test_per_pair_weights_scale_each_pairs_loss():
     with torch.no_grad():
         ref = pair_loglik(model, batch)
     batch = {**batch, "ref_chosen_logps": ref.chosen - 1.0, "ref_rejected_logps": ref.rejected + 2.0}
-    objective = make_objective(PreferenceConfig(reference="precomputed"), reference=reference, loglik=pair_loglik)
+    likelihood = TokenLogProbs()
+    objective = make_objective(PreferenceConfig(reference="precomputed"), reference=reference, likelihood=likelihood)
     weights = torch.tensor([0.25, 3.0])
     loss, _ = objective(model, batch, weights=weights)
-    per_pair = preference_loss("sigmoid", pair_loglik(model, batch), reference.loglik(model, batch, None),
+    per_pair = preference_loss("sigmoid", pair_loglik(model, batch), reference.loglik(model, batch, likelihood),
                                beta=0.1).losses
     torch.testing.assert_close(loss, (per_pair * weights).mean())
     assert not torch.allclose(loss, per_pair.mean())
@@ -161,3 +166,17 @@ def test_kto_refuses_a_precomputed_reference_in_its_config():
 
     with pytest.raises(ValueError, match="KTOConfig.reference 'precomputed' is not supported"):
         KTOConfig(reference="precomputed")
+
+
+def test_a_precomputed_reference_needs_a_provider_that_reads_columns():
+    """Refused when the objective is built, before any precomputed pass or step."""
+    import pytest
+
+    from visalign.objective import make_objective
+    from visalign.reference import make_reference
+    from visalign.trainers.config import PreferenceConfig
+
+    reference = make_reference("precomputed", tiny_llama(word_level_tokenizer()))
+    with pytest.raises(ValueError, match="UnpairedTokenLogProbs cannot read a precomputed reference"):
+        make_objective(PreferenceConfig(reference="precomputed"), reference=reference,
+                       likelihood=UnpairedTokenLogProbs())

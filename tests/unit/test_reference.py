@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from visalign.data.collators import PreferenceCollator
-from visalign.likelihood.text import pair_loglik
+from visalign.likelihood.text import TokenLogProbs, pair_loglik
 from visalign.errors import NotFoundError
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
 from visalign.models.lora import apply_lora
@@ -144,15 +144,15 @@ def test_loglik_is_one_call_for_every_strategy():
     perturb_adapter(policy)  # the policy moves after the references are made
     expected = {"frozen_copy": before, "ref_adapter": before, "disable_adapter": base}
     for strategy, want in expected.items():
-        got = references[strategy].loglik(policy, BATCH, pair_loglik)
+        got = references[strategy].loglik(policy, BATCH, TokenLogProbs())
         assert not references[strategy].reads_batch and got.chosen.grad_fn is None
         torch.testing.assert_close((got.chosen, got.rejected), (want.chosen, want.rejected))
     columns = {**BATCH, "ref_chosen_logps": torch.tensor([-1.0, -2.0]),
                "ref_rejected_logps": torch.tensor([-3.0, -4.0])}
     assert references["precomputed"].reads_batch
-    read = references["precomputed"].loglik(policy, columns, pair_loglik)
+    read = references["precomputed"].loglik(policy, columns, TokenLogProbs())
     assert read.chosen.tolist() == [-1.0, -2.0] and read.rejected.tolist() == [-3.0, -4.0]
-    assert references["none"].loglik(policy, BATCH, pair_loglik) is None
+    assert references["none"].loglik(policy, BATCH, TokenLogProbs()) is None
 
 
 def test_apply_lora_trains_only_the_adapter():

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from visalign.likelihood.base import LikelihoodProvider
 from visalign.losses.types import PairLogLik
 from visalign.models.diffusion import encode_images
 from visalign.models.families.conditioning import UNetCond, pair_cond
@@ -115,7 +116,7 @@ def pair_noise_seed(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, int(index)]).generate_state(1, dtype=np.uint64)[0])
 
 
-class DiffusionELBO:
+class DiffusionELBO(LikelihoodProvider):
     """The diffusion likelihood provider: the ELBO surrogate (ε or v prediction, the scheduler's) of a batch of pairs.
 
     ``prepare(batch, step)`` builds the step's inputs ``(NoisedLatents, UNetCond)``, 2B rows ``[chosen; rejected]``,
@@ -200,3 +201,7 @@ class DiffusionELBO:
         noised, cond = inputs
         return diffusion_pair_loglik(unet, noised, cond, scheduler=self.components.scheduler,
                                      denoise=self.components.adapter.denoise)
+
+    def metrics(self, policy: PairLogLik, ref: PairLogLik | None) -> dict[str, torch.Tensor]:
+        """The denoising MSEs of each side (:func:`mse_metrics`)."""
+        return mse_metrics(policy, ref)

@@ -15,6 +15,9 @@ Counts (``PairLogLik.chosen_count`` ...) are always the number of scored tokens 
 whatever the model dtype. Differs from TRL: no fused LM head (the model's logits are used, from the first completion
 position on via ``logits_to_keep``), but only the label logit and a per-row ``logsumexp`` are taken, never a second
 full-vocabulary ``log_softmax`` tensor.
+
+The providers (``visalign.likelihood.base``) a trainer holds: :class:`TokenLogProbs` (paired, with the precomputed
+reference reader) and :class:`UnpairedTokenLogProbs` (KTO); the functions below are their maths.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
+from visalign.likelihood.base import LikelihoodProvider
 from visalign.losses.types import PairLogLik, UnpairedLogLik
 
 REDUCTIONS = ("sum", "mean", "weighted", "weighted_mean")
@@ -46,6 +50,13 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return F.pad(label_logits - normaliser, (first, 0))
 
 
+def check_reduction(reduction: str) -> str:
+    """``reduction`` if it is one of ``REDUCTIONS``, else a ValueError naming them."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; use one of {list(REDUCTIONS)}")
+    return reduction
+
+
 def scored_mask(completion_mask: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 ``[N, T]`` mask of the tokens that count: completion, attended, and not position 0."""
     mask = completion_mask.to(torch.float32, copy=True)
@@ -63,8 +74,7 @@ def sequence_scores(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[N]`` sequence scores from per-token log-probs ``[N, T]``, a 0/1 ``mask`` and optional ``weights``."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; use one of {list(REDUCTIONS)}")
+    check_reduction(reduction)
     mask = mask.to(token_logps.device, torch.float32)
     if reduction.startswith("weighted"):
         if weights is None:
@@ -186,3 +196,30 @@ def unpaired_loglik(
         out.kl_logps = sequence_scores(kl_logps, kl_mask, reduction=reduction)
         out.kl_count = kl_mask.sum(-1)
     return out
+
+
+class TokenLogProbs(LikelihoodProvider):
+    """Completion-token log-probs of preference pairs under a causal LM (:func:`pair_loglik`); the collated
+    ``PreferenceCollator`` batch is the input. ``reduction``: the sequence score (module docstring);
+    ``return_token_logps``: also give the per-token log-probs (per-token losses)."""
+
+    def __init__(self, reduction: str = "sum", *, return_token_logps: bool = False) -> None:
+        self.reduction, self.return_token_logps = check_reduction(reduction), return_token_logps
+
+    def pair_loglik(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> PairLogLik:
+        return pair_loglik(model, inputs, reduction=self.reduction, return_token_logps=self.return_token_logps)
+
+    def precomputed(self, inputs: Mapping[str, torch.Tensor]) -> PairLogLik:
+        """The reference from the batch's ``ref_*`` columns (:func:`cached_pair_loglik`), with this ``reduction``."""
+        return cached_pair_loglik(inputs, reduction=self.reduction)
+
+
+class UnpairedTokenLogProbs(LikelihoodProvider):
+    """KTO's unpaired rows (:func:`unpaired_loglik`): ``pair_loglik`` returns an ``UnpairedLogLik`` with the
+    mismatched KL rows; no precomputed reference (the KL reference point needs a reference forward)."""
+
+    def __init__(self, reduction: str = "sum") -> None:
+        self.reduction = check_reduction(reduction)
+
+    def pair_loglik(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> UnpairedLogLik:
+        return unpaired_loglik(model, inputs, reduction=self.reduction)

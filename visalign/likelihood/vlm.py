@@ -1,6 +1,6 @@
 """VLM batch -> ``PairLogLik``: one forward over a ``VisionPreferenceCollator`` batch ``[chosen; rejected]`` that
 carries every model-specific input (pixel values, image sizes, grids ...), scored per token as text is
-(``visalign.likelihood.text``; reference §C.5–C.6).
+(``visalign.likelihood.text``; reference §C.5–C.6). :class:`VLMTokenLogProbs` is the provider a trainer holds.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from visalign.likelihood.text import pair_loglik
+from visalign.likelihood.text import TokenLogProbs, pair_loglik
 from visalign.losses.types import PairLogLik
 
 #: Batch keys that are not model inputs.
@@ -36,3 +36,13 @@ def vlm_pair_loglik(model: torch.nn.Module, batch: Mapping[str, Any], *, reducti
             raise ValueError(f"{exc}. The prompt's image tokens disagree with the processed images: the processor and "
                              "the model configs differ, or the text contains image tokens itself") from exc
         raise
+
+
+class VLMTokenLogProbs(TokenLogProbs):
+    """Completion-token log-probs of a VLM over a ``VisionPreferenceCollator`` batch (:func:`vlm_pair_loglik`), the
+    batch's model-specific inputs (pixel values, image sizes, grids) passed to the forward. ``reduction``: ``sum``, or
+    RLHF-V dense DPO's ``weighted``/``weighted_mean`` over the batch's ``token_weights``; the precomputed reference
+    reads per-token columns with the same reduction (``TokenLogProbs.precomputed``)."""
+
+    def pair_loglik(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> PairLogLik:
+        return vlm_pair_loglik(model, inputs, reduction=self.reduction, return_token_logps=self.return_token_logps)

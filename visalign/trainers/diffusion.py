@@ -61,7 +61,7 @@ from visalign.data.diffusion import (
 from visalign.data.diffusion_cache import cached_preference_dataset
 from visalign.data.image_transforms import PairTransform
 from visalign.evaluation.validation import ValidationSettings, run_validation
-from visalign.likelihood.diffusion import DiffusionELBO, mse_metrics
+from visalign.likelihood.diffusion import DiffusionELBO
 from visalign.likelihood.noise import NOISE_SOURCES, make_noise_source
 from visalign.models.diffusion import SDXL_TIME_IDS, DiffusionComponents, load_diffusion_components
 from visalign.models.builtin import is_builtin
@@ -451,18 +451,21 @@ class DiffusionTrainer(Trainer):
         """diffusers' non-reentrant activation checkpointing of the UNet blocks."""
         model.enable_gradient_checkpointing()
 
-    def prepare_reference(self) -> None:
-        """The likelihood provider (``DiffusionELBO``), the reference and the objective (``visalign.objective``)
-        over the ELBO surrogate."""
+    def build_likelihood(self) -> DiffusionELBO:
+        """The likelihood provider: the ELBO surrogate with keyed noise, on the prepared policy."""
         args = self.args
-        self.likelihood = DiffusionELBO(
+        return DiffusionELBO(
             self.components, self.noise_source, policy=self.model, seed=args.seed, device=self.accelerator.device,
             resolution=self.resolution, time_ids=args.sdxl_time_ids, vae_batch_size=args.vae_encode_batch_size,
         )
-        dtype = None if args.reference_dtype is None else getattr(torch, args.reference_dtype)
+
+    def prepare_reference(self) -> None:
+        """The likelihood provider, the reference and the objective (``visalign.objective``) over the ELBO
+        surrogate."""
+        self.likelihood = self.build_likelihood()
+        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
         self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
-        self.objective = make_objective(args, reference=self.reference, loglik=self.likelihood.pair_loglik,
-                                        loglik_metrics=mse_metrics)
+        self.objective = make_objective(self.args, reference=self.reference, likelihood=self.likelihood)
 
     def resolved_config(self) -> DiffusionConfig:
         """The config as it ran: reference, resolution, LoRA targets, and no ``vae`` for a built-in model, which keeps

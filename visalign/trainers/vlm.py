@@ -1,11 +1,12 @@
 """Vision-language preference training: ``VLMDPOConfig``/``VLMDPOTrainer`` and ``run(config)`` for ``visalign train``
 (methods ``vlm-dpo``, ``dense-dpo``, ``mia-dpo``).
 
-The text ``DPOTrainer``'s loop, losses and reference strategies, for LLaVA-1.5, LLaVA-NeXT and Qwen2-VL (any
-``AutoModelForImageTextToText`` model with a ``ProcessorMixin``): images are collated on the fly
-(``visalign.data.vlm_collator``), one forward over ``[chosen; rejected]`` carries every model-specific input, and the
-per-token log-probs are scored with ``visalign.likelihood.vlm`` (reference §C.5–C.6); loading, freezing and LoRA
-targets are in ``visalign.models.vlm``.
+The text ``DPOTrainer``'s sibling on the shared token-preference trainer (``visalign.trainers.tokens``: loop, losses,
+reference strategies, step, saving), for LLaVA-1.5, LLaVA-NeXT and Qwen2-VL (any ``AutoModelForImageTextToText``
+model with a ``ProcessorMixin``): images are collated on the fly (``visalign.data.vlm_collator``), one forward over
+``[chosen; rejected]`` carries every model-specific input, and the per-token log-probs are scored by the provider
+``visalign.likelihood.vlm.VLMTokenLogProbs`` (reference §C.5–C.6); loading, freezing and LoRA targets are in
+``visalign.models.vlm``.
 
 Methods on top: RLHF-V dense DPO (``dense_dpo: true``; Yu et al. 2024, eq. 5: γ-weighted token scores for policy and
 reference alike, ``visalign.data.dense_dpo``) and MIA-DPO (Liu et al. 2024: plain DPO on the multi-image data that
@@ -22,9 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Any
 
 import datasets
 import torch
@@ -35,12 +33,11 @@ from visalign.data.ref_cache import compute_reference_logps
 from visalign.data.sources import load_source, local_folder
 from visalign.data.vlm import SCHEMAS, VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
-from visalign.likelihood.text import cached_pair_loglik
-from visalign.likelihood.vlm import vlm_pair_loglik
-from visalign.models.lora import apply_lora, is_peft_model
+from visalign.likelihood.vlm import VLMTokenLogProbs, vlm_pair_loglik
+from visalign.models.lora import is_peft_model
 from visalign.models.vlm import freeze_vlm_parts, language_lora_targets, load_processor, load_vlm
-from visalign.objective import LogLik
-from visalign.trainers.text import DPOConfig, DPOTrainer, disable_dropout
+from visalign.trainers.text import DPOConfig
+from visalign.trainers.tokens import TokenPreferenceTrainer, train_and_evaluate
 
 
 def _help(text: str) -> dict[str, str]:
@@ -120,8 +117,8 @@ class VLMDPOConfig(DPOConfig):
         return DENSE_DPO_SCORES[self.dense_dpo_score] if self.dense_dpo else "sum"
 
 
-class VLMDPOTrainer(DPOTrainer):
-    """Preference training of a VLM with any paired loss (module docstring).
+class VLMDPOTrainer(TokenPreferenceTrainer):
+    """Preference training of a VLM with any paired loss (module docstring); the text ``DPOTrainer``'s sibling.
 
     Args:
         model: hub id or local folder (``AutoModelForImageTextToText.from_pretrained``) or a loaded model /
@@ -134,18 +131,12 @@ class VLMDPOTrainer(DPOTrainer):
 
     config_class = VLMDPOConfig
     auto_class = "AutoModelForImageTextToText"
-    required_columns = ()
 
     def __init__(self, model: str | PreTrainedModel | None = None, args: VLMDPOConfig | None = None,
                  train_dataset: datasets.Dataset | list | str | None = None,
                  eval_dataset: datasets.Dataset | list | str | None = None,
                  processor: ProcessorMixin | None = None) -> None:
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processor)
-
-    @property
-    def processor(self) -> ProcessorMixin:
-        return self.tokenizer
+        super().__init__(model, args, train_dataset, eval_dataset, processor)
 
     # ---------------------------------------------------------------------------------------------- data
 
@@ -162,76 +153,61 @@ class VLMDPOTrainer(DPOTrainer):
         train = self._vision_dataset(self._raw_train, self.args.dataset_split, "train_dataset")
         held_out = None if self._raw_eval is None else self._vision_dataset(self._raw_eval, self.args.eval_split,
                                                                              "eval_dataset")
-        if self.tokenizer is None:
-            source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
-            self.tokenizer = load_processor(source, trust_remote_code=self.args.trust_remote_code)
-        if not isinstance(self.tokenizer, ProcessorMixin):
-            raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got {type(self.tokenizer).__name__}")
-        if self.args.chat_template is not None:
-            template = Path(self.args.chat_template)
-            self.tokenizer.chat_template = template.read_text() if template.is_file() else self.args.chat_template
+        self._set_up_processing_class()
+        if not isinstance(self.processing_class, ProcessorMixin):
+            raise TypeError(f"VLMDPOTrainer needs a ProcessorMixin processor; got "
+                            f"{type(self.processing_class).__name__}")
         return train, held_out
+
+    def load_processing_class(self) -> ProcessorMixin:
+        source = self._model_spec if isinstance(self._model_spec, str) else self._model_spec.name_or_path
+        return load_processor(source, trust_remote_code=self.args.trust_remote_code)
 
     def build_collator(self) -> VisionPreferenceCollator:
         args = self.args
         dense = DenseDPOWeights(args.dense_dpo_gamma, args.dense_dpo_min_match_size,
                                 args.dense_dpo_mark_insertions_deletions) if args.dense_dpo else None
-        return VisionPreferenceCollator(self.processor, max_length=args.max_length,
+        return VisionPreferenceCollator(self.processing_class, max_length=args.max_length,
                                         chat_template_for_plain=args.chat_template_for_plain, dense_dpo=dense,
                                         training_format=args.training_format)
 
     # ---------------------------------------------------------------------------------------------- model
 
-    def build_model(self) -> torch.nn.Module:
+    def load_model(self, spec: str) -> torch.nn.Module:
         args = self.args
-        if isinstance(self._model_spec, str):
-            model = load_vlm(self._model_spec, dtype=args.model_dtype, attn_implementation=args.attn_implementation,
-                             trust_remote_code=args.trust_remote_code)
-        else:
-            model = self._model_spec
-        if args.disable_dropout:
-            disable_dropout(model)
-        freeze_vlm_parts(model, vision_tower=args.freeze_vision_tower, projector=args.freeze_projector)
-        if args.use_lora:
-            targets = args.lora_target_modules or language_lora_targets(model)
-            model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                               target_modules=targets)
-        self.reference_strategy = args.resolved_reference(lora=is_peft_model(model))
-        return model
+        return load_vlm(spec, dtype=args.model_dtype, attn_implementation=args.attn_implementation,
+                        trust_remote_code=args.trust_remote_code)
 
-    # ---------------------------------------------------------------------------------------------- reference
+    def freeze_parts(self, model: torch.nn.Module) -> None:
+        freeze_vlm_parts(model, vision_tower=self.args.freeze_vision_tower, projector=self.args.freeze_projector)
 
-    def _attach_reference(self, dataset: VisionPreferenceDataset, name: str) -> VisionPreferenceDataset:
+    def lora_targets(self, model: torch.nn.Module) -> list[str] | None:
+        """``lora_target_modules``, else the language model's linear layers."""
+        return self.args.lora_target_modules or language_lora_targets(model)
+
+    # ---------------------------------------------------------------------------------------------- likelihood
+
+    def build_likelihood(self) -> VLMTokenLogProbs:
+        """Token log-probs with the config's ``reduction`` (summed, or dense DPO's γ-weighted form)."""
+        return VLMTokenLogProbs(self.args.reduction)
+
+    def attach_reference(self, dataset: VisionPreferenceDataset, name: str) -> VisionPreferenceDataset:
         """Run the reference once over ``dataset`` (in order, ``ref_cache.compute_reference_logps``, in memory) and
         return it with per-row ``ref_*`` columns: summed and per-completion-token log-probs, so weighted (dense-DPO)
         and per-token losses can use them. The reference is the policy before training, with LoRA adapters disabled,
         under the training autocast."""
-        args = self.args
         model = self.accelerator.unwrap_model(self.model)
         adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
         with adapters_off, self.accelerator.autocast():
             columns = compute_reference_logps(
-                model, dataset, self.collator,
-                batch_size=args.precompute_ref_batch_size or args.eval_batch_size or args.per_device_batch_size,
-                per_token=True, num_workers=args.dataloader_num_workers, loglik=vlm_pair_loglik,
+                model, dataset, self.collator, batch_size=self.precompute_batch_size(), per_token=True,
+                num_workers=self.args.dataloader_num_workers, loglik=vlm_pair_loglik,
                 desc=f"Reference log-probs of {name}",
             )
         return dataset.with_columns(columns)
 
-    # ---------------------------------------------------------------------------------------------- loss
-
-    def likelihood(self) -> tuple[LogLik, LogLik]:
-        """``vlm_pair_loglik`` and the precomputed columns' reader, both with the config's ``reduction``."""
-        reduction = self.args.reduction
-        return partial(vlm_pair_loglik, reduction=reduction), partial(cached_pair_loglik, reduction=reduction)
-
 
 def run(config: VLMDPOConfig) -> dict[str, float]:
     """Train as ``config`` says (``visalign train`` with method vlm-dpo, dense-dpo or mia-dpo); with an eval data set,
-    evaluate before and after training."""
-    trainer = VLMDPOTrainer(args=config)
-    result: dict[str, Any] = {}
-    if trainer.eval_dataset is not None and trainer.global_step == 0 and config.resume_from is None:
-        result.update({f"initial_{k}": v for k, v in trainer.evaluate().items()})
-    result.update(trainer.train())
-    return result
+    evaluate before and after training (``train_and_evaluate``)."""
+    return train_and_evaluate(VLMDPOTrainer(args=config))
