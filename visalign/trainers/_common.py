@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from visalign.config_io import ConfigError, read_yaml_mapping, save_config
+from visalign.config_io import ConfigError, save_config
 from visalign.trainers.config import TrainingConfig
 
 logger = logging.getLogger(__name__)
