@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from tests.contract.likelihood_contract import LikelihoodContract
-from visalign.data.collators import PreferenceCollator
+from visalign.data.collators import PreferenceCollator, UnpairedCollator
 from visalign.data.ref_cache import compute_reference_logps
 from visalign.data.vlm import VisionPreferenceDataset
 from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
 from visalign.likelihood.diffusion import DIFFUSION_NLL_SCALE, DiffusionELBO
 from visalign.likelihood.noise import make_noise_source
-from visalign.likelihood.text import TokenLogProbs, pair_loglik
+from visalign.likelihood.base import LikelihoodProvider
+from visalign.likelihood.text import TokenLogProbs, UnpairedTokenLogProbs, pair_loglik, unpaired_loglik
 from visalign.likelihood.vlm import VLMTokenLogProbs, vlm_pair_loglik
 from visalign.models.diffusion import DiffusionComponents, detect_family
 from visalign.testing.causal_lm import tiny_llama
@@ -67,6 +68,20 @@ class TestTextMeanLikelihood(TestTextLikelihood):
 
     def provider(self, model):
         return TokenLogProbs("mean")
+
+
+def test_the_unpaired_provider_scores_kto_rows_through_the_interface():
+    """KTO's provider (unpaired rows, so outside the paired contract): ``prepare`` then ``pair_loglik`` is
+    ``unpaired_loglik`` with its KL rows; it reads no precomputed reference (the KL point needs a forward)."""
+    rows = [{"prompt_input_ids": [5, 6, 7], "completion_input_ids": [8, 9], "label": True},
+            {"prompt_input_ids": [14], "completion_input_ids": [15, 16, 17], "label": False}]
+    model, batch = tiny_llama(word_level_tokenizer()), UnpairedCollator(pad_token_id=0, kl=True)(rows)
+    provider = UnpairedTokenLogProbs()
+    assert isinstance(provider, LikelihoodProvider) and provider.precomputed is None
+    out, expected = provider.pair_loglik(model, provider.prepare(batch, 0)), unpaired_loglik(model, batch)
+    for name in ("logps", "count", "kl_logps", "kl_count"):
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name), rtol=0, atol=0, msg=name)
+    assert out.kl_logps is not None and out.logps.requires_grad and not out.kl_logps.requires_grad
 
 
 COLOURS = {"red": (220, 38, 38), "green": (34, 160, 60), "blue": (37, 70, 220)}
