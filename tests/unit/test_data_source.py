@@ -189,3 +189,13 @@ def test_online_source_without_rounds_has_no_epochs_and_an_empty_single_round_is
         next(empty.batches(0))
     with pytest.raises(ValueError, match="max_steps must be set"):
         _OnlineLinear(_config(tmp_path / "epochs", max_steps=-1), _WeightRounds())
+
+
+def test_onpolicy_resampling_needs_max_steps_and_a_non_negative_interval():
+    from visalign.trainers.onpolicy import OnPolicyConfig
+
+    assert OnPolicyConfig(model="m").resample_every == 0  # the default samples once, before training
+    with pytest.raises(ValueError, match="resample_every must be >= 0"):
+        OnPolicyConfig(model="m", resample_every=-1)
+    with pytest.raises(ValueError, match="resample_every needs max_steps"):
+        OnPolicyConfig(model="m", resample_every=5)
