@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from visalign.trainers._loop import Trainer
 from visalign.trainers.config import TrainingConfig
-from visalign.trainers.data_source import DatasetSource, OnlineSource, Round
+from visalign.trainers.data_source import DatasetSource, OnlineSource, Round, TensorRows
 
 
 class _Numbers(torch.utils.data.Dataset):
@@ -59,10 +59,11 @@ def test_dataset_source_streams_epochs_shuffled_with_seed_plus_epoch_and_skips_o
 
 
 class _WeightRounds:
-    """Round r: ``r % 3 + 1`` examples (round ``empty``: none) computed from the policy's weights, kept in memory,
-    saved into the checkpoint. ``calls`` records each ``produce``; ``die_at`` raises inside round ``die_at``."""
+    """Round r: ``r % 3 + 1`` examples (round ``empty``: none) computed from the policy's weights, kept in memory as
+    :class:`TensorRows`, saved into the checkpoint. ``calls`` records each ``produce``; ``die_at`` raises inside
+    round ``die_at``."""
 
-    FILE = "online_round.json"
+    FILE = "online_round.safetensors"
 
     def __init__(self, empty: int = 4) -> None:
         self.calls, self.die_at, self.empty = [], None, empty
@@ -74,16 +75,16 @@ class _WeightRounds:
         torch.rand(3)  # a draw from the global RNG: the source forks it, training's streams stay as they were
         w = policy.weight.detach().flatten()
         count = 0 if round_index == self.empty else round_index % 3 + 1
-        rows = [{"x": (w * (i + 1)).tolist(), "y": float(w.sum()) + round_index} for i in range(count)]
+        scale = torch.arange(1, count + 1, dtype=torch.float32)[:, None]
+        rows = TensorRows({"x": w * scale, "y": (w.sum() + round_index).repeat(count)})
         return Round(rows, f"{count} examples")
 
     def save_round(self, round_index: int, data: Round, folder: Path) -> None:
-        (folder / self.FILE).write_text(json.dumps({"round": round_index, "rows": data.dataset}))
+        data.dataset.save(folder / self.FILE)
 
     def restore_round(self, round_index: int, folder: Path) -> Round:
-        saved = json.loads((folder / self.FILE).read_text())
-        assert saved["round"] == round_index
-        return Round(saved["rows"], f"{len(saved['rows'])} examples (restored)")
+        rows = TensorRows.load(folder / self.FILE)
+        return Round(rows, f"{len(rows)} examples (restored)")
 
 
 class _OnlineLinear(Trainer):
@@ -103,7 +104,7 @@ class _OnlineLinear(Trainer):
         return torch.nn.Linear(4, 1, bias=False)
 
     def build_collator(self):
-        return lambda rows: {"x": torch.tensor([r["x"] for r in rows]), "y": torch.tensor([r["y"] for r in rows])}
+        return lambda rows: {"x": torch.stack([r["x"] for r in rows]), "y": torch.stack([r["y"] for r in rows])}
 
     def build_data_source(self):
         return OnlineSource(self.accelerator, self.producer, self.accelerator.unwrap_model(self.model),

@@ -14,7 +14,8 @@ The loop (``visalign.trainers._loop``) talks to its data source through five cal
   is still written under its temporary name, so it is as atomic as the rest of the checkpoint).
 
 :class:`DatasetSource` streams a finite, indexable dataset; :class:`OnlineSource` draws its data in rounds from a
-:class:`RoundProducer` and streams each round as a :class:`DatasetSource`.
+:class:`RoundProducer` and streams each round as a :class:`DatasetSource`; :class:`TensorRows` is a round held in
+memory as tensors (SPO's step-wise transitions), saved into a checkpoint as safetensors.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,35 @@ class Round:
 
     dataset: Any
     description: str
+
+
+class TensorRows(torch.utils.data.Dataset):
+    """Examples held as tensors with a leading example dimension, item ``i`` = ``{name: tensor[i]}`` (e.g. SPO's
+    step-wise pairs: parents, chosen and rejected latents, timesteps, prompt indices). ``save`` and ``load`` keep them
+    bit for bit in a safetensors file (on the CPU): what an in-memory :class:`RoundProducer` writes in
+    ``save_round`` and reads in ``restore_round``."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        sizes = {name: len(value) for name, value in tensors.items()}
+        if not tensors or len(set(sizes.values())) != 1:
+            raise ValueError(f"TensorRows needs tensors with one leading size; got {sizes}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: value[index] for name, value in self.tensors.items()}
+
+    def save(self, path: Path) -> None:
+        save_file({name: value.detach().cpu().contiguous() for name, value in self.tensors.items()}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TensorRows:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the checkpoint, so the run cannot resume on its round; "
+                                    "resume from another checkpoint")
+        return cls(load_file(path))
 
 
 class RoundProducer(Protocol):
