@@ -208,7 +208,7 @@ class TestSDXLDiffusionDPOTrainer(TestDiffusionDPOTrainer):
         "test_a_fresh_run_refuses_a_non_empty_output_dir_before_any_model_loads",
         "test_an_unwritable_output_dir_fails_before_any_model_loads",
         "test_a_batch_of_4_equals_4_accumulated_micro_batches_of_1",
-        "test_a_stopped_and_resumed_run_ends_as_an_uninterrupted_one",
+        "test_a_killed_and_resumed_run_ends_as_an_uninterrupted_one",
         "test_non_finite_steps_are_skipped_counted_and_stop_the_run_keeping_the_last_good_checkpoint",
         "test_lora_checkpoints_hold_the_adapter_not_the_frozen_unet",
     )}

@@ -16,7 +16,7 @@ whatever the loop, the likelihood providers and the family adapters look like in
   ``from_pretrained``) into the model as trained, and the resolved config is written beside it and beside every
   checkpoint;
 - one optimizer step over a batch of 4 equals 4 accumulated micro-batches of 1;
-- a run stopped after a checkpoint and resumed with ``resume_from: latest`` ends with the weights and logged losses of
+- a run killed after a checkpoint and resumed with ``resume_from: latest`` ends with the weights and logged losses of
   an uninterrupted run, across an epoch boundary with gradient accumulation, and never picks up a half-written
   (``.tmp``) checkpoint;
 - a non-finite loss is skipped and counted (``nonfinite_steps``); too many in a row stop the run with an error naming
@@ -220,24 +220,25 @@ class TrainerContract:
             torch.testing.assert_close(accumulated[name], update, rtol=0, atol=self.ACCUMULATION_RTOL * largest,
                                        msg=name)
 
-    def test_a_stopped_and_resumed_run_ends_as_an_uninterrupted_one(self, tmp_path):
-        """2 steps per epoch (4·BATCH examples, BATCH per micro-batch, 2 micro-batches per step), 6 steps. The
-        stopped run ends after step 4 with checkpoint-3 (mid-epoch 1) behind it, and a half-written checkpoint-5.tmp
-        (a complete copy, only its rename missing) beside it; the resumed run restarts at step 3, logs steps 4.. again,
-        and ends at step 6."""
-        common = dict(per_device_batch_size=self.BATCH, gradient_accumulation_steps=2, save_steps=3)
-        straight = self.train(tmp_path / "straight", max_steps=6, **common)
-        out = tmp_path / "stopped"
-        self.train(out, max_steps=4, **common)
+    def test_a_killed_and_resumed_run_ends_as_an_uninterrupted_one(self, tmp_path):
+        """2 steps per epoch (4·BATCH examples, BATCH per micro-batch, 2 micro-batches per step), 6 steps, a checkpoint
+        every 3. A run killed while it saved checkpoint-6 leaves checkpoint-3 (mid-epoch 1), a half-written
+        checkpoint-6.tmp (here complete, only its rename missing) and the metrics of steps 1-6: resumed with
+        ``resume_from: latest`` it restarts from checkpoint-3, logs steps 4-6 again (once) and ends as the uninterrupted
+        run, in weights and in every logged loss."""
+        common = dict(per_device_batch_size=self.BATCH, gradient_accumulation_steps=2, save_steps=3, max_steps=6)
+        straight_dir, out = tmp_path / "straight", tmp_path / "killed"
+        straight = self.train(straight_dir, **common)
         checkpoints = out / "checkpoints"
-        assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]
-        shutil.copytree(checkpoints / "checkpoint-3", checkpoints / "checkpoint-5.tmp")
-        resumed = self.train(out, max_steps=6, resume_from="latest", **common)
+        shutil.copytree(straight_dir / "checkpoints" / "checkpoint-3", checkpoints / "checkpoint-3")
+        shutil.copytree(straight_dir / "checkpoints" / "checkpoint-6", checkpoints / "checkpoint-6.tmp")
+        shutil.copy(straight_dir / "metrics.jsonl", out / "metrics.jsonl")
+        resumed = self.train(out, resume_from="latest", **common)
         assert resumed.resumed_from == checkpoints / "checkpoint-3"
         expected = self.trained_parameters(straight)
         for name, value in self.trained_parameters(resumed).items():
             torch.testing.assert_close(value, expected[name], rtol=0, atol=self.RESUME_ATOL, msg=name)
-        lines = [logged(tmp_path / "straight"), logged(out)]
+        lines = [logged(straight_dir), logged(out)]
         assert [[line["step"] for line in run] for run in lines] == [list(range(1, 7))] * 2
         np.testing.assert_allclose([line["loss"] for line in lines[1]], [line["loss"] for line in lines[0]],
                                    rtol=1e-6)
