@@ -5,7 +5,8 @@ checkpoint and its pipeline's own prompt encoding.
 
 What every family promises, on a tiny checkpoint saved with its diffusers pipeline's ``save_pretrained``:
 
-- it is registered under its name and detected, alone, from its denoiser's config; ``load_diffusion_components``
+- it is registered under its name and detected, alone, from its denoiser's config (in the checkpoint's
+  ``denoiser_subfolder``); ``load_diffusion_components``
   loads the checkpoint strictly with its text encoders and tokenizers (the same weights the pipeline loads);
 - prompt embeddings are ``[N, L, cross_attention_dim]`` (and pooled ``[N, D]`` where the family pools);
 - training conditioning has one row per image; the cached path (``cache_item`` per image, collated, read back by
@@ -29,7 +30,7 @@ import torch
 from visalign.data.diffusion import PAIR_TENSOR_KEYS
 from visalign.models.diffusion import load_diffusion_components
 from visalign.models.diffusion_io import save_diffusion_lora, write_model_card
-from visalign.models.families import FAMILIES, detect_family, get_family
+from visalign.models.families import FAMILIES, detect_family, family_of_checkpoint, get_family
 from visalign.models.families.conditioning import PromptEmbeddings, UNetCond
 
 PROMPTS = ["a red square", "two dots"]
@@ -84,9 +85,9 @@ class FamilyContract:
 
     # ------------------------------------------------------------------ loading
 
-    def test_registered_and_detected_alone_from_its_denoiser(self, components):
+    def test_registered_and_detected_alone_from_its_denoiser(self, components, saved):
         assert FAMILIES[self.NAME] is self.adapter and self.adapter.name == self.NAME
-        assert detect_family(components.unet.config) is self.adapter
+        assert family_of_checkpoint(saved) is detect_family(components.unet.config) is self.adapter
         assert [f.name for f in FAMILIES.values() if f.matches(components.unet.config)] == [self.NAME]
         assert components.family == self.NAME and components.adapter is self.adapter
 
@@ -185,9 +186,7 @@ class FamilyContract:
         torch.testing.assert_close(after, trained, rtol=1e-4, atol=1e-5)
 
     def test_builds_its_pipeline_and_renders(self, components):
-        from diffusers import DPMSolverMultistepScheduler
-
-        scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
+        scheduler = self.adapter.validation_scheduler(components)
         pipeline = self.adapter.build_pipeline(components, components.unet, scheduler)
         assert type(pipeline) is self.adapter.pipeline_class()
         pipeline.set_progress_bar_config(disable=True)

@@ -4,12 +4,14 @@ prompt encoding."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.contract.family_contract import FamilyContract, prompt_rows
-from visalign.models.families import FAMILIES
+from visalign.models.families import FAMILIES, family_of_checkpoint
 from visalign.models.families.conditioning import PromptEmbeddings
 from visalign.testing.diffusion import save_tiny_sd, save_tiny_sdxl
 
@@ -45,3 +47,11 @@ class TestSDXLFamily(FamilyContract):
 
 def test_every_registered_family_has_a_contract_test():
     assert {cls.NAME for cls in FamilyContract.__subclasses__()} == set(FAMILIES)
+
+
+def test_a_checkpoint_no_family_matches_names_the_subfolders_looked_in(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"_class_name": "SD3Transformer2DModel"}))
+    with pytest.raises(ValueError, match=r"no diffusion model family matches its denoiser \(a config in none of the "
+                                         r"subfolders \['unet'\]\); known families: \['sd', 'sdxl'\]"):
+        family_of_checkpoint(tmp_path)

@@ -46,11 +46,9 @@ class ValidationSettings:
 
 def build_pipeline(components: DiffusionComponents, unet: torch.nn.Module):
     """The family's pipeline (``StableDiffusion[XL]Pipeline``, ``DiffusionFamily.build_pipeline``) over ``unet`` and
-    the frozen components, sampling with DPM-Solver++."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
-    return components.adapter.build_pipeline(components, unet, scheduler)
+    the frozen components, sampling with the family's validation sampler (SD/SDXL: DPM-Solver++)."""
+    adapter = components.adapter
+    return adapter.build_pipeline(components, unet, adapter.validation_scheduler(components))
 
 
 @torch.no_grad()

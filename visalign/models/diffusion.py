@@ -17,7 +17,7 @@ import torch
 
 from visalign.config_io import ConfigError
 from visalign.models.builtin import is_builtin, resolve_model
-from visalign.models.families import DiffusionFamily, family_of_text_encoders, get_family
+from visalign.models.families import DiffusionFamily, family_of_checkpoint, family_of_text_encoders, get_family
 from visalign.models.families import detect_family as find_family
 from visalign.models.families.base import load_strict
 from visalign.models.families.conditioning import PromptEmbeddings
@@ -52,7 +52,8 @@ class DiffusionComponents:
 
     ``family`` names the family and ``adapter`` is its adapter (``visalign.models.families``). ``text_encoders``/
     ``tokenizers`` hold one entry for SD (``CLIPTextModel``) and two for SDXL (``CLIPTextModel``,
-    ``CLIPTextModelWithProjection``). The scheduler is always a ``DDPMScheduler`` built from the checkpoint's config.
+    ``CLIPTextModelWithProjection``). The scheduler is the family's training scheduler (``DDPMScheduler`` for SD/SDXL)
+    built from the checkpoint's config.
     """
 
     family: str
@@ -81,7 +82,8 @@ def load_diffusion_components(
     device: torch.device | str | None = None,
 ) -> DiffusionComponents:
     """Load SD1.5/SD2.x or SDXL components from a hub id or local folder (``subfolder="unet"``, ``"vae"``, ...); the
-    family's adapter, detected from the UNet config, loads its text encoders and checks their dimensions.
+    family's adapter, detected from the denoiser's config, loads the denoiser and the text encoders and checks their
+    dimensions.
 
     Args:
         model: hub id or local folder of a diffusers pipeline checkpoint.
@@ -98,7 +100,8 @@ def load_diffusion_components(
 
     The VAE and text encoders are frozen (``requires_grad_(False)``, eval mode); the UNet is left as loaded.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL
 
     if vae is not None and is_builtin(model):
         logger.warning("%s ships the VAE its UNet was trained with; ignoring vae=%s (a recipe's VAE is for the model "
@@ -106,8 +109,8 @@ def load_diffusion_components(
         vae = None
     model = resolve_model(model, revision=revision)
     common = {"revision": revision, "variant": variant}
-    unet = load_strict(UNet2DConditionModel, model, subfolder="unet", dtype=unet_dtype, **common)
-    family = find_family(unet.config)
+    family = family_of_checkpoint(model, revision=revision)
+    unet = family.load_denoiser(model, dtype=unet_dtype, **common)
     if vae is None:
         vae_model = load_strict(AutoencoderKL, model, subfolder="vae", dtype=vae_dtype or torch.float32, **common)
     else:
@@ -116,7 +119,8 @@ def load_diffusion_components(
 
     text_encoders, tokenizers = family.load_text_encoders(model, dtype=weight_dtype, revision=revision,
                                                           variant=variant)
-    scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", revision=revision)
+    scheduler = getattr(diffusers, family.training_scheduler).from_pretrained(model, subfolder="scheduler",
+                                                                              revision=revision)
     family.check_dimensions(str(model), unet, text_encoders)
     _check_vae(str(model), vae, vae_model, unet)
 

@@ -6,6 +6,7 @@ Adding a family: a module beside ``sd.py``/``sdxl.py`` with a :class:`DiffusionF
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,29 @@ def detect_family(denoiser_config: Mapping[str, Any]) -> DiffusionFamily:
                      f"addition_embed_type={denoiser_config.get('addition_embed_type')!r}")
 
 
+def family_of_checkpoint(model: str | os.PathLike, *, revision: str | None = None) -> DiffusionFamily:
+    """The family of a diffusers checkpoint (folder or hub id): the first whose denoiser subfolder holds a config
+    that it :meth:`~DiffusionFamily.matches`; a ValueError names the subfolders looked in and the known families."""
+    from diffusers.configuration_utils import ConfigMixin
+
+    class DenoiserConfig(ConfigMixin):  # reads any diffusers model's config.json
+        config_name = "config.json"
+
+    configs: dict[str, Mapping[str, Any] | None] = {}
+    for family in FAMILIES.values():
+        subfolder = family.denoiser_subfolder
+        if subfolder not in configs:
+            try:
+                configs[subfolder] = DenoiserConfig.load_config(model, subfolder=subfolder, revision=revision)
+            except OSError:
+                configs[subfolder] = None
+        if configs[subfolder] is not None and family.matches(configs[subfolder]):
+            return family
+    found = [subfolder for subfolder, config in configs.items() if config is not None]
+    raise ValueError(f"{os.fspath(model)}: no diffusion model family matches its denoiser (a config in "
+                     f"{found or 'none'} of the subfolders {sorted(configs)}); known families: {sorted(FAMILIES)}")
+
+
 def family_of_text_encoders(count: int) -> DiffusionFamily:
     """The family that conditions on ``count`` text encoders (each family has its own number)."""
     for family in FAMILIES.values():
@@ -45,4 +69,5 @@ def family_of_text_encoders(count: int) -> DiffusionFamily:
     raise ValueError(f"need {counts} text encoders; got {count}")
 
 
-__all__ = ["FAMILIES", "DiffusionFamily", "detect_family", "family_of_text_encoders", "get_family"]
+__all__ = ["FAMILIES", "DiffusionFamily", "detect_family", "family_of_checkpoint", "family_of_text_encoders",
+           "get_family"]

@@ -51,12 +51,21 @@ class DiffusionFamily(ABC):
     card_tags: ClassVar[tuple[str, ...]]
     #: The per-side keys of a cached item (``<key>_chosen``/``<key>_rejected``, collated into ``<key>``).
     cache_keys: ClassVar[tuple[str, ...]]
+    #: The diffusers scheduler class of training noise, built from the checkpoint's ``scheduler`` config.
+    training_scheduler: ClassVar[str]
+    #: The checkpoint subfolder of the denoiser (``unet``; ``transformer`` for SD3/FLUX), whose config detects it.
+    denoiser_subfolder: ClassVar[str]
 
     # ------------------------------------------------------------------------------------------------ loading
 
     @abstractmethod
     def matches(self, denoiser_config: Mapping[str, Any]) -> bool:
         """True when a checkpoint whose denoiser has this config belongs to the family."""
+
+    @abstractmethod
+    def load_denoiser(self, model: str | os.PathLike, *, dtype: torch.dtype, revision: str | None = None,
+                      variant: str | None = None):
+        """The denoiser (UNet or transformer) of the checkpoint folder ``model``, loaded strictly."""
 
     @abstractmethod
     def load_text_encoders(self, model: str | os.PathLike, *, dtype: torch.dtype, revision: str | None = None,
@@ -128,6 +137,10 @@ class DiffusionFamily(ABC):
         import diffusers
 
         return getattr(diffusers, self.pipeline_name)
+
+    @abstractmethod
+    def validation_scheduler(self, components: DiffusionComponents):
+        """The sampler of validation images, built from the training scheduler's config."""
 
     @abstractmethod
     def build_pipeline(self, components: DiffusionComponents, unet, scheduler):

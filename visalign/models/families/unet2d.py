@@ -45,6 +45,15 @@ class UNet2DFamily(DiffusionFamily):
     text_encoder_classes: ClassVar[tuple[str, ...]]
     subfolder_suffixes: ClassVar[tuple[str, ...]]
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    denoiser_subfolder = "unet"
+    training_scheduler = "DDPMScheduler"
+
+    def load_denoiser(self, model: str | os.PathLike, *, dtype: torch.dtype, revision: str | None = None,
+                      variant: str | None = None):
+        from diffusers import UNet2DConditionModel
+
+        return load_strict(UNet2DConditionModel, model, subfolder=self.denoiser_subfolder, dtype=dtype,
+                           revision=revision, variant=variant)
 
     def load_text_encoders(self, model: str | os.PathLike, *, dtype: torch.dtype, revision: str | None = None,
                            variant: str | None = None) -> tuple[tuple, tuple]:
@@ -91,6 +100,12 @@ class UNet2DFamily(DiffusionFamily):
     def sampling_time_ids(self, n: int, resolution: int) -> torch.Tensor | None:
         """Per-image micro-conditioning of ``n`` sampled images, ``None`` for a family without it."""
         return None
+
+    def validation_scheduler(self, components):
+        """DPM-Solver++ (``DPMSolverMultistepScheduler``), as the diffusers DPO scripts sample validation images."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler.from_config(components.scheduler.config)
 
     def denoise(self, unet, latents: torch.Tensor, timesteps: torch.Tensor, cond: UNetCond) -> torch.Tensor:
         return unet_predict(unet, latents, timesteps, cond)
