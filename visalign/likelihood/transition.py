@@ -93,17 +93,9 @@ def predicted_original_sample(scheduler, model_output: torch.Tensor, timesteps: 
     return x0, eps
 
 
-def ddim_transition(
-    scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, *, eta: float,
-    prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-) -> DDIMTransition:
-    """One DDIM step from ``sample`` (x_t) at ``timesteps`` (``[N]`` or a scalar) given the (guided) model output.
-
-    Give exactly one of ``prev_sample`` (a stored transition, scored: training) and ``noise`` (standard normal, the
-    shape of ``sample``: the step is drawn as ``mean + std * noise``, diffusers' ``variance_noise``).
-    """
-    if (prev_sample is None) == (noise is None):
-        raise ValueError("ddim_transition: give exactly one of prev_sample (score it) and noise (draw it)")
+def ddim_gaussian(scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, *,
+                  eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, std, x0_hat)`` of the DDIM transition ``p(x_{t-1} | x_t)`` (module docstring), fp32; ``std`` ``[N]``."""
     if not eta > 0:
         raise ValueError(f"ddim_transition: eta must be > 0 for a transition with a density; got {eta!r}")
     x0, eps = predicted_original_sample(scheduler, model_output, timesteps, sample)
@@ -117,8 +109,22 @@ def ddim_transition(
     variance = (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
     std = eta * variance.sqrt()
     sigma, a_prev = _broadcast(std, x0), _broadcast(abar_prev, x0)
-    mean = a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps
+    return a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps, std, x0
+
+
+def ddim_transition(
+    scheduler, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, *, eta: float,
+    prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+) -> DDIMTransition:
+    """One DDIM step from ``sample`` (x_t) at ``timesteps`` (``[N]`` or a scalar) given the (guided) model output.
+
+    Give exactly one of ``prev_sample`` (a stored transition, scored: training) and ``noise`` (standard normal, the
+    shape of ``sample``: the step is drawn as ``mean + std * noise``, diffusers' ``variance_noise``).
+    """
+    if (prev_sample is None) == (noise is None):
+        raise ValueError("ddim_transition: give exactly one of prev_sample (score it) and noise (draw it)")
+    mean, std, x0 = ddim_gaussian(scheduler, model_output, timesteps, sample, eta=eta)
     if prev_sample is None:
-        prev_sample = mean + sigma * noise.to(device=device, dtype=torch.float32)
-    prev_sample = prev_sample.float().to(device)
+        prev_sample = mean + _broadcast(std, mean) * noise.to(device=mean.device, dtype=torch.float32)
+    prev_sample = prev_sample.float().to(mean.device)
     return DDIMTransition(prev_sample, mean, std, transition_log_prob(prev_sample, mean, std), x0)
