@@ -11,7 +11,7 @@ step. Here both are encoded once, offline, with a progress bar, into safetensors
   uncached path must encode with ``sample=False`` too.
 - :class:`TextEmbeddingCache`: per distinct caption (plus ``""`` for caption dropout), the prompt embedding (SD: last
   hidden state; SDXL: both encoders' penultimate states concatenated, and the pooled embedding of encoder 2), as
-  ``visalign.models.diffusion.encode_prompts`` computes it.
+  the family's adapter encodes prompts (``DiffusionFamily.encode_prompts``).
 
 Each cache lives in ``cache_dir/{kind}-{hash of its key}/``, beside a ``manifest.json`` that spells the key out: the
 weights fingerprint of the VAE or text encoders (and tokenizers), the resolution and augmentation, the data
@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 from visalign.data.diffusion import PreferencePairs, SeededPairDataset, skip_marker
 from visalign.data.image_transforms import IMAGE_ERRORS, PairTransform, draw_flip
 from visalign.errors import DataError
-from visalign.models.diffusion import encode_images, encode_prompts
-from visalign.models.families import family_of_text_encoders
+from visalign.models.diffusion import encode_images
+from visalign.models.families import DiffusionFamily, family_of_text_encoders
 from visalign.models.families.conditioning import PromptEmbeddings
 
 logger = logging.getLogger(__name__)
@@ -316,8 +316,11 @@ class TextEmbeddingCache:
         *,
         batch_size: int = 64,
         shard_size: int = 4096,
+        family: DiffusionFamily | None = None,
     ) -> "TextEmbeddingCache":
-        """Open the cache of ``captions`` (and ``""``) under these encoders, encoding missing shards."""
+        """Open the cache of ``captions`` (and ``""``) under these encoders, encoding missing shards as ``family``
+        encodes prompts (default: the one family with this many text encoders)."""
+        family = family or family_of_text_encoders(len(text_encoders))
         unique = sorted(set(captions) | {""})
         key = {"text_encoders": [weights_fingerprint(e) for e in text_encoders],
                "tokenizers": [tokenizer_fingerprint(t) for t in tokenizers],
@@ -333,7 +336,7 @@ class TextEmbeddingCache:
                     indices = cache.store.shard_range(shard)
                     for start in range(indices.start, indices.stop, batch_size):
                         batch = unique[start:min(start + batch_size, indices.stop)]
-                        chunks.append(encode_prompts(text_encoders, tokenizers, batch))
+                        chunks.append(family.encode_prompts(text_encoders, tokenizers, batch))
                         progress.update(len(batch))
                     tensors = {"hidden_states": torch.cat([c.hidden_states.cpu() for c in chunks])}
                     if chunks[0].pooled is not None:
@@ -402,13 +405,16 @@ def cached_preference_dataset(
     num_workers: int = 0,
     latent_dtype: torch.dtype = torch.float32,
     time_id_convention: str = "true_size",
+    family: DiffusionFamily | None = None,
 ) -> CachedDiffusionPreferenceDataset:
-    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset of the family these ``text_encoders``
-    belong to (SDXL time ids by ``time_id_convention``, one of ``visalign.models.diffusion.SDXL_TIME_IDS``)."""
+    """Fill (or reuse) both caches of ``pairs`` and return the cached dataset of ``family`` (the model's adapter,
+    ``components.adapter``; default: the one family with this many text encoders), SDXL time ids by
+    ``time_id_convention`` (one of ``visalign.models.diffusion.SDXL_TIME_IDS``)."""
     latents = LatentCache.build(pairs, transform, vae, cache_dir, vae_batch_size=vae_batch_size,
                                 num_workers=num_workers, dtype=latent_dtype)
+    family = family or family_of_text_encoders(len(text_encoders))
     texts = TextEmbeddingCache.build([*pairs.captions_chosen, *pairs.captions_rejected], text_encoders, tokenizers,
-                                     cache_dir, batch_size=text_batch_size)
-    return CachedDiffusionPreferenceDataset(pairs, latents, texts, family=family_of_text_encoders(len(text_encoders)),
+                                     cache_dir, batch_size=text_batch_size, family=family)
+    return CachedDiffusionPreferenceDataset(pairs, latents, texts, family=family,
                                             caption_dropout=caption_dropout, seed=seed,
                                             time_id_convention=time_id_convention)

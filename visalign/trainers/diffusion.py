@@ -390,6 +390,7 @@ class DiffusionTrainer(Trainer):
                     self.components.tokenizers, args.cache_dir, caption_dropout=args.caption_dropout, seed=args.seed,
                     vae_batch_size=args.vae_encode_batch_size, num_workers=args.dataloader_num_workers,
                     latent_dtype=getattr(torch, args.cache_latent_dtype), time_id_convention=args.sdxl_time_ids,
+                    family=self.components.adapter,
                 )
         return _IndexedPairs(train)
 

@@ -60,10 +60,14 @@ def family_of_checkpoint(model: str | os.PathLike, *, revision: str | None = Non
 
 
 def family_of_text_encoders(count: int) -> DiffusionFamily:
-    """The family that conditions on ``count`` text encoders (each family has its own number)."""
-    for family in FAMILIES.values():
-        if family.num_text_encoders == count:
-            return family
+    """The one family that conditions on ``count`` text encoders, for callers that hold encoders but no
+    ``components.adapter``; a ValueError when none or several do (then ask the model's adapter)."""
+    matches = [family for family in FAMILIES.values() if family.num_text_encoders == count]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{count} text encoders fit several families ({', '.join(f.name for f in matches)}); use "
+                         "the model's adapter (components.adapter)")
     counts = " or ".join(f"{f.num_text_encoders} ({f.name})" for f in sorted(FAMILIES.values(),
                                                                               key=lambda f: f.num_text_encoders))
     raise ValueError(f"need {counts} text encoders; got {count}")
