@@ -58,6 +58,14 @@ class FinishedRun:
     result: dict[str, float]
 
 
+def _not_applicable(reason: str):
+    @pytest.mark.skip(reason=reason)
+    def test(self):
+        pass
+
+    return test
+
+
 def logged(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -108,11 +116,13 @@ class TrainerContract:
         return {n: p.detach().clone() for n, p in self.trained_model(trainer).named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------ helpers
-    @pytest.fixture(autouse=True)
-    def _not_applicable(self, request):
-        reason = self.NOT_APPLICABLE.get(request.function.__name__)
-        if reason is not None:
-            pytest.skip(f"not applicable to {type(self).__name__}: {reason}")
+    def __init_subclass__(cls, **kwargs):
+        """Each test in ``NOT_APPLICABLE`` becomes a skip with its reason, before any fixture (a run) is set up."""
+        super().__init_subclass__(**kwargs)
+        for name, reason in cls.NOT_APPLICABLE.items():
+            if not (name.startswith("test_") and callable(getattr(cls, name, None))):
+                raise TypeError(f"{cls.__name__}.NOT_APPLICABLE names {name!r}, which is not one of its tests")
+            setattr(cls, name, _not_applicable(f"not applicable to {cls.__name__}: {reason}"))
 
     def config(self, output_dir: Path, **overrides):
         return self.make_config(output_dir, **{**COMMON, "learning_rate": self.LEARNING_RATE, **overrides})
