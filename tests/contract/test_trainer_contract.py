@@ -1,7 +1,8 @@
 """The trainer contract (``trainer_contract.py``) applied to every trainer family: text ``DPOTrainer`` (LoRA on the
 tiny built-in Llama) and ``KTOTrainer`` (full fine-tune), ``VLMDPOTrainer`` (tiny LLaVA-1.5, full fine-tune of the
-language side), ``DiffusionTrainer`` (Diffusion-DPO LoRA on tiny SD1.5 with augmentation on, and what differs on SDXL)
-and MaPO (reference-free, full UNet fine-tune). Family-specific checks of the same finished runs sit beside them."""
+language side), ``DiffusionTrainer`` (Diffusion-DPO LoRA on tiny SD1.5 with augmentation on; what differs on SDXL; the
+latent cache across a resume) and MaPO (reference-free, full UNet fine-tune). Family-specific checks of the same
+finished runs sit beside them."""
 
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ TINY_LLAMA = "builtin:tiny-llama"
 FAMILY_INDEPENDENT = "the loop's behaviour, the same for every diffusion family; held by TestDiffusionDPOTrainer"
 
 
-def _token_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+def _token_logits(model: torch.nn.Module) -> torch.Tensor:
+    """A language model's logits on a fixed run of token ids (no image token)."""
     model.eval()
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids])).logits
+        return model(input_ids=torch.tensor([[1, 5, 6, 7, 8, 9]])).logits
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -57,7 +59,7 @@ class TestDPOTrainer(TrainerContract):
         return PeftModel.from_pretrained(load_causal_lm(TINY_LLAMA, dtype=torch.float32)[0], str(output_dir))
 
     def outputs(self, model):
-        return _token_logits(model, [1, 5, 6, 7, 8, 9])
+        return _token_logits(model)
 
 
 class TestKTOTrainer(TrainerContract):
@@ -83,7 +85,7 @@ class TestKTOTrainer(TrainerContract):
         return AutoModelForCausalLM.from_pretrained(output_dir)
 
     def outputs(self, model):
-        return _token_logits(model, [1, 5, 6, 7, 8, 9])
+        return _token_logits(model)
 
 
 # ------------------------------------------------------------------------------------------------ VLM
@@ -120,7 +122,7 @@ class TestVLMDPOTrainer(TrainerContract):
         return AutoModelForImageTextToText.from_pretrained(output_dir)
 
     def outputs(self, model):
-        return _token_logits(model, [1, 5, 6, 7, 8, 9])
+        return _token_logits(model)
 
     def test_checkpoints_leave_out_the_frozen_vision_tower(self, finished_run):
         """It is reloaded from the model on resume (the resume contract above proves that is exact)."""
