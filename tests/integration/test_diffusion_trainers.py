@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.helpers.diffusion import CAPTIONS, pairs, sd15, sdxl, write_pairs  # noqa: F401 (pytest fixtures)
+from tests.helpers.runs import Killed, killed_after
 from visalign.config_io import ConfigError
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer
 
@@ -74,21 +75,6 @@ def test_cache_gives_the_same_losses_as_the_uncached_path(sd15, pairs, tmp_path)
     assert len(list((tmp_path / "cache").glob("latents-*"))) == 1  # the second cached run reused the shards
 
 
-class Killed(Exception):
-    """Stands for a SIGKILL of the run."""
-
-
-class _KilledAfter(DiffusionTrainer):
-    """Dies (like a killed job) right after optimizer step ``kill_after`` and its checkpoint."""
-
-    kill_after = -1
-
-    def on_step_end(self, step):
-        super().on_step_end(step)
-        if step == self.kill_after:
-            raise Killed
-
-
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -142,8 +128,7 @@ def test_skipped_pairs_are_counted_with_workers_and_across_a_resume(sd15, tmp_pa
     data = write_pairs(tmp_path / "data", CAPTIONS, corrupt=(1,))
     common = dict(model=sd15, dataset=data, output_dir=str(tmp_path / "out"), per_device_batch_size=4, use_lora=True,
                   save_steps=1, dataloader_num_workers=1)
-    killed = _KilledAfter(config(**common))
-    killed.kill_after = 1
+    killed = killed_after(DiffusionTrainer, 1)(config(**common))
     with pytest.raises(Killed):
         killed.train()
     with caplog.at_level("INFO", logger="visalign"):

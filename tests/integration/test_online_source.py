@@ -7,25 +7,12 @@ import json
 import shutil
 
 import pytest
-import torch
 
+from tests.helpers.runs import Killed, assert_same_weights, killed_after, metric_lines
 from visalign.trainers import onpolicy
 from visalign.trainers.onpolicy import OnPolicyConfig, OnPolicyTrainer
 
 pytestmark = pytest.mark.slow
-
-
-class Killed(Exception):
-    """Stands for a SIGKILL of the run."""
-
-
-class _KilledAfter(OnPolicyTrainer):
-    kill_after = -1
-
-    def on_step_end(self, step):
-        super().on_step_end(step)
-        if step == self.kill_after:
-            raise Killed
 
 
 def _config(out, **overrides) -> OnPolicyConfig:
@@ -36,15 +23,6 @@ def _config(out, **overrides) -> OnPolicyConfig:
     return OnPolicyConfig(**{**values, **overrides})
 
 
-def _lora(trainer) -> dict[str, torch.Tensor]:
-    unet = trainer.accelerator.unwrap_model(trainer.model)
-    return {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
-
-
-def _lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_rounds_come_from_the_trained_lora_and_resume_bit_identically(tmp_path, monkeypatch):
     whole = OnPolicyTrainer(_config(tmp_path / "whole"))
     whole.train()
@@ -52,7 +30,7 @@ def test_rounds_come_from_the_trained_lora_and_resume_bit_identically(tmp_path, 
     assert sorted(p.name for p in rounds.iterdir()) == ["round-0000", "round-0001"]
     summaries = [json.loads((rounds / f"round-000{r}" / "pairs_summary.json").read_text()) for r in (0, 1)]
     assert summaries[0]["lora"] is None and summaries[1]["lora"] == "policy at step 2"
-    logged = _lines(tmp_path / "whole" / "metrics.jsonl")
+    logged = metric_lines(tmp_path / "whole" / "metrics.jsonl")
     assert [m["data/round"] for m in logged] == [0, 0, 1, 1]
 
     # round 1 is the trained policy's: the base model with round 1's seeds draws other images
@@ -81,8 +59,7 @@ def test_rounds_come_from_the_trained_lora_and_resume_bit_identically(tmp_path, 
     monkeypatch.setattr(onpolicy, "sample_pairs", real_sample_pairs)
     assert (run / "pairs" / "round-0001.tmp").is_dir() and not (run / "pairs" / "round-0001").exists()
 
-    killed = _KilledAfter(_config(run, resume_from="latest"))  # then killed mid-round 1, after checkpoint 3
-    killed.kill_after = 3
+    killed = killed_after(OnPolicyTrainer, 3)(_config(run, resume_from="latest"))  # then mid-round 1, after 3
     with pytest.raises(Killed):
         killed.train()
     assert killed.resumed_from.name == "checkpoint-2"
@@ -90,10 +67,8 @@ def test_rounds_come_from_the_trained_lora_and_resume_bit_identically(tmp_path, 
     resumed.train()
     assert resumed.resumed_from.name == "checkpoint-3"
 
-    expected = _lora(whole)
-    for name, value in _lora(resumed).items():
-        assert torch.equal(value, expected[name]), name
-    assert _lines(run / "metrics.jsonl") == logged
+    assert_same_weights(resumed, whole)
+    assert metric_lines(run / "metrics.jsonl") == logged
     for r in (0, 1):
         for name in ("captions.jsonl", "pairs_summary.json"):
             assert (run / "pairs" / f"round-000{r}" / name).read_text() == (rounds / f"round-000{r}" / name).read_text()

@@ -43,6 +43,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "dcpo": ("visalign.trainers.diffusion:DCPOConfig", "visalign.trainers.diffusion:run"),
     "inpo": ("visalign.trainers.diffusion:InPOConfig", "visalign.trainers.diffusion:run"),
     "onpolicy-diffusion-dpo": ("visalign.trainers.onpolicy:OnPolicyConfig", "visalign.trainers.onpolicy:run"),
+    "spo": ("visalign.trainers.spo:SPOConfig", "visalign.trainers.spo:run"),
 }
 
 

@@ -86,6 +86,9 @@ class OnPolicyConfig(DiffusionConfig):
     sample_guidance: float | None = field(
         default=None, metadata=_help("CFG scale for pairs and evaluation; none = the pipeline's default"))
     sample_batch_size: int = field(default=64, metadata=_help("images per pipeline call"))
+    sample_scheduler: str | None = field(
+        default=None, metadata=_help("sampler for pairs and evaluation in place of the checkpoint's own: ddim | euler "
+                                     "| dpmsolver; none = the checkpoint's"))
     sample_dtype: str = field(default="float32",
                               metadata=_help("pipeline dtype for pairs and evaluation: float32 | bfloat16 | float16"))
     eval_prompts: str = field(default="builtin:shapes-prompts", metadata=_help("held-out prompts of stage 3"))
@@ -114,6 +117,10 @@ class OnPolicyConfig(DiffusionConfig):
             check_pair_options(self.samples_per_prompt, self.min_gap, self.pairing)
         except ValueError as err:
             raise ValueError(f"{c}.{err}") from None
+        try:
+            self.generation_settings()
+        except ValueError as err:
+            raise ValueError(f"{c}: {err} (the sample_* keys)") from None
 
     def scorer_spec(self):
         from visalign.evaluation.report import ScorerSpec
@@ -128,7 +135,7 @@ class OnPolicyConfig(DiffusionConfig):
         from visalign.evaluation.generate import GenerationSettings
 
         return GenerationSettings(num_inference_steps=self.sample_steps, guidance_scale=self.sample_guidance,
-                                  height=self.resolution, width=self.resolution)
+                                  height=self.resolution, width=self.resolution, scheduler=self.sample_scheduler)
 
 
 def sample_pairs(config: OnPolicyConfig, device: str | torch.device, *, out: Path | None = None, pipeline=None,
@@ -249,8 +256,12 @@ class OnPolicyTrainer(DiffusionTrainer):
         output = Path(args.output_dir)
         args = dataclasses.replace(args, dataset=str(output / PAIRS_DIR),
                                    cache_dir=args.cache_dir or str(output / CACHE_DIR))
-        self.rounds = PairRounds(self, args)
+        self.rounds = self.make_rounds(args)
         super().__init__(args)
+
+    def make_rounds(self, args: OnPolicyConfig):
+        """The producer of the online source's rounds (:class:`PairRounds`; SPO draws step-wise pairs instead)."""
+        return PairRounds(self, args)
 
     def load_data(self) -> None:
         """The prompts pairs are sampled for and the held-out pairs, if any: before any model loads."""
@@ -298,6 +309,24 @@ def summarise(section: dict[str, Any]) -> dict[str, float]:
             "tie_rate": section["tie"], "loss_rate": section["loss"]}
 
 
+def print_before_after(config: OnPolicyConfig, report: dict[str, Any], seconds: dict[str, float]) -> dict[str, float]:
+    """Print the headline figures of stage 3 (``report`` from :func:`evaluate_before_after`) with the stage times,
+    where the images and the LoRA are; return the figures (:func:`summarise`)."""
+    figures = summarise(report["scorers"][config.scorer])
+    eval_dir = Path(config.output_dir) / EVAL_DIR
+    print(f"\n{config.scorer} reward before -> after: {figures['reward_before']:.4f} -> {figures['reward_after']:.4f} "
+          f"(gain {figures['reward_gain']:+.4f}, 95% CI [{figures['reward_gain_ci_low']:+.4f}, "
+          f"{figures['reward_gain_ci_high']:+.4f}])\n"
+          f"win rate of the trained model against the base: {figures['win_rate']:.1%} "
+          f"[{figures['win_rate_ci_low']:.1%}, {figures['win_rate_ci_high']:.1%}], ties {figures['tie_rate']:.1%}, "
+          f"losses {figures['loss_rate']:.1%}\n"
+          f"time: sampling {seconds['sample_s']:.0f} s, training {seconds['train_s']:.0f} s, evaluation "
+          f"{seconds['eval_s']:.0f} s\n"
+          f"before/after images: {eval_dir / 'grid.png'} (columns: after, before); report: {eval_dir / 'report.html'}"
+          f"\nLoRA: {config.output_dir} (pipe.load_lora_weights)", flush=True)
+    return figures
+
+
 def run(config: OnPolicyConfig) -> dict[str, float]:
     """Sample pairs, train, evaluate (module docstring); prints the before/after figures and returns them with the
     training metrics."""
@@ -318,17 +347,6 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     print(f"[3/3] evaluating on {config.num_eval_prompts} held-out prompts x {config.eval_seeds} seeds", flush=True)
     report = evaluate_before_after(config, device)
     seconds["eval_s"] = time.perf_counter() - started
-    figures = summarise(report["scorers"][config.scorer])
+    figures = print_before_after(config, report, seconds)
     write_card_results(config.output_dir, {**train_metrics, **figures})  # the card carries the evaluation too
-    eval_dir = Path(config.output_dir) / EVAL_DIR
-    print(f"\n{config.scorer} reward before -> after: {figures['reward_before']:.4f} -> {figures['reward_after']:.4f} "
-          f"(gain {figures['reward_gain']:+.4f}, 95% CI [{figures['reward_gain_ci_low']:+.4f}, "
-          f"{figures['reward_gain_ci_high']:+.4f}])\n"
-          f"win rate of the trained model against the base: {figures['win_rate']:.1%} "
-          f"[{figures['win_rate_ci_low']:.1%}, {figures['win_rate_ci_high']:.1%}], ties {figures['tie_rate']:.1%}, "
-          f"losses {figures['loss_rate']:.1%}\n"
-          f"time: sampling {seconds['sample_s']:.0f} s, training {seconds['train_s']:.0f} s, evaluation "
-          f"{seconds['eval_s']:.0f} s\n"
-          f"before/after images: {eval_dir / 'grid.png'} (columns: after, before); report: {eval_dir / 'report.html'}"
-          f"\nLoRA: {config.output_dir} (pipe.load_lora_weights)", flush=True)
     return {**train_metrics, **figures, **seconds}
