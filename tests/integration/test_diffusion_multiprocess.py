@@ -107,3 +107,33 @@ def test_a_launch_accelerate_does_not_build_on_cpus_fails_before_training(tmp_pa
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-4000:]
     assert not (tmp_path / "out" / "unet").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+def test_spo_on_two_processes_trains_the_same_lora_as_one_with_the_same_global_batch(tmp_path):
+    """SPO's rounds are drawn by the main process and sent to the others, cut to whole global batches: 2 processes
+    train on exactly the batches 1 process does, and only the main process evaluates."""
+    from safetensors.torch import load_file
+
+    from visalign.models.diffusion_io import LORA_WEIGHT_NAME
+
+    recipe = tmp_path / "spo.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "method": "spo", "model": "builtin:shapes-sd", "resolution": 32, "num_prompts": 12, "prompts_per_round": 6,
+        "sample_steps": 4, "divert_start_step": 1, "num_candidates": 4, "spo_threshold": 0.0, "resample_every": 2,
+        "max_steps": 4, "gradient_accumulation_steps": 1, "learning_rate": 0.05, "adam_epsilon": 10.0,
+        "lr_scheduler": "constant", "save_steps": 0, "logging_steps": 1, "report_to": "none",
+        "num_eval_prompts": 2, "eval_seeds": 1, "bootstrap_resamples": 50}))
+    single = tmp_path / "one"
+    assert main(["--config", str(recipe), "--output_dir", str(single), "--per_device_batch_size", "2"]) == 0
+    double = tmp_path / "two"
+    done = launch_two(recipe, double, ["--multi_gpu"], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] for out in (single, double)]
+    assert [m["data/round_examples"] for m in lines[1]] == [m["data/round_examples"] for m in lines[0]]
+    np.testing.assert_allclose([m["loss"] for m in lines[1]], [m["loss"] for m in lines[0]], rtol=1e-4)
+    one, two = (load_file(out / LORA_WEIGHT_NAME) for out in (single, double))
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=0, atol=1e-6)
+    assert (double / "eval" / "report.json").is_file()

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def _config(out, **overrides) -> SPOConfig:
-    values = dict(model="builtin:shapes-sd", output_dir=str(out), num_prompts=4, prompts_per_round=2, sample_steps=3,
-                  divert_start_step=1, num_candidates=3, spo_threshold=0.0, resample_every=2, max_steps=4,
+    values = dict(model="builtin:shapes-sd", output_dir=str(out), num_prompts=8, prompts_per_round=4, sample_steps=4,
+                  divert_start_step=1, num_candidates=4, spo_threshold=0.0, resample_every=2, max_steps=4,
                   per_device_batch_size=2, learning_rate=0.05, lr_scheduler="constant", logging_steps=1,
                   save_steps=1, report_to="none", resolution=32)
     return SPOConfig(**{**values, **overrides})
@@ -61,7 +61,7 @@ def test_spo_config_checks_its_keys_before_any_model_loads():
 
 def test_visalign_train_spo_shapes_ends_with_the_held_out_evaluation(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["--config", "spo-shapes", "--num_prompts", "4", "--prompts_per_round", "2", "--sample_steps", "3",
+    args = ["--config", "spo-shapes", "--num_prompts", "8", "--prompts_per_round", "4", "--sample_steps", "4",
             "--divert_start_step", "1", "--spo_threshold", "0.0", "--max_steps", "2", "--per_device_batch_size", "2",
             "--num_eval_prompts", "2", "--eval_seeds", "2", "--bootstrap_resamples", "100", "--output_dir", str(out)]
     assert train_main(args) == 0
@@ -83,7 +83,7 @@ def test_paper_recipes_run_two_steps_on_the_shapes_models(recipe, model, tmp_pat
         settings = read_yaml_mapping(path)
     out = tmp_path / "run"
     argv = ["--config", recipe, "--model", model, "--vae", "none", "--prompts", "builtin:shapes-prompts",
-            "--num_prompts", "4", "--prompts_per_round", "2", "--sample_steps", "4", "--divert_start_step", "1",
+            "--num_prompts", "8", "--prompts_per_round", "4", "--sample_steps", "4", "--divert_start_step", "1",
             "--spo_threshold", "0.0",
             "--scorer", "shapes", "--scorer_model", "none", "--step_scorer", "shapes", "--step_scorer_model", "none",
             "--max_steps", "2", "--per_device_batch_size", "2", "--gradient_accumulation_steps", "1",

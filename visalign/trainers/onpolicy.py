@@ -341,6 +341,8 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     print(f"[2/3] training {config.loss_type} (beta {config.beta}) with LoRA r{config.lora_r} for "
           f"{config.max_steps} steps", flush=True)
     train_metrics = trainer.train()
+    if not trainer.accelerator.is_main_process:  # the evaluation renders and writes eval/ once, on the main process
+        return train_metrics
     seconds["sample_s"] = trainer.rounds.seconds
     seconds["train_s"], started = time.perf_counter() - started - seconds["sample_s"], time.perf_counter()
     print(f"      {seconds['train_s']:.0f} s", flush=True)

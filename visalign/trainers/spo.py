@@ -151,10 +151,16 @@ class StepwiseRounds:
             self.seconds += time.perf_counter() - started
         rows = broadcast_object_list(rows)[0]
         comparisons = rows.pop("comparisons")
-        self.pairs, self.comparisons = self.pairs + len(rows["parents"]), self.comparisons + comparisons
-        description = (f"{len(rows['parents'])} step-wise pairs from {comparisons} (prompt, step) comparisons of "
+        found = len(rows["parents"])
+        # whole global batches only (SPO skips a round with fewer pairs than ranks), so that N processes train on
+        # exactly the batches one process does with the same global batch
+        kept = found - found % (config.per_device_batch_size * acc.num_processes)
+        rows = {key: value[:kept] for key, value in rows.items()}
+        self.pairs, self.comparisons = self.pairs + kept, self.comparisons + comparisons
+        left_out = f" ({found - kept} left out to fill whole global batches)" if kept < found else ""
+        description = (f"{kept} step-wise pairs{left_out} from {comparisons} (prompt, step) comparisons of "
                        f"{len(indices)} prompts")
-        return Round(TensorRows(rows) if len(rows["parents"]) else [], description)
+        return Round(TensorRows(rows) if kept else [], description)
 
     def save_round(self, round_index: int, data: Round, folder: Path) -> None:
         data.dataset.save(folder / ROUND_FILE)
@@ -225,6 +231,8 @@ def run(config: SPOConfig) -> dict[str, float]:
     trainer = SPOTrainer(config)
     train_metrics = trainer.train()
     rounds = trainer.rounds
+    if not trainer.accelerator.is_main_process:  # the evaluation renders and writes eval/ once, on the main process
+        return train_metrics
     seconds = {"sample_s": rounds.seconds, "train_s": time.perf_counter() - started - rounds.seconds}
     print(f"      {rounds.pairs} step-wise pairs kept of {rounds.comparisons} comparisons; sampling "
           f"{seconds['sample_s']:.0f} s, training {seconds['train_s']:.0f} s", flush=True)
