@@ -44,6 +44,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "inpo": ("visalign.trainers.diffusion:InPOConfig", "visalign.trainers.diffusion:run"),
     "onpolicy-diffusion-dpo": ("visalign.trainers.onpolicy:OnPolicyConfig", "visalign.trainers.onpolicy:run"),
     "spo": ("visalign.trainers.spo:SPOConfig", "visalign.trainers.spo:run"),
+    "spm": ("visalign.trainers.spm:SPMConfig", "visalign.trainers.spm:run"),
 }
 
 

@@ -79,6 +79,7 @@ class PreferencePairs:
         source_rows: the row of the original dataset behind each pair (for messages).
         report: counts of what loading kept, dropped or could not match (e.g. ``ties_dropped``).
         path_digest: for path-valued images, a hash of every file's size and modification time.
+        ties: Pick-a-Pic kept with ``keep_ties``: True where the pair is a tie (``label_0 == 0.5``).
     """
 
     name: str
@@ -93,6 +94,7 @@ class PreferencePairs:
     source_rows: np.ndarray | None = None
     report: dict[str, int] = field(default_factory=dict)
     path_digest: str | None = None
+    ties: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.captions_chosen)
@@ -247,6 +249,7 @@ def pickapic_pairs(
         source_rows=rows,
         report=report,
         path_digest=path_digest,
+        ties=ties[rows],
     )
 
 
