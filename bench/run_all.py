@@ -20,8 +20,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 #: bench -> extra flags; ``--quick`` keeps the smoke run short (scoring: one repeat)
-BENCHES = {"scoring": [], "text_dpo": [], "vlm_dpo": [], "diffusion_dpo": []}
-QUICK_FLAGS = {"scoring": ["--repeats", "1"]}
+BENCHES = {"scoring": [], "text_dpo": [], "vlm_dpo": [], "diffusion_dpo": [], "spo_sampling": []}
+QUICK_FLAGS = {"scoring": ["--repeats", "1"], "spo_sampling": ["--repeats", "1"]}
 
 
 def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:

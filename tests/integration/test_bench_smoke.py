@@ -77,6 +77,16 @@ def test_quick_scoring_bench_prints_every_row(capsys):
     assert "speed-up vs the README loop" in out and "max |score difference|" in out and "the ceiling here" in out
 
 
+def test_quick_spo_sampling_bench_prints_every_row(capsys):
+    bench = _load("spo_sampling")
+    rows = bench.main(["--quick", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert [row.name for row in rows] == ["pipeline DDIM (peer)", "sample_trajectories", "stepwise_pairs (k 2)"]
+    for row in rows:
+        assert math.isfinite(row.rate) and row.rate > 0 and row.name in out, row
+    assert "log-prob bookkeeping:" in out and "of its time" in rows[2].note
+
+
 def test_run_all_quick_records_results_and_failures(monkeypatch, tmp_path):
     """``run_all.py --quick``: each bench in its own subprocess; one that fails (here text_dpo, given an unknown flag)
     is recorded with its error and the others still run and land in one JSON and one Markdown table."""
