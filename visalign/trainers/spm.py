@@ -235,7 +235,7 @@ class SPMTrainer(Trainer):
         return self.spm.model.requires_grad_(True).train()
 
     def resolved_config(self) -> SPMConfig:
-        return dataclasses.replace(self.args, resolution=getattr(self, "resolution", self.args.resolution))
+        return dataclasses.replace(self.args, resolution=self.resolution)
 
     # ---------------------------------------------------------------------------------------------- loss
 
