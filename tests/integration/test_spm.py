@@ -129,6 +129,7 @@ def test_recipes_run_two_steps_on_tiny_components(recipe, tmp_path, sd15, sdxl, 
     for key in ("learning_rate", "weight_decay", "guidance_scale", "label_scorer", "tie_margin", "eval_timesteps"):
         assert resolved[key] == settings.get(key, resolved[key]), key
     assert "eval_accuracy/t=951:" in printed
+    assert ("eval_baseline_accuracy/t=951:" in printed) == (recipe == "spm-shapes")  # the shapes reward on the x0
     assert load_scorer("step-aware", model=str(out)).info.name == "step-aware"
 
 
@@ -137,6 +138,7 @@ def test_recipes_run_two_steps_on_tiny_components(recipe, tmp_path, sd15, sdxl, 
     (dict(timestep_min=1000), r"SPMConfig.timestep_min must be in \[0, timestep_max 1000\)"),
     (dict(tie_margin=0.1), "SPMConfig.tie_margin must be 0 without label_scorer"),
     (dict(label_scorer="pickscroe"), "SPMConfig.label_scorer must be one of"),
+    (dict(eval_baseline_scorer="shape"), "SPMConfig.eval_baseline_scorer must be one of"),
     (dict(eval_timesteps=[]), "SPMConfig.eval_timesteps must be a non-empty list"),
     (dict(use_lora=True), "SPMConfig.use_lora must be false"),
 ])

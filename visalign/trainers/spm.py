@@ -16,7 +16,9 @@ Per micro-batch of B preference pairs (rows ``[chosen; rejected]``):
 Labels: the data's (chosen first; Pick-a-Pic ties kept as 0.5 with ``keep_ties``), or, with ``label_scorer``, that
 scorer's preference between the two clean images, a tie when ``|p0 − p1| <= tie_margin`` (SPO's SDXL SPM: PickScore,
 0.1). Evaluation: the accuracy (and loss) over the non-tie pairs of ``eval_dataset`` at each of ``eval_timesteps``
-(SPO: 0, 251, 501, 701, 951), every pair noised with one keyed ``ε`` at all of them (``eval_accuracy/t=T``).
+(SPO: 0, 251, 501, 701, 951), every pair noised with one keyed ``ε`` at all of them (``eval_accuracy/t=T``);
+with ``eval_baseline_scorer``, a plain scorer's accuracy on the same ``x̂0`` beside it (``eval_baseline_accuracy/t=T``).
+One process only: the scorer runs the SPM's modules directly, so a DDP wrapper would not synchronise gradients.
 
 The final folder is the SPM's ``save_pretrained`` (``load_scorer("step-aware", model=output_dir)``), the resolved
 ``config.yaml`` and a model card. Differences from SPO's code: labels from a scorer are computed on the fly, on the
@@ -95,6 +97,10 @@ class SPMConfig(TrainingConfig):
         "with label_scorer: a tie (0.5/0.5) when |p0 - p1| <= tie_margin (SPO: 0.1)"))
     eval_timesteps: list[int] = field(default_factory=lambda: list(EVAL_TIMESTEPS), metadata=_help(
         "timesteps the eval_dataset accuracy is reported at (SPO: 0, 251, 501, 701, 951)"))
+    eval_baseline_scorer: str | None = field(default=None, metadata=_help(
+        "a plain reward_models scorer judged on the same predicted x0 in evaluation (eval_baseline_accuracy/t=T), "
+        "the step-unaware baseline the SPM must beat at large t; none = off"))
+    eval_baseline_scorer_model: str | None = field(default=None, metadata=_help("hub id or folder of that scorer"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,12 +124,11 @@ class SPMConfig(TrainingConfig):
         for ok, key, expected, value in checks:
             if not ok:
                 raise ValueError(f"{c}.{key} must be {expected}; got {value!r}")
-        if self.label_scorer is not None:
-            from reward_models import list_scorers
+        from reward_models import list_scorers
 
-            if self.label_scorer not in list_scorers():
-                raise ValueError(f"{c}.label_scorer must be one of {', '.join(list_scorers())}; got "
-                                 f"{self.label_scorer!r}")
+        for key in ("label_scorer", "eval_baseline_scorer"):
+            if getattr(self, key) not in (None, *list_scorers()):
+                raise ValueError(f"{c}.{key} must be one of {', '.join(list_scorers())}; got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,9 @@ class SPMTrainer(Trainer):
 
     def load_data(self) -> None:
         args = self.args
+        if self.accelerator.num_processes > 1:  # the scorer runs the SPM's modules, not a DDP wrapper's forward
+            raise ValueError("method spm runs on one process: its gradients would not be synchronised across "
+                             f"{self.accelerator.num_processes}")
         self._train_pairs = self._pairs(args.dataset, args.dataset_split, weighted=True)
         self._eval_pairs = None if args.eval_dataset is None else self._pairs(args.eval_dataset, args.eval_split,
                                                                              weighted=False)
@@ -206,12 +214,8 @@ class SPMTrainer(Trainer):
                                  "timesteps")
         self.resolution = args.resolution or self.components.adapter.native_resolution(self.components.unet,
                                                                                         self.components.vae)
-        self.label_scorer = None
-        if args.label_scorer is not None:
-            from reward_models import load_scorer
-
-            kwargs = {} if args.label_scorer_model is None else {"model": args.label_scorer_model}
-            self.label_scorer = load_scorer(args.label_scorer, device=device, **kwargs)
+        self.label_scorer = _load_scorer(args.label_scorer, args.label_scorer_model, device)
+        self.baseline_scorer = _load_scorer(args.eval_baseline_scorer, args.eval_baseline_scorer_model, device)
         train = PairTransform(self.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
         datasets = [_LabelledPairs(DiffusionPreferenceDataset(self._train_pairs, train, seed=args.seed),
                                    self._train_pairs.ties)]
@@ -282,12 +286,11 @@ class SPMTrainer(Trainer):
         pixels = (decode_latents(comp.vae, x0).clamp(-1, 1) + 1) / 2
         return pixels, noised
 
-    def spm_loss(self, batch: dict, noise_key: int, timesteps: int | None = None, *, decided_only: bool = False
+    def spm_loss(self, batch: dict, pixels: torch.Tensor, timesteps: torch.Tensor, *, decided_only: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, accuracy)`` of the SPM on the batch's ``x̂0`` at their timesteps (:meth:`predicted_x0`)."""
-        pixels, noised = self.predicted_x0(batch, noise_key, timesteps)
+        """``(loss, accuracy)`` of the SPM on the batch's decoded ``x̂0`` (:meth:`predicted_x0`) at ``timesteps``."""
         prompts = batch["captions_chosen"] + batch["captions_rejected"]
-        scores = self.spm.score_tensor(pixels, prompts, timesteps=noised.timesteps).scores
+        scores = self.spm.score_tensor(pixels, prompts, timesteps=timesteps).scores
         s0, s1 = scores.chunk(2)
         labels, weights = self.labels(batch).to(s0.device), batch.get("weights")
         if decided_only:
@@ -301,20 +304,30 @@ class SPMTrainer(Trainer):
             return sum(p.sum() for p in self.model.parameters()) * 0.0, {}
         if self._evaluating:
             return self._evaluation_loss(batch)
-        loss, accuracy = self.spm_loss(batch, self.global_step)
+        pixels, noised = self.predicted_x0(batch, self.global_step)
+        loss, accuracy = self.spm_loss(batch, pixels, noised.timesteps)
         metrics = {"accuracy": accuracy.item()} if not accuracy.isnan() else {}
         return loss, metrics
 
     def _evaluation_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss and accuracy over the non-tie pairs at each evaluation timestep (their means as ``loss`` and
         ``accuracy``); a batch of ties only weighs 0 (:meth:`num_examples`)."""
-        if not (self.labels(batch) != 0.5).any():
-            zeros = {f"{name}/t={t}": 0.0 for t in self.args.eval_timesteps for name in ("loss", "accuracy")}
-            return torch.zeros(()), {**zeros, "accuracy": 0.0}
+        names = ("loss", "accuracy") + (("baseline_accuracy",) if self.baseline_scorer is not None else ())
+        labels = self.labels(batch)
+        if not (labels != 0.5).any():
+            return torch.zeros(()), {**{f"{name}/t={t}": 0.0 for t in self.args.eval_timesteps for name in names},
+                                     "accuracy": 0.0}
         metrics = {}
         for t in self.args.eval_timesteps:
-            loss, accuracy = self.spm_loss(batch, EVAL_NOISE_KEY, t, decided_only=True)
+            pixels, noised = self.predicted_x0(batch, EVAL_NOISE_KEY, t)
+            loss, accuracy = self.spm_loss(batch, pixels, noised.timesteps, decided_only=True)
             metrics[f"loss/t={t}"], metrics[f"accuracy/t={t}"] = loss.item(), accuracy.item()
+            if self.baseline_scorer is not None:
+                chosen, rejected = pixels.chunk(2)
+                p0 = self.baseline_scorer.preference(batch["captions_chosen"], chosen, rejected).probs.cpu()
+                decided = labels != 0.5
+                correct = torch.where(labels[decided] > 0.5, p0[decided] > 0.5, p0[decided] < 0.5)
+                metrics[f"baseline_accuracy/t={t}"] = correct.float().mean().item()
         n = len(self.args.eval_timesteps)
         metrics["accuracy"] = sum(metrics[f"accuracy/t={t}"] for t in self.args.eval_timesteps) / n
         return torch.tensor(sum(metrics[f"loss/t={t}"] for t in self.args.eval_timesteps) / n), metrics
@@ -365,6 +378,15 @@ class SPMTrainer(Trainer):
             f"spm = load_scorer(\"step-aware\", model={str(output_dir)!r})\n"
             f"spm.score(images, \"a prompt\", timesteps=501)\n```\n\n## Training settings\n\n"
             f"{settings_table(settings)}", encoding="utf-8")
+
+
+def _load_scorer(name: str | None, model: str | None, device):
+    """``load_scorer(name, model=model)`` on ``device``; ``None`` without a name."""
+    if name is None:
+        return None
+    from reward_models import load_scorer
+
+    return load_scorer(name, device=device, **({} if model is None else {"model": model}))
 
 
 def run(config: SPMConfig) -> dict[str, float]:
