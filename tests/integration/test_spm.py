@@ -152,3 +152,18 @@ def test_cli_names_an_unknown_key_and_a_missing_spm_init_before_loading(tmp_path
     assert "did you mean --guidance_scale?" in capsys.readouterr().err
     with pytest.raises(ValueError, match="SPMConfig.spm_init must be set"):
         SPMTrainer(SPMConfig(model="does-not-exist", dataset="nor-that", output_dir=str(tmp_path / "o")))
+
+
+def test_the_full_timestep_range_draws_what_diffusion_dpo_draws():
+    """``TimestepRangeNoise`` over [0, 1000) is ``RandomNoise`` (the diffusion trainer's), draw for draw."""
+    from diffusers import DDPMScheduler
+
+    from visalign.likelihood.noise import RandomNoise
+    from visalign.trainers.spm import TimestepRangeNoise
+
+    scheduler, latents = DDPMScheduler(), torch.randn(2, 4, 8, 8)
+    ours = TimestepRangeNoise()(latents, scheduler=scheduler, generator=torch.Generator().manual_seed(3))
+    theirs = RandomNoise()(latents, scheduler=scheduler, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ours.timesteps, theirs.timesteps) and torch.equal(ours.noisy_latents, theirs.noisy_latents)
+    narrow = TimestepRangeNoise(900, 901)(latents, scheduler=scheduler, generator=torch.Generator().manual_seed(3))
+    assert narrow.timesteps.tolist() == [900, 900]

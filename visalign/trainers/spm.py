@@ -17,7 +17,8 @@ Labels: the data's (chosen first; Pick-a-Pic ties kept as 0.5 with ``keep_ties``
 scorer's preference between the two clean images, a tie when ``|p0 − p1| <= tie_margin`` (SPO's SDXL SPM: PickScore,
 0.1). Evaluation: the accuracy (and loss) over the non-tie pairs of ``eval_dataset`` at each of ``eval_timesteps``
 (SPO: 0, 251, 501, 701, 951), every pair noised with one keyed ``ε`` at all of them (``eval_accuracy/t=T``);
-with ``eval_baseline_scorer``, a plain scorer's accuracy on the same ``x̂0`` beside it (``eval_baseline_accuracy/t=T``).
+with ``eval_baseline_scorer``, a plain scorer's accuracy on the same ``x̂0`` beside it
+(``eval_baseline_accuracy/t=T``).
 One process only: the scorer runs the SPM's modules directly, so a DDP wrapper would not synchronise gradients.
 
 The final folder is the SPM's ``save_pretrained`` (``load_scorer("step-aware", model=output_dir)``), the resolved
