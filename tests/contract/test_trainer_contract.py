@@ -1,8 +1,8 @@
 """The trainer contract (``trainer_contract.py``) applied to every trainer family: text ``DPOTrainer`` (LoRA on the
 tiny built-in Llama) and ``KTOTrainer`` (full fine-tune), ``VLMDPOTrainer`` (tiny LLaVA-1.5, full fine-tune of the
 language side), ``DiffusionTrainer`` (Diffusion-DPO LoRA on tiny SD1.5 with augmentation on; what differs on SDXL; the
-latent cache across a resume) and MaPO (reference-free, full UNet fine-tune). Family-specific checks of the same
-finished runs sit beside them."""
+latent cache across a resume), MaPO (reference-free, full UNet fine-tune) and SPO (online step-wise pairs on the
+shipped shapes model). Family-specific checks of the same finished runs sit beside them."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from tests.contract.trainer_contract import TrainerContract
+from tests.contract.trainer_contract import TRL_METRICS, TrainerContract
 from tests.helpers.diffusion import CAPTIONS, pairs, sd15, sdxl  # noqa: F401 (pytest fixtures)
 from visalign.models.causal_lm import load_causal_lm
 from visalign.testing.text_data import synthetic_kto, synthetic_preferences
 from visalign.testing.vlm import save_tiny_llava
+from visalign.models.builtin import resolve_model
 from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer, MaPOConfig
+from visalign.trainers.spo import SPOConfig, SPOTrainer
 from visalign.trainers.text import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer
 
@@ -253,3 +255,36 @@ class TestMaPOTrainer(_Diffusion):
 
     def test_the_full_unet_model_card_names_from_pretrained(self, finished_run):
         assert "UNet2DConditionModel.from_pretrained" in (finished_run.output_dir / "README.md").read_text()
+
+
+class TestSPOTrainer(_Diffusion):
+    """SPO (``method: spo``): LoRA on the shipped shapes model trained on rounds of step-wise pairs drawn from itself
+    (a round every 2 steps, so the resume crosses a round), the transition likelihood and the clipped-ratio loss."""
+
+    pipeline_class = StableDiffusionPipeline
+    METRICS = (*TRL_METRICS, "spo/clip_fraction", "data/round")
+    NOT_APPLICABLE = {
+        "test_a_batch_of_4_equals_4_accumulated_micro_batches_of_1":
+            "a round is cut to whole global batches, so per-device batches 4 and 1 train on different pairs",
+        "test_non_finite_steps_are_skipped_counted_and_stop_the_run_keeping_the_last_good_checkpoint":
+            "a diverged policy samples no pair: its next round is empty and the online source stops the run first",
+    }
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _files(cls):
+        cls.model_path = resolve_model("builtin:shapes-sd")
+
+    def make_config(self, output_dir, **overrides):
+        values = dict(model="builtin:shapes-sd", output_dir=str(output_dir), resolution=32, num_prompts=8,
+                      prompts_per_round=4, sample_steps=4, divert_start_step=1, num_candidates=4, spo_threshold=0.0,
+                      resample_every=2, lora_r=4, lora_alpha=8)
+        return SPOConfig(**{**values, **overrides})
+
+    def make_trainer(self, config):
+        return SPOTrainer(config)
+
+    def load_saved(self, output_dir):
+        pipe = self.pipeline_class.from_pretrained(self.model_path)
+        pipe.load_lora_weights(str(output_dir))
+        return pipe.unet

@@ -1,6 +1,5 @@
 """SPO (``method: spo``) on the shipped shapes model: step-wise pairs drawn in rounds from the policy, trained with
-the clipped-ratio loss on the transition likelihood, a run killed mid-round resumes bit-identically, and the CLI run
-ends with the quickstart's held-out evaluation."""
+the clipped-ratio loss on the transition likelihood; the CLI run ends with the quickstart's held-out evaluation."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers.runs import Killed, assert_same_weights, killed_after, metric_lines, trainable_weights
+from tests.helpers.runs import metric_lines, trainable_weights
 from visalign.cli.train import main as train_main
 from visalign.evaluation.report import REPORT_JSON
 from visalign.models.diffusion_io import LORA_WEIGHT_NAME
@@ -27,26 +26,17 @@ def _config(out, **overrides) -> SPOConfig:
     return SPOConfig(**{**values, **overrides})
 
 
-def test_spo_trains_on_rounds_of_stepwise_pairs_and_resumes_mid_round_bit_identically(tmp_path):
+def test_spo_trains_on_rounds_of_stepwise_pairs_drawn_from_the_policy(tmp_path):
+    """(Resume across rounds, final folder and metrics names: the trainer contract's ``TestSPOTrainer``.)"""
     whole = SPOTrainer(_config(tmp_path / "whole"))
     before = trainable_weights(whole)
     whole.train()
     logged = metric_lines(tmp_path / "whole" / "metrics.jsonl")
     assert [m["data/round"] for m in logged][:2] == [0, 0] and logged[-1]["data/round"] >= 1
-    assert all("spo/clip_fraction" in m and "rewards/accuracies" in m for m in logged)
+    assert all(m["data/round_examples"] % 2 == 0 for m in logged)  # whole global batches of 2
     assert abs(logged[0]["loss"] - 0.6931) < 1e-3  # the reference is the base: log-ratios 0 at step 1
     assert any(not torch.equal(value, before[name]) for name, value in trainable_weights(whole).items())
     assert (tmp_path / "whole" / "checkpoints" / "checkpoint-3" / ROUND_FILE).is_file()
-
-    run = tmp_path / "run"
-    killed = killed_after(SPOTrainer, 3)(_config(run))  # killed mid-round 1 (began after step 2), after checkpoint 3
-    with pytest.raises(Killed):
-        killed.train()
-    resumed = SPOTrainer(_config(run, resume_from="latest"))
-    resumed.train()
-    assert resumed.resumed_from.name == "checkpoint-3"
-    assert_same_weights(resumed, whole)
-    assert metric_lines(run / "metrics.jsonl") == logged
 
 
 def test_spo_config_checks_its_keys_before_any_model_loads():

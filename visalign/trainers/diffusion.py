@@ -302,6 +302,9 @@ class DiffusionTrainer(Trainer):
             ``args.dataset`` / ``args.eval_dataset``.
     """
 
+    #: True for a trainer whose data source draws its examples from the policy (on-policy, SPO): no ``dataset``.
+    draws_its_data: ClassVar[bool] = False
+
     def __init__(
         self,
         args: DiffusionConfig,
@@ -315,7 +318,7 @@ class DiffusionTrainer(Trainer):
         if self._model_spec is None:
             raise ValueError("DiffusionTrainer: no model given (pass model= or set `model` in the config)")
         self._raw_train = train_dataset if train_dataset is not None else args.dataset
-        if self._raw_train is None:
+        if self._raw_train is None and not self.draws_its_data:
             raise ValueError("DiffusionTrainer: no training data (pass train_dataset= or set `dataset`)")
         self._raw_eval = eval_dataset if eval_dataset is not None else args.eval_dataset
         self.noise_source = make_noise_source(args.noise_source, **args.noise_options)

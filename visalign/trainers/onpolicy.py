@@ -250,14 +250,20 @@ class OnPolicyTrainer(DiffusionTrainer):
     ``output_dir/pairs`` is its dataset, and latents and text embeddings are cached in ``output_dir/cache`` unless
     ``cache_dir`` says otherwise."""
 
+    draws_its_data = True
+
     def __init__(self, args: OnPolicyConfig) -> None:
         if not isinstance(args, OnPolicyConfig):
             raise TypeError(f"OnPolicyTrainer needs an OnPolicyConfig; got {type(args).__name__}")
-        output = Path(args.output_dir)
-        args = dataclasses.replace(args, dataset=str(output / PAIRS_DIR),
-                                   cache_dir=args.cache_dir or str(output / CACHE_DIR))
+        args = self.with_run_folders(args)
         self.rounds = self.make_rounds(args)
         super().__init__(args)
+
+    def with_run_folders(self, args: OnPolicyConfig) -> OnPolicyConfig:
+        """``args`` with the run's own folders: the pair folder as its dataset, the cache in ``output_dir/cache``."""
+        output = Path(args.output_dir)
+        return dataclasses.replace(args, dataset=str(output / PAIRS_DIR),
+                                   cache_dir=args.cache_dir or str(output / CACHE_DIR))
 
     def make_rounds(self, args: OnPolicyConfig):
         """The producer of the online source's rounds (:class:`PairRounds`; SPO draws step-wise pairs instead)."""

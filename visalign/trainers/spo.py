@@ -179,6 +179,10 @@ class SPOTrainer(OnPolicyTrainer):
             raise TypeError(f"SPOTrainer needs an SPOConfig; got {type(args).__name__}")
         super().__init__(args)
 
+    def with_run_folders(self, args: SPOConfig) -> SPOConfig:
+        """Nothing to add: the rounds live in memory and in checkpoints, and nothing is cached."""
+        return args
+
     def make_rounds(self, args: SPOConfig) -> StepwiseRounds:
         return StepwiseRounds(self, args)
 
