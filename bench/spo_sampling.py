@@ -112,7 +112,7 @@ def main(argv=None) -> list[Row]:
         with torch.device(device):
             model_dir = save_tiny_sdxl(Path(tmp) / "model", shape=sizes["shape"])
         clip_dir = build_clip(Path(tmp) / "clip", sizes["clip"], device)
-        pipeline = StableDiffusionXLPipeline.from_pretrained(model_dir, torch_dtype=dtype).to(device)
+        pipeline = StableDiffusionXLPipeline.from_pretrained(model_dir, dtype=dtype).to(device)
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
         components = load_diffusion_components(model_dir, unet_dtype=dtype, weight_dtype=dtype, vae_dtype=dtype)
