@@ -57,10 +57,12 @@ class ScorerSpec:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def load(self):
+    def load(self, device: str | torch.device | None = None):
+        """The scorer, on ``device`` unless its ``kwargs`` name one (every scorer takes ``device=``)."""
         from reward_models import load_scorer
 
-        return load_scorer(self.name, **self.kwargs)
+        placed = {} if device is None else {"device": str(device)}
+        return load_scorer(self.name, **{**placed, **self.kwargs})
 
 
 def scale_convention(info) -> str:
@@ -180,7 +182,7 @@ def compare_models(
         _free_accelerator_memory()
     sections, rows = {}, []
     for spec in scorers:
-        scorer = spec.load()
+        scorer = spec.load(device)
         matrices = {}
         for label in LABELS:
             matrices[label], result = score_samples(scorer, samples[label], dirs[label], batch_size=score_batch_size,

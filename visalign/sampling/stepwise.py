@@ -40,7 +40,9 @@ class StepScorer(Protocol):
 class RewardStepScorer:
     """A ``reward_models`` scorer as a step scorer, through the scorer's own ``preference_logits``. A step-aware
     scorer (``step-aware``, SPO's SPM) judges each image at its timestep; any other judges the predicted ``x0``
-    whatever the timestep (the "plain scorer" row of SPO's ablation)."""
+    whatever the timestep (the "plain scorer" row of SPO's ablation). A differentiable scorer takes the decoded
+    pixels as they are (``score_tensor``: no trip through the CPU, and the preprocessing the SPM is trained with);
+    any other scores them as images."""
 
     def __init__(self, scorer) -> None:
         from reward_models.step_aware import StepAwareScorer
@@ -50,7 +52,10 @@ class RewardStepScorer:
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
         kwargs = {"timesteps": timesteps.cpu()} if self.step_aware else {}
-        scores = self.scorer.score(list(pixels.cpu()), list(prompts), **kwargs).scores
+        if self.scorer.info.differentiable:
+            scores = self.scorer.score_tensor(pixels, list(prompts), **kwargs).scores
+        else:
+            scores = self.scorer.score(list(pixels.cpu()), list(prompts), **kwargs).scores
         return self.scorer.preference_logits(scores).float()
 
 

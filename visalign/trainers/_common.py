@@ -360,6 +360,10 @@ def weighted_means(rows: Iterable[tuple[float, dict[str, float]]]) -> dict[str, 
     return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
 
 
+#: The weight dtype of frozen parts under accelerate's ``mixed_precision`` (fp32 otherwise).
+MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def device_mixed_precision(mixed_precision: str) -> tuple[str, str | None]:
     """The mixed precision this process's device computes, decided before any model loads, and the one line saying
     why it differs from ``mixed_precision`` (else ``None``): fp16 on a CPU (every diffusion recipe sets it for GPUs)

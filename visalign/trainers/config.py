@@ -35,6 +35,7 @@ MAX_BETA = 1e6
 
 
 def _help(text: str) -> dict[str, str]:
+    """``dataclasses.field`` metadata carrying ``--help`` text (every trainer family's config imports it)."""
     return {"help": text}
 
 

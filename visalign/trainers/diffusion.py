@@ -68,19 +68,14 @@ from visalign.models.builtin import is_builtin
 from visalign.models.diffusion_io import has_lora, save_diffusion_lora, save_diffusion_unet, write_model_card
 from visalign.objective import make_objective
 from visalign.reference import Reference, make_reference
-from visalign.trainers._common import CONFIG_FILE
+from visalign.trainers._common import CONFIG_FILE, MIXED_DTYPES
 from visalign.trainers._loop import Trainer
-from visalign.trainers.config import PreferenceConfig
+from visalign.trainers.config import PreferenceConfig, _help
 
 logger = logging.getLogger(__name__)
 
 DIFFUSION_REFERENCES = ("auto", "frozen_copy", "disable_adapter", "none")
 LATENT_DTYPES = ("float32", "bfloat16", "float16")
-_MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -404,7 +399,7 @@ class DiffusionTrainer(Trainer):
 
     def _load_components(self) -> DiffusionComponents:
         args = self.args
-        weight_dtype = _MIXED_DTYPES.get(args.mixed_precision, torch.float32)
+        weight_dtype = MIXED_DTYPES.get(args.mixed_precision, torch.float32)
         if isinstance(self._model_spec, DiffusionComponents):
             components = self._model_spec
         else:

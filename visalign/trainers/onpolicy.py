@@ -47,6 +47,7 @@ import torch
 from visalign.evaluation.pairs import SUMMARY, check_pair_options
 from visalign.models.card import write_card_results
 from visalign.trainers._common import prepare_output_dir
+from visalign.trainers.config import _help
 from visalign.trainers.data_source import OnlineSource, Round
 from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 
@@ -56,10 +57,6 @@ PAIRS_DIR = "pairs"
 ROUND_DIR = "round-{:04d}"
 EVAL_DIR = "eval"
 CACHE_DIR = "cache"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -149,7 +146,7 @@ def sample_pairs(config: OnPolicyConfig, device: str | torch.device, *, out: Pat
     prompts = load_prompts(config.prompts, column=config.prompt_column, split=config.prompts_split,
                            limit=config.num_prompts)
     return generate_preference_pairs(
-        config.model, prompts, config.scorer_spec().load(), out or Path(config.output_dir) / PAIRS_DIR,
+        config.model, prompts, config.scorer_spec().load(device), out or Path(config.output_dir) / PAIRS_DIR,
         pipeline=pipeline, lora=policy_label, samples_per_prompt=config.samples_per_prompt, min_gap=config.min_gap,
         pairing=config.pairing, seed=config.seed if seed is None else seed,
         settings=config.generation_settings(), device=device, dtype=config.sample_dtype,

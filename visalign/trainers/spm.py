@@ -46,18 +46,13 @@ from visalign.likelihood.transition import predicted_original_sample
 from visalign.models.card import CARD, front_matter, settings_table
 from visalign.models.diffusion import decode_latents, encode_images, load_diffusion_components
 from visalign.sampling.ddim import guided_output
-from visalign.trainers._common import CONFIG_FILE
+from visalign.trainers._common import CONFIG_FILE, MIXED_DTYPES
 from visalign.trainers._loop import Trainer
-from visalign.trainers.config import TrainingConfig
+from visalign.trainers.config import TrainingConfig, _help
 from visalign.trainers.diffusion import _IndexedPairs, collate_indexed_pairs
 
-_MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: The step key of the evaluation noise (training steps are keys 0, 1, ...).
 EVAL_NOISE_KEY = 2**32 - 1
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -204,7 +199,7 @@ class SPMTrainer(Trainer):
     def build_datasets(self):
         """The frozen diffusion components and label scorer, then the transformed, labelled pair datasets."""
         args, device = self.args, self.accelerator.device
-        dtype = _MIXED_DTYPES.get(args.mixed_precision, torch.float32)
+        dtype = MIXED_DTYPES.get(args.mixed_precision, torch.float32)
         self.components = load_diffusion_components(args.model, unet_dtype=dtype, weight_dtype=dtype, vae=args.vae,
                                                     vae_subfolder=args.vae_subfolder, device=device)
         self.components.unet.requires_grad_(False).eval()

@@ -34,14 +34,11 @@ from accelerate.utils import broadcast_object_list
 from visalign.likelihood.ddim_steps import DDIMStepLogProbs
 from visalign.models.card import write_card_results
 from visalign.trainers._common import prepare_output_dir
+from visalign.trainers.config import _help
 from visalign.trainers.data_source import Round, TensorRows
 from visalign.trainers.onpolicy import OnPolicyConfig, OnPolicyTrainer, evaluate_before_after, print_before_after
 
 ROUND_FILE = "spo_round.safetensors"
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -118,7 +115,8 @@ class StepwiseRounds:
         from visalign.sampling.stepwise import RewardStepScorer
 
         if self._step_scorer is None:
-            self._step_scorer = RewardStepScorer(self.config.step_scorer_spec().load())
+            spec = self.config.step_scorer_spec()
+            self._step_scorer = RewardStepScorer(spec.load(self.trainer.accelerator.device))
         return self._step_scorer
 
     def produce(self, round_index: int, policy: torch.nn.Module) -> Round:

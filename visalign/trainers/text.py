@@ -28,14 +28,10 @@ from visalign.data.sources import load_source
 from visalign.data.text import tokenize_preferences, tokenize_unpaired, validate_columns
 from visalign.likelihood.text import TokenLogProbs, UnpairedTokenLogProbs
 from visalign.models.causal_lm import load_causal_lm, load_tokenizer
-from visalign.trainers.config import PreferenceConfig
+from visalign.trainers.config import PreferenceConfig, _help
 from visalign.trainers.tokens import TokenPreferenceTrainer, train_and_evaluate
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass

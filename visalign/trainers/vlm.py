@@ -36,12 +36,9 @@ from visalign.data.vlm_collator import DenseDPOWeights, VisionPreferenceCollator
 from visalign.likelihood.vlm import VLMTokenLogProbs, vlm_pair_loglik
 from visalign.models.lora import is_peft_model
 from visalign.models.vlm import freeze_vlm_parts, language_lora_targets, load_processor, load_vlm
+from visalign.trainers.config import _help
 from visalign.trainers.text import DPOConfig
 from visalign.trainers.tokens import TokenPreferenceTrainer, train_and_evaluate
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
