@@ -44,6 +44,7 @@ from visalign.recipes import recipe_file
 from visalign.shapes.analysis import analyse
 from visalign.shapes.world import ATTRIBUTES, describe, parse_prompt
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
+from visalign.trainers.methods import METHODS as LIBRARY_METHODS
 from visalign.trainers.onpolicy import EVAL_DIR, PAIRS_DIR, OnPolicyConfig, sample_pairs, summarise
 
 # method -> (config class, overrides of the shared settings)
@@ -62,8 +63,7 @@ VLM_METHODS = ("vlm-dpo", "dense-dpo")
 QUICK = {"num_prompts": 48, "max_steps": 100, "num_eval_prompts": 24, "scorer_args": ["weights={aesthetic: 1.0}"]}
 #: the full bench evaluates on more held-out prompts than the quickstart recipe (40), for tighter intervals
 FULL = {"num_eval_prompts": 48}
-BASE_FIELDS = {f.name: f for f in dataclasses.fields(DiffusionConfig)}
-SHARED_FIELDS = set(BASE_FIELDS) - {"method"}
+SHARED_FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)} - {"method"}
 
 
 def shared_settings(overrides: dict) -> OnPolicyConfig:
@@ -96,17 +96,13 @@ def add_depicted_captions(pairs_dir: Path) -> int:
     return undetected
 
 
-def field_default(f: dataclasses.Field):
-    """A dataclass field's default value."""
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
 def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path) -> DiffusionConfig:
-    """The training config of method ``name``: the shared settings, except the fields whose defaults the method's
-    config class sets itself (MaPO's loss, DCPO's per-side caption columns, InPO's inversion noise), then the method's
-    overrides."""
+    """The training config of method ``name``: the shared settings, except the fields the method decides otherwise
+    than Diffusion-DPO (``visalign.trainers.methods``: MaPO's loss, DCPO's per-side caption columns, InPO's inversion
+    noise), then the method's overrides."""
     cls, overrides = METHODS[name]
-    own = {f.name for f in dataclasses.fields(cls) if field_default(f) != field_default(BASE_FIELDS[f.name])}
+    method, dpo = cls().method_spec, LIBRARY_METHODS["diffusion-dpo"]
+    own = {key for key, value in method.defaults.items() if dpo.defaults.get(key) != value}
     values = {k: getattr(shared, k) for k in SHARED_FIELDS - own}
     values.update(overrides, dataset=str(dataset), output_dir=str(work / name), cache_dir=str(work / "cache"))
     return cls(**values)

@@ -371,7 +371,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any 
     Values stay strings here; `load_config` coerces them, so the command line and the YAML share one set of
     rules and error messages. Read the given flags back with `given_overrides(namespace, cls)`. Booleans also
     accept a bare flag (`--bf16` means `--bf16 true`); lists take one comma-separated value. The help shows each
-    field's value in `shown` (an instance of `cls`, e.g. the config a recipe resolves to), else the class default.
+    field's value in `shown` (an instance of `cls`, e.g. the config a recipe resolves to), else the class default;
+    with `shown`, fields read by other methods than its `method` (`metadata["methods"]`) are left out.
     """
     hints = typing.get_type_hints(cls)
     # argparse reads "-1e-4" as an option, since its negative-number pattern lacks exponents; no config flag starts
@@ -379,7 +380,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any 
     parser._negative_number_matcher = _NEGATIVE_NUMBER
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
-        if not f.init:
+        scope = f.metadata.get("methods")
+        if not f.init or (shown is not None and scope is not None and getattr(shown, "method", None) not in scope):
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         flags += [f"--{alias}" for alias in f.metadata.get("aliases", ())]  # e.g. --loss for loss_type

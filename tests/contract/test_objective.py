@@ -164,7 +164,7 @@ def test_per_pair_weights_scale_each_pairs_loss():
 def test_kto_refuses_a_precomputed_reference_in_its_config():
     import pytest
 
-    with pytest.raises(ValueError, match="KTOConfig.reference 'precomputed' is not supported"):
+    with pytest.raises(ValueError, match="KTOConfig.reference must be .*, not 'precomputed' .* for method 'kto'"):
         KTOConfig(reference="precomputed")
 
 

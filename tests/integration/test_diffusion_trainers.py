@@ -217,7 +217,10 @@ def test_dcpo_without_per_side_captions_fails_before_any_model_loads(tmp_path):
     (dict(reference="disable_adapter"), "needs use_lora"),
     (dict(noise_source="renoise"), "noise_source must be"),
     (dict(cache_dir="c", center_crop=False), "needs center_crop"),
-    (dict(method="mapo"), "use .*MaPOConfig|each method has its config"),
+    (dict(method="dpo"), r"DiffusionConfig.method must be one of diffusion-dpo, mapo, dcpo, inpo; got 'dpo' \(method "
+                         r"'dpo' is trained with visalign.trainers.text:DPOConfig\)"),
+    (dict(method="mapo", loss_type="sigmoid"), r"loss_type must be 'mapo' or a list including it .* method 'mapo'"),
+    (dict(method="inpo", noise_source="random"), r"noise_source must be an inversion source .* method 'inpo'"),
     (dict(reference="precomputed"), "reference must be"),
     (dict(loss_type="kto"), r"DiffusionConfig: loss 'kto' needs unpaired data, but this family trains on pairs"),
     (dict(sdxl_time_ids="res"), r"sdxl_time_ids must be true_size \| square_resolution; got 'res'"),

@@ -109,8 +109,8 @@ def test_freeze_flags(tmp_path):
 @pytest.mark.parametrize("dense", [False, True], ids=["dpo", "dense_dpo"])
 def test_precomputed_reference_matches_frozen_copy(tmp_path, dense):
     path = save_tiny_llava(tmp_path / "m")
-    common = dict(method="dense-dpo" if dense else "vlm-dpo", dense_dpo_gamma=3.0, dense_dpo_score="normalized",
-                  per_device_batch_size=4)
+    dense_options = dict(dense_dpo_gamma=3.0, dense_dpo_score="normalized") if dense else {}  # read by dense-dpo only
+    common = dict(method="dense-dpo" if dense else "vlm-dpo", per_device_batch_size=4, **dense_options)
     frozen = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "a", reference="frozen_copy", **common),
                            train_dataset=_rows())
     pre = VLMDPOTrainer(model=str(path), args=_args(tmp_path / "b", reference="precomputed", **common),

@@ -63,8 +63,8 @@ def test_the_method_name_decides_dense_dpo_and_a_contradiction_fails_naming_both
     assert VLMDPOConfig(method="dense-dpo").dense_dpo is True
     assert VLMDPOConfig(method="dense-dpo").reduction != "sum"
     assert VLMDPOConfig(method="vlm-dpo").dense_dpo is False and VLMDPOConfig().reduction == "sum"
-    with pytest.raises(ValueError, match=r"VLMDPOConfig.dense_dpo=False contradicts method='dense-dpo'"):
+    with pytest.raises(ValueError, match=r"VLMDPOConfig.dense_dpo must be true .* for method 'dense-dpo'; got False"):
         VLMDPOConfig(method="dense-dpo", dense_dpo=False)
     for method in ("vlm-dpo", "mia-dpo"):
-        with pytest.raises(ValueError, match=rf"dense_dpo=True contradicts method='{method}'"):
+        with pytest.raises(ValueError, match=rf"dense_dpo must be false .* for method '{method}'; got True"):
             VLMDPOConfig(method=method, dense_dpo=True)

@@ -28,24 +28,13 @@ from visalign.config_io import ConfigError, add_config_arguments, config_to_dict
 from visalign.config_io import read_yaml_mapping
 from visalign.errors import UserError
 from visalign.recipes import recipe_file
+from visalign.trainers.methods import METHODS as LIBRARY_METHODS
 
 DEFAULT_RECIPE = "quickstart"
 
-# method -> ("module:ConfigClass", "module:run"); `run(config) -> dict` of final metrics. Imported on use only.
-METHODS: dict[str, tuple[str, str]] = {
-    "dpo": ("visalign.trainers.text:DPOConfig", "visalign.trainers.text:run"),
-    "kto": ("visalign.trainers.text:KTOConfig", "visalign.trainers.text:run"),
-    "vlm-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
-    "dense-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
-    "mia-dpo": ("visalign.trainers.vlm:VLMDPOConfig", "visalign.trainers.vlm:run"),
-    "diffusion-dpo": ("visalign.trainers.diffusion:DiffusionConfig", "visalign.trainers.diffusion:run"),
-    "mapo": ("visalign.trainers.diffusion:MaPOConfig", "visalign.trainers.diffusion:run"),
-    "dcpo": ("visalign.trainers.diffusion:DCPOConfig", "visalign.trainers.diffusion:run"),
-    "inpo": ("visalign.trainers.diffusion:InPOConfig", "visalign.trainers.diffusion:run"),
-    "onpolicy-diffusion-dpo": ("visalign.trainers.onpolicy:OnPolicyConfig", "visalign.trainers.onpolicy:run"),
-    "spo": ("visalign.trainers.spo:SPOConfig", "visalign.trainers.spo:run"),
-    "spm": ("visalign.trainers.spm:SPMConfig", "visalign.trainers.spm:run"),
-}
+# method -> ("module:FamilyConfig", "module:run"), from the library's table (`visalign.trainers.methods`); `run(config)
+# -> dict` of final metrics. Imported on use only.
+METHODS: dict[str, tuple[str, str]] = {name: (method.config, method.run) for name, method in LIBRARY_METHODS.items()}
 
 
 def import_object(spec: str) -> Any:

@@ -182,7 +182,8 @@ class DiffusionELBO(LikelihoodProvider):
             rows = torch.tensor([i, num_pairs + i], device=latents.device)
             generator = torch.Generator().manual_seed(pair_noise_seed(self.seed, step, index))
             parts.append(self.noise_source(latents[rows], scheduler=self.components.scheduler, unet=self.policy,
-                                           cond=cond.select(rows), generator=generator))
+                                           cond=cond.select(rows), generator=generator,
+                                           denoise=self.components.adapter.denoise))
 
         def stack(name: str) -> torch.Tensor:
             values = [getattr(p, name) for p in parts]

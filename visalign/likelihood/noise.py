@@ -1,8 +1,10 @@
 """Noise sources: where the noised point ``(x_t, t, eps)`` scored by the diffusion ELBO surrogate comes from.
 
-A noise source is called as ``source(latents, *, scheduler, unet=None, cond=None, generator=None)`` on clean latents
-in ``[chosen; rejected]`` order (2B rows) and returns a :class:`~visalign.likelihood.diffusion.NoisedLatents` that
-the policy and the reference then both score. Sources live in the plain dict :data:`NOISE_SOURCES`:
+A noise source is called as ``source(latents, *, scheduler, unet=None, cond=None, generator=None, denoise=...)`` on
+clean latents in ``[chosen; rejected]`` order (2B rows) and returns a
+:class:`~visalign.likelihood.diffusion.NoisedLatents` that the policy and the reference then both score. A source that
+queries the policy calls ``denoise(unet, x_t, t, cond)``: the model family's denoiser call
+(``DiffusionFamily.denoise``; the UNet families' :func:`unet_predict` by default). Sources live in the plain dict :data:`NOISE_SOURCES`:
 
 - ``random`` (Diffusion-DPO, MaPO, DCPO; reference ``diffusion-methods.md`` §2.2): t ~ U{0..T-1} and eps ~ N(0, I)
   drawn once per pair and shared by its chosen and rejected image, independent across pairs.
@@ -16,6 +18,7 @@ average the two predictions, step again with the average) and add it with ``regi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +69,12 @@ class PairNoiseSource:
         unet=None,
         cond: UNetCond | None = None,
         generator: torch.Generator | None = None,
+        denoise: Callable = unet_predict,
     ) -> NoisedLatents:
         timesteps = sample_pair_timesteps(_check_pairs(latents), scheduler, latents.device, generator)
-        return self.noise_at(latents, timesteps, scheduler, unet, cond, generator)
+        return self.noise_at(latents, timesteps, scheduler, unet, cond, generator, denoise=denoise)
 
-    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator, denoise=unet_predict) -> NoisedLatents:
         raise NotImplementedError
 
 
@@ -78,7 +82,7 @@ class PairNoiseSource:
 class RandomNoise(PairNoiseSource):
     """t and eps shared within each pair, independent across pairs (Diffusion-DPO §2.2; Salesforce ``train.py``)."""
 
-    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator, denoise=unet_predict) -> NoisedLatents:
         x0 = latents.float()
         eps = _randn((x0.shape[0] // 2, *x0.shape[1:]), generator, x0.device)
         noise = torch.cat([eps, eps])
@@ -141,10 +145,11 @@ class DDIMInversionNoise(PairNoiseSource):
         alpha_target: torch.Tensor,
         cond: UNetCond,
         prediction_type: str,
+        denoise: Callable = unet_predict,
     ) -> torch.Tensor:
         """One deterministic DDIM step upwards from ``x`` at ``source_t`` (``abar = alpha_source``, a scalar) to the
         per-sample levels ``alpha_target`` ``[n]``; ``source_t`` is the UNet timestep of the source level."""
-        out = unet_predict(unet, x, torch.full((x.shape[0],), source_t, dtype=torch.long, device=x.device), cond)
+        out = denoise(unet, x, torch.full((x.shape[0],), source_t, dtype=torch.long, device=x.device), cond)
         out = out.to(x.device)
         a_s = alpha_source
         if prediction_type == "epsilon":
@@ -156,10 +161,11 @@ class DDIMInversionNoise(PairNoiseSource):
         a_t = _bcast(alpha_target, x)
         return a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps
 
-    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator) -> NoisedLatents:
+    def noise_at(self, latents, timesteps, scheduler, unet, cond, generator, denoise=unet_predict) -> NoisedLatents:
         if unet is None or cond is None:
             raise ValueError("ddim_inversion noise source needs the policy `unet` and the conditioning `cond`")
-        return self.invert(latents, timesteps, unet=unet, cond=cond, scheduler=scheduler, generator=generator)
+        return self.invert(latents, timesteps, unet=unet, cond=cond, scheduler=scheduler, generator=generator,
+                           denoise=denoise)
 
     @torch.no_grad()
     def invert(
@@ -171,8 +177,10 @@ class DDIMInversionNoise(PairNoiseSource):
         cond: UNetCond,
         scheduler,
         generator: torch.Generator | None = None,
+        denoise: Callable = unet_predict,
     ) -> NoisedLatents:
-        """Invert each of the N clean ``latents`` to its own ``timesteps[i]`` and reparametrise its noise."""
+        """Invert each of the N clean ``latents`` to its own ``timesteps[i]`` and reparametrise its noise (the policy
+        queried through ``denoise(unet, x, t, cond)``)."""
         n = latents.shape[0]
         if timesteps.shape != (n,) or len(cond) != n:
             raise ValueError(
@@ -205,7 +213,7 @@ class DDIMInversionNoise(PairNoiseSource):
             target_t = torch.where(num_steps[active] == k + 1, timesteps[active], next_inner[k])
             alpha_target = alphas[target_t]
             x_next = self.inversion_step(
-                unet, x[active], source_t, alpha_source, alpha_target, cond.select(active), prediction_type
+                unet, x[active], source_t, alpha_source, alpha_target, cond.select(active), prediction_type, denoise
             )
             if self.eta > 0:
                 variance = (1 - alpha_source) / (1 - alpha_target) * (1 - alpha_target / alpha_source)

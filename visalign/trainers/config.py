@@ -3,7 +3,9 @@
 ``TrainingConfig`` holds what any accelerate run needs (data, optimisation, precision, logging, checkpoints, LoRA).
 ``PreferenceConfig`` adds the preference loss: ``loss_type`` (one name or a weighted list), ``beta``, the reference
 strategy, and one flat field per loss hyper-parameter, generated from ``visalign.losses.LOSSES`` so a new loss's
-hparams appear in configs, YAML and ``--help`` without touching this file.
+hparams appear in configs, YAML and ``--help`` without touching this file. Each trainer family has one config on
+these two (``DPOConfig``, ``VLMDPOConfig``, ``DiffusionConfig``, ``OnPolicyConfig``, ``SPMConfig``); its ``method``
+is checked, and fills what it implies, through the one table in ``visalign.trainers.methods``.
 
 Hyper-parameter fields default to ``None``: "use each selected loss's own default" (defaults can differ between
 losses, e.g. ``label_smoothing`` is 0 for robust and 1e-3 for exo_pair). Setting one that no selected loss reads is
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from visalign.losses import LOSSES, check_family, needs_reference, plan_losses
+from visalign.trainers.methods import METHODS, Method, check_requirements, resolve_method
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit", "adafactor")
@@ -51,9 +54,15 @@ def _is_number(v: Any) -> bool:
 
 @dataclass
 class TrainingConfig:
-    """Generic run settings: data, optimiser, schedule, precision, logging, checkpoints and LoRA."""
+    """Generic run settings: data, optimiser, schedule, precision, logging, checkpoints and LoRA.
 
-    method: str = field(default="dpo", metadata=_help("trainer family (`visalign train` picks the trainer from it)"))
+    ``TRAINER`` names the trainer family in ``visalign.trainers.methods.TRAINERS`` whose methods the config trains
+    (None: any method, as for the shared bases); ``__post_init__`` resolves ``method`` through that table first.
+    """
+
+    TRAINER: ClassVar[str | None] = None
+
+    method: str = field(default="dpo", metadata=_help("the method to train (`visalign train` picks its trainer)"))
     model: str | None = field(
         default=None,
         metadata=_help("hub id, local save_pretrained folder or builtin:NAME of the model to train"),
@@ -135,6 +144,7 @@ class TrainingConfig:
     )
 
     def __post_init__(self) -> None:
+        resolve_method(self)
         c = type(self).__name__
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**32, c, "seed", "an integer in [0, 2**32) (numpy's "
                "seed range)", self.seed)
@@ -178,6 +188,11 @@ class TrainingConfig:
         _check(0.0 <= self.lora_dropout < 1.0, c, "lora_dropout", "in [0, 1)", self.lora_dropout)
 
     @property
+    def method_spec(self) -> Method | None:
+        """What ``method`` means (``visalign.trainers.methods.METHODS``); None for a name outside the table."""
+        return METHODS.get(self.method)
+
+    @property
     def trackers(self) -> list[str]:
         """The accelerate trackers to start (``report_to`` without ``none``)."""
         return [t for t in self.report_to if t != "none"]
@@ -202,21 +217,41 @@ def _hparam_fields() -> list[tuple[str, Any, Any]]:
     return fields
 
 
-@dataclass
-class _PreferenceCore(TrainingConfig):
-    """Loss choice, β and reference strategy (the loss hparams are added from ``LOSSES`` below)."""
+_HPARAM_FIELDS = _hparam_fields()
+#: Names of every loss hyper-parameter field of ``PreferenceConfig``.
+LOSS_HPARAMS: tuple[str, ...] = tuple(name for name, *_ in _HPARAM_FIELDS)
 
-    loss_type: str | list[str] = field(
-        default="sigmoid",
-        metadata={**_help(f"preference loss or weighted list of losses, from: {', '.join(LOSSES)}"),
-                  "aliases": ("loss",)},
+
+def _with_loss_hparams(cls: type) -> type:
+    """Add one ``None``-default field per loss hparam to ``cls`` before ``@dataclass`` collects its fields."""
+    for name, kind, spec in _HPARAM_FIELDS:
+        cls.__annotations__[name] = kind
+        setattr(cls, name, spec)
+    return cls
+
+
+@dataclass
+@_with_loss_hparams
+class PreferenceConfig(TrainingConfig):
+    """``TrainingConfig`` plus the preference loss (``visalign.losses``), its hparams and the reference strategy.
+
+    The method (``visalign.trainers.methods``) says what its trainer scores (``likelihood``, one of
+    ``visalign.losses.LIKELIHOODS``) and on which data (``unpaired``); a loss it cannot run
+    (``visalign.losses.check_family``) fails here. ``loss_type`` and ``beta`` left unset take the method's.
+    """
+
+    loss_type: str | list[str] | None = field(
+        default=None,
+        metadata={**_help(f"preference loss or weighted list of losses, from: {', '.join(LOSSES)}; none = the "
+                          "method's (sigmoid; mapo, kto and spo for those methods)"), "aliases": ("loss",)},
     )
     loss_weights: list[float] | None = field(
         default=None, metadata=_help("one weight per loss_type entry (loss = Σ w_k·mean(loss_k)); none = all 1")
     )
-    beta: float = field(
-        default=0.1,
+    beta: float | None = field(
+        default=None,
         metadata=_help(
+            "none = the method's (0.1 text and VLM; Diffusion-DPO 5000, MaPO 0.1, DCPO 500, SPO 10). "
             "β multiplies the policy-minus-reference log-likelihood ratios (summed completion-token log-probs for "
             "text; the ELBO surrogate for diffusion); for reference-free losses it multiplies the policy "
             "log-likelihoods (SimPO/ORPO: mean token log-probs; ORPO: it is λ on the log-odds term)"
@@ -234,29 +269,12 @@ class _PreferenceCore(TrainingConfig):
         metadata=_help(f"dtype of a frozen_copy reference: {' | '.join(REFERENCE_DTYPES)}; none = the policy's"),
     )
 
-
-_HPARAM_FIELDS = _hparam_fields()
-#: Names of every loss hyper-parameter field of ``PreferenceConfig``.
-LOSS_HPARAMS: tuple[str, ...] = tuple(name for name, *_ in _HPARAM_FIELDS)
-_PreferenceWithHparams = dataclasses.make_dataclass("_PreferenceWithHparams", _HPARAM_FIELDS, bases=(_PreferenceCore,))
-
-
-@dataclass
-class PreferenceConfig(_PreferenceWithHparams):
-    """``TrainingConfig`` plus the preference loss (``visalign.losses``), its hparams and the reference strategy.
-
-    A family's config says what its trainer scores (``LIKELIHOOD``, one of ``visalign.losses.LIKELIHOODS``) and on
-    which data (``UNPAIRED_DATA``); a loss the family cannot run (``visalign.losses.check_family``) fails here.
-    """
-
-    #: The likelihood the family's trainer scores; ``None``: not tied to a family (every loss passes).
-    LIKELIHOOD: ClassVar[str | None] = None
-    #: True for a family that trains on unpaired data (KTO) instead of pairs.
-    UNPAIRED_DATA: ClassVar[bool] = False
-
     def __post_init__(self) -> None:
         super().__post_init__()
         c = type(self).__name__
+        for key in ("loss_type", "beta"):
+            if getattr(self, key) is None:
+                raise ValueError(f"{c}.{key} must be set: method {self.method!r} has no default for it")
         if isinstance(self.loss_type, (list, tuple)) and len(self.loss_type) == 1:
             self.loss_type = self.loss_type[0]
         _check(_is_number(self.beta) and 0 < self.beta <= MAX_BETA, c, "beta",
@@ -280,6 +298,7 @@ class PreferenceConfig(_PreferenceWithHparams):
         if self.reference_dtype is not None:
             _check(self.reference_dtype in REFERENCE_DTYPES, c, "reference_dtype", " | ".join(REFERENCE_DTYPES),
                    self.reference_dtype)
+        check_requirements(self)
 
     @property
     def loss_types(self) -> list[str]:
@@ -290,6 +309,13 @@ class PreferenceConfig(_PreferenceWithHparams):
     def loss_hparams(self) -> dict[str, Any]:
         """The loss hparams the user set (``None`` fields left out, so each loss keeps its own default)."""
         return {key: getattr(self, key) for key in LOSS_HPARAMS if getattr(self, key) is not None}
+
+    @property
+    def reference_torch_dtype(self):
+        """``reference_dtype`` as a ``torch.dtype`` (None: the policy's)."""
+        import torch
+
+        return None if self.reference_dtype is None else getattr(torch, self.reference_dtype)
 
     def resolved_reference(self, *, lora: bool | None = None) -> str:
         """The reference strategy in effect: ``reference`` unless ``auto``, else none / disable_adapter / frozen_copy
@@ -303,8 +329,9 @@ class PreferenceConfig(_PreferenceWithHparams):
     def _validate_losses(self) -> None:
         """Check loss names, weights and hparams with the loss core (errors name the loss and key)."""
         names = self.loss_types
-        if self.LIKELIHOOD is not None:
-            check_family(names, likelihood=self.LIKELIHOOD, unpaired=self.UNPAIRED_DATA)
+        method = self.method_spec
+        if self.TRAINER is not None and method.likelihood is not None:  # a family config: its method's likelihood
+            check_family(names, likelihood=method.likelihood, unpaired=method.unpaired)
         unpaired = [name for name in names if name in LOSSES and not LOSSES[name].paired]
         if not unpaired:
             plan_losses(names, beta=self.beta, loss_weights=self.loss_weights, **self.loss_hparams)

@@ -80,16 +80,19 @@ LATENT_DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class DiffusionConfig(PreferenceConfig):
-    """Diffusion-DPO (Wallace et al. 2023) and, through its subclasses, MaPO, DCPO and InPO on SD/SDXL UNets."""
+    """Preference training of SD/SDXL UNets on image pairs: methods ``diffusion-dpo`` (Wallace et al. 2023), ``mapo``,
+    ``dcpo`` and ``inpo`` (``visalign.trainers.methods`` gives each its defaults and requirements)."""
 
-    LIKELIHOOD: ClassVar[str] = "diffusion"
+    TRAINER: ClassVar[str] = "diffusion"
 
-    method: str = field(default="diffusion-dpo", metadata=_help("trainer family (`visalign train` picks it)"))
-    beta: float = field(
-        default=5000.0,
+    method: str = field(default="diffusion-dpo", metadata=_help("the method to train (`visalign train` picks its "
+                                                                "trainer)"))
+    beta: float | None = field(
+        default=None,
         metadata=_help("β multiplies the ELBO-surrogate log-ratios (-0.5·MSE), the paper's -logσ(-β/2·(Δθ-Δref)) "
                        "convention: 2000-5000 for Diffusion-DPO; diffusers' SD1.5 --beta_dpo 2500 is β 5000 here. "
-                       "For MaPO it is β_mapo (0.1)"),
+                       "For MaPO it is β_mapo. none = the method's (diffusion-dpo 5000, mapo 0.1, dcpo 500, "
+                       "inpo 5000)"),
     )
     learning_rate: float = field(default=1e-5, metadata=_help("peak learning rate (after warmup)"))
     lr_scheduler: str = field(default="constant_with_warmup", metadata=_help("transformers learning-rate schedule"))
@@ -119,14 +122,17 @@ class DiffusionConfig(PreferenceConfig):
     rejected_column: str = field(default="rejected", metadata=_help("generic schema: rejected image column"))
     caption_column: str = field(default="caption", metadata=_help("caption column (shared by both images)"))
     caption_chosen_column: str | None = field(
-        default=None, metadata=_help("per-side captions (DCPO): the chosen image's caption column"))
+        default=None, metadata=_help("per-side captions (DCPO): the chosen image's caption column; none = no "
+                                     "per-side captions (dcpo: caption_chosen)"))
     caption_rejected_column: str | None = field(
-        default=None, metadata=_help("per-side captions (DCPO): the rejected image's caption column"))
+        default=None, metadata=_help("per-side captions (DCPO): the rejected image's caption column (dcpo: "
+                                     "caption_rejected)"))
     caption_0_column: str | None = field(
         default=None, metadata=_help("Pick-a-Pic schema, per-image captions (DCPO's Pick-Double Caption): jpg_0's "
-                                     "caption column; swapped with the image by label_0"))
+                                     "caption column, swapped with the image by label_0 (dcpo: caption_0)"))
     caption_1_column: str | None = field(
-        default=None, metadata=_help("Pick-a-Pic schema, per-image captions: jpg_1's caption column"))
+        default=None, metadata=_help("Pick-a-Pic schema, per-image captions: jpg_1's caption column (dcpo: "
+                                     "caption_1)"))
     weight_column: str | None = field(default=None, metadata=_help("optional per-pair loss weight column"))
     confine_image_paths: bool = field(
         default=False, metadata=_help("refuse image paths that lead outside the dataset's folder (absolute paths, "
@@ -141,18 +147,18 @@ class DiffusionConfig(PreferenceConfig):
                        "Salesforce, InPO and DCPO launchers)"))
     center_crop: bool = field(default=True, metadata=_help("centre crop (true) or random crop (false) of the pair"))
     random_flip: bool = field(default=True, metadata=_help("flip both images of a pair with probability 0.5"))
-    caption_dropout: float = field(
-        default=0.2, metadata=_help("probability of replacing a pair's captions by \"\" (0.2 Diffusion-DPO/InPO, "
-                                    "0 MaPO/DCPO and the diffusers port)"))
+    caption_dropout: float | None = field(
+        default=None, metadata=_help("probability of replacing a pair's captions by \"\"; none = the method's (0.2 "
+                                     "Diffusion-DPO/InPO, 0 MaPO/DCPO; the diffusers port: 0)"))
     cache_dir: str | None = field(
         default=None, metadata=_help("folder of the VAE-latent and text-embedding cache (filled once, reused); "
                                      "none = encode every step"))
     cache_latent_dtype: str = field(default="float32", metadata=_help(f"cached latents: {' | '.join(LATENT_DTYPES)}"))
     # --- likelihood
-    noise_source: str = field(
-        default="random",
+    noise_source: str | None = field(
+        default=None,
         metadata=_help(f"where x_t comes from: {' | '.join(NOISE_SOURCES)} (random: t and eps shared within the "
-                       "pair; ddim_inversion: InPO)"))
+                       "pair; ddim_inversion: InPO); none = the method's (inpo: ddim_inversion, else random)"))
     inversion_steps: int = field(default=10, metadata=_help("ddim_inversion: DDIM inversion steps (InPO: 10)"))
     inversion_eta: float = field(default=0.0, metadata=_help("ddim_inversion: stochastic term per step (InPO: 0.1)"))
     # --- validation images
@@ -168,10 +174,6 @@ class DiffusionConfig(PreferenceConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         c = type(self).__name__
-        expected = next(f.default for f in dataclasses.fields(self) if f.name == "method")
-        if self.method != expected:
-            raise ValueError(f"{c}.method must be {expected!r}; got {self.method!r} (each method has its config: "
-                             "DiffusionConfig, MaPOConfig, DCPOConfig, InPOConfig)")
         checks = [
             (self.reference in DIFFUSION_REFERENCES, "reference", " | ".join(DIFFUSION_REFERENCES), self.reference),
             (self.data_schema in SCHEMAS, "data_schema", " | ".join(SCHEMAS), self.data_schema),
@@ -210,58 +212,33 @@ class DiffusionConfig(PreferenceConfig):
         return {}
 
 
+def _method_field(name: str) -> Any:
+    return field(default=name, metadata=_help("the method to train (`visalign train` picks its trainer)"))
+
+
 @dataclass
 class MaPOConfig(DiffusionConfig):
-    """MaPO (Hong et al. 2024): the reference-free ``mapo`` loss (β = β_mapo 0.1, s 0.5, T 1000), no caption
-    dropout, no reference model loaded."""
+    """``DiffusionConfig(method="mapo")``: MaPO (Hong et al. 2024), the reference-free ``mapo`` loss (β = β_mapo 0.1,
+    s 0.5, T 1000), no caption dropout, no reference model loaded. A name for the method, adding nothing."""
 
-    method: str = field(default="mapo", metadata=_help("trainer family (`visalign train` picks it)"))
-    loss_type: str | list[str] = field(default="mapo", metadata=_help("must include mapo"))
-    beta: float = field(default=0.1, metadata=_help("β_mapo: weight of the margin term (0.1)"))
-    caption_dropout: float = field(default=0.0, metadata=_help("probability of dropping a pair's captions (MaPO: 0)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if "mapo" not in self.loss_types:
-            raise ValueError(f"MaPOConfig.loss_type must include 'mapo'; got {self.loss_type!r}")
+    method: str = _method_field("mapo")
 
 
 @dataclass
 class DCPOConfig(DiffusionConfig):
-    """DCPO (Saeedi et al. 2025): Diffusion-DPO with the chosen image conditioned on its own caption and the rejected
-    one on another (``caption_chosen_column``/``caption_rejected_column``; a paired folder's per-side captions)."""
+    """``DiffusionConfig(method="dcpo")``: DCPO (Saeidi et al. 2025), Diffusion-DPO with the chosen image conditioned
+    on its own caption and the rejected one on another (``caption_chosen_column``/``caption_rejected_column``; a paired
+    folder's per-side captions). A name for the method, adding nothing."""
 
-    method: str = field(default="dcpo", metadata=_help("trainer family (`visalign train` picks it)"))
-    beta: float = field(default=500.0, metadata=_help("β of the DPO sigmoid (DCPO: 500, paper convention)"))
-    caption_chosen_column: str | None = field(default="caption_chosen", metadata=_help(
-        "generic schema: the chosen image's caption column"))
-    caption_rejected_column: str | None = field(default="caption_rejected", metadata=_help(
-        "generic schema: the rejected image's caption column"))
-    caption_0_column: str | None = field(default="caption_0", metadata=_help(
-        "Pick-a-Pic schema (Pick-Double Caption): jpg_0's caption column, swapped with the image by label_0"))
-    caption_1_column: str | None = field(default="caption_1", metadata=_help(
-        "Pick-a-Pic schema (Pick-Double Caption): jpg_1's caption column"))
-    caption_dropout: float = field(default=0.0, metadata=_help("probability of dropping captions (DCPO: 0)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.caption_chosen_column is None or self.caption_0_column is None:
-            raise ValueError("DCPOConfig: per-side captions are required: caption_chosen_column/"
-                             "caption_rejected_column (generic data) and caption_0_column/caption_1_column "
-                             "(Pick-a-Pic-shaped data) must name columns")
+    method: str = _method_field("dcpo")
 
 
 @dataclass
 class InPOConfig(DiffusionConfig):
-    """InPO (Lu et al. 2025): Diffusion-DPO scored at x_t from a DDIM inversion of each image by the policy."""
+    """``DiffusionConfig(method="inpo")``: InPO (Lu et al. 2025), Diffusion-DPO scored at x_t from a DDIM inversion of
+    each image by the policy. A name for the method, adding nothing."""
 
-    method: str = field(default="inpo", metadata=_help("trainer family (`visalign train` picks it)"))
-    noise_source: str = field(default="ddim_inversion", metadata=_help("must be an inversion noise source"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.noise_source == "random":
-            raise ValueError("InPOConfig.noise_source must be an inversion source (ddim_inversion); got 'random'")
+    method: str = _method_field("inpo")
 
 
 class _IndexedPairs(torch.utils.data.Dataset):
@@ -337,7 +314,7 @@ class DiffusionTrainer(Trainer):
         if len(pairs) == 0:
             raise ValueError(f"{pairs.name}: no preference pairs left to train on (report: {pairs.report})")
         pairs.check_readable()
-        if isinstance(self.args, DCPOConfig) and pairs.captions_chosen == pairs.captions_rejected:
+        if self.args.method == "dcpo" and pairs.captions_chosen == pairs.captions_rejected:
             raise ValueError(
                 f"{pairs.name}: DCPO needs a caption per image, but every pair has one caption for both images, so "
                 "this would train plain Diffusion-DPO; name the per-side caption columns (caption_0_column/"
@@ -462,8 +439,7 @@ class DiffusionTrainer(Trainer):
         """The likelihood provider, the reference and the objective (``visalign.objective``) over the ELBO
         surrogate."""
         self.likelihood = self.build_likelihood()
-        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
-        self.reference = make_reference(self.reference_strategy, self.model, dtype=dtype)
+        self.reference = make_reference(self.reference_strategy, self.model, dtype=self.args.reference_torch_dtype)
         self.objective = make_objective(self.args, reference=self.reference, likelihood=self.likelihood)
 
     def resolved_config(self) -> DiffusionConfig:

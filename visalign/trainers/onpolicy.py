@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -53,6 +53,9 @@ from visalign.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 
 logger = logging.getLogger(__name__)
 
+PAIRS = ("onpolicy-diffusion-dpo",)  # the method sampling whole-image pairs
+SPO = ("spo",)
+
 PAIRS_DIR = "pairs"
 ROUND_DIR = "round-{:04d}"
 EVAL_DIR = "eval"
@@ -61,19 +64,29 @@ CACHE_DIR = "cache"
 
 @dataclass
 class OnPolicyConfig(DiffusionConfig):
-    """Diffusion-DPO (or any core loss) on pairs sampled from the model being trained (module docstring)."""
+    """Online preference training of SD/SDXL: ``onpolicy-diffusion-dpo``, Diffusion-DPO (or any core loss) on pairs
+    sampled from the model being trained (module docstring), and ``spo`` on step-wise pairs
+    (``visalign.trainers.spo``). Options read by one of them only say so (``methods``) and fail under the other."""
 
-    method: str = field(default="onpolicy-diffusion-dpo", metadata=_help("trainer family (`visalign train` picks it)"))
+    TRAINER: ClassVar[str] = "online-diffusion"
+
+    method: str = field(default="onpolicy-diffusion-dpo", metadata=_help(
+        "the method to train: onpolicy-diffusion-dpo | spo (`visalign train` picks its trainer)"))
+    max_steps: int | None = field(default=None, metadata=_help(
+        "optimizer steps to run; -1 = num_epochs passes over the pairs (onpolicy-diffusion-dpo with "
+        "resample_every 0); none = the method's (-1; spo 500)"))
     use_lora: bool = field(default=True, metadata=_help("train a LoRA (required: the evaluation loads it)"))
     prompts: str = field(default="builtin:shapes-prompts",
                          metadata=_help("prompts to sample pairs for: .txt file or dataset spec"))
     prompts_split: str = field(default="train", metadata=_help("split of `prompts`"))
     prompt_column: str = field(default="prompt", metadata=_help("prompt column of a dataset spec"))
     num_prompts: int = field(default=128, metadata=_help("use the first N prompts for pairs"))
-    samples_per_prompt: int = field(default=4, metadata=_help("images sampled per prompt (best vs worst form a pair)"))
-    min_gap: float = field(default=0.0, metadata=_help("keep a pair only if its score gap is above this"))
-    pairing: str = field(default="best_worst",
-                         metadata=_help("best_worst (one pair per prompt) | all (every ordered pair above min_gap)"))
+    samples_per_prompt: int = field(default=4, metadata={
+        **_help("images sampled per prompt (best vs worst form a pair)"), "methods": PAIRS})
+    min_gap: float = field(default=0.0, metadata={
+        **_help("keep a pair only if its score gap is above this"), "methods": PAIRS})
+    pairing: str = field(default="best_worst", metadata={
+        **_help("best_worst (one pair per prompt) | all (every ordered pair above min_gap)"), "methods": PAIRS})
     scorer: str = field(default="shapes", metadata=_help("reward_models scorer labelling pairs and judging the result"))
     scorer_model: str | None = field(default=None, metadata=_help("hub id or folder of the scorer's weights"))
     scorer_args: list[str] = field(
@@ -94,9 +107,25 @@ class OnPolicyConfig(DiffusionConfig):
     eval_seeds: int = field(default=4, metadata=_help("images per held-out prompt and model"))
     eval_seed: int = field(default=1000, metadata=_help("base seed of the held-out images (pairs use `seed`)"))
     bootstrap_resamples: int = field(default=2000, metadata=_help("bootstrap resamples of the intervals"))
-    resample_every: int = field(
-        default=0, metadata=_help("optimizer steps between rounds of pairs drawn from the current policy (LoRA "
-                                  "active) into pairs/round-NNNN; 0 = sample once, before training, into pairs/"))
+    resample_every: int | None = field(
+        default=None, metadata=_help("optimizer steps between rounds of pairs drawn from the current policy (LoRA "
+                                     "active; into pairs/round-NNNN for onpolicy-diffusion-dpo); 0 = sample once, "
+                                     "before training, into pairs/; none = the method's (0; spo 2)"))
+    # --- SPO (visalign.trainers.spo)
+    step_scorer: str | None = field(default=None, metadata={**_help(
+        "reward_models scorer judging each step's children (step-aware: SPO's SPM, judged at the child's timestep); "
+        "none = `scorer`"), "methods": SPO})
+    step_scorer_model: str | None = field(default=None, metadata={
+        **_help("hub id or folder of the step scorer"), "methods": SPO})
+    num_candidates: int = field(default=4, metadata={
+        **_help("children drawn per step, k (SPO: 4 SD1.5, 2 SDXL)"), "methods": SPO})
+    divert_start_step: int = field(default=4, metadata={
+        **_help("first sampler step that branches and compares (SPO: 4 of 20, t <= 750)"), "methods": SPO})
+    spo_threshold: float = field(default=0.3, metadata={**_help(
+        "keep a step's pair when p_best - p_worst exceeds this (SPO: 0.3 SD1.5, 0.4 SDXL)"), "methods": SPO})
+    sample_eta: float = field(default=1.0, metadata={**_help("DDIM η of the sampler (> 0; SPO: 1.0)"), "methods": SPO})
+    prompts_per_round: int = field(default=10, metadata={
+        **_help("prompts sampled per round (SPO: 10 per GPU)"), "methods": SPO})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,6 +147,17 @@ class OnPolicyConfig(DiffusionConfig):
             self.generation_settings()
         except ValueError as err:
             raise ValueError(f"{c}: {err} (the sample_* keys)") from None
+        checks = [] if self.method not in SPO else [  # SPO's options (at their defaults otherwise)
+            (self.num_candidates >= 2, "num_candidates", ">= 2", self.num_candidates),
+            (0 <= self.divert_start_step < self.sample_steps, "divert_start_step", f"in [0, sample_steps "
+             f"{self.sample_steps})", self.divert_start_step),
+            (0 <= self.spo_threshold < 1, "spo_threshold", "in [0, 1)", self.spo_threshold),
+            (self.sample_eta > 0, "sample_eta", "> 0 (the transitions need a density)", self.sample_eta),
+            (self.prompts_per_round >= 1, "prompts_per_round", ">= 1", self.prompts_per_round),
+        ]
+        for ok, key, expected, value in checks:
+            if not ok:
+                raise ValueError(f"{c}.{key} must be {expected}; got {value!r}")
 
     def scorer_spec(self):
         from visalign.evaluation.report import ScorerSpec
@@ -127,6 +167,15 @@ class OnPolicyConfig(DiffusionConfig):
         if self.scorer_model is not None:
             kwargs["model"] = self.scorer_model
         return ScorerSpec(self.scorer, self.scorer, kwargs)
+
+    def step_scorer_spec(self):
+        """SPO's step scorer: ``step_scorer`` (with ``step_scorer_model``), else the evaluation's ``scorer``."""
+        from visalign.evaluation.report import ScorerSpec
+
+        if self.step_scorer is None:
+            return self.scorer_spec()
+        kwargs = {} if self.step_scorer_model is None else {"model": self.step_scorer_model}
+        return ScorerSpec(self.step_scorer, self.step_scorer, kwargs)
 
     def generation_settings(self):
         from visalign.evaluation.generate import GenerationSettings
@@ -248,10 +297,13 @@ class OnPolicyTrainer(DiffusionTrainer):
     ``cache_dir`` says otherwise."""
 
     draws_its_data = True
+    #: The methods (``visalign.trainers.methods``) this trainer trains.
+    methods: ClassVar[tuple[str, ...]] = ("onpolicy-diffusion-dpo",)
 
     def __init__(self, args: OnPolicyConfig) -> None:
-        if not isinstance(args, OnPolicyConfig):
-            raise TypeError(f"OnPolicyTrainer needs an OnPolicyConfig; got {type(args).__name__}")
+        if not isinstance(args, OnPolicyConfig) or args.method not in self.methods:
+            raise TypeError(f"{type(self).__name__} trains method {' | '.join(self.methods)} (an OnPolicyConfig); got "
+                            f"{type(args).__name__} with method {getattr(args, 'method', None)!r}")
         args = self.with_run_folders(args)
         self.rounds = self.make_rounds(args)
         super().__init__(args)

@@ -33,6 +33,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -59,7 +60,9 @@ EVAL_NOISE_KEY = 2**32 - 1
 class SPMConfig(TrainingConfig):
     """SPO's step-aware preference model trained on a frozen diffusion model's predicted x0 (module docstring)."""
 
-    method: str = field(default="spm", metadata=_help("trainer family (`visalign train` picks it)"))
+    TRAINER: ClassVar[str] = "spm"
+
+    method: str = field(default="spm", metadata=_help("the method to train (`visalign train` picks its trainer)"))
     model: str | None = field(default=None, metadata=_help(
         "the frozen diffusion checkpoint whose predicted x0 the SPM learns to judge (SPO: SD1.5 for SD1.5's SPM)"))
     spm_init: str | None = field(default=None, metadata=_help(
@@ -102,7 +105,6 @@ class SPMConfig(TrainingConfig):
         super().__post_init__()
         c = type(self).__name__
         checks = [
-            (self.method == "spm", "method", "'spm'", self.method),
             (not self.use_lora, "use_lora", "false (the SPM is trained in full, as SPO's)", self.use_lora),
             (self.data_schema in SCHEMAS, "data_schema", " | ".join(SCHEMAS), self.data_schema),
             (self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "resolution",
@@ -135,7 +137,7 @@ class TimestepRangeNoise(RandomNoise):
     low: int = 0
     high: int = 1000
 
-    def __call__(self, latents, *, scheduler, unet=None, cond=None, generator=None) -> NoisedLatents:
+    def __call__(self, latents, *, scheduler, unet=None, cond=None, generator=None, denoise=None) -> NoisedLatents:
         t = torch.randint(self.low, self.high, (1,), generator=generator).to(latents.device)
         return self.noise_at(latents, t.repeat(2), scheduler, unet, cond, generator)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,55 +43,10 @@ ROUND_FILE = "spo_round.safetensors"
 
 @dataclass
 class SPOConfig(OnPolicyConfig):
-    """SPO on the policy's own step-wise pairs (module docstring); the held-out evaluation of ``OnPolicyConfig``."""
+    """``OnPolicyConfig(method="spo")``: SPO on the policy's own step-wise pairs (module docstring), with the held-out
+    evaluation of the quickstart. A name for the method, adding nothing (its options are ``OnPolicyConfig``'s)."""
 
-    #: SPO trains on sampler transitions, so the transition losses run (``spo``, and any generic paired loss).
-    LIKELIHOOD: ClassVar[str] = "transition"
-
-    method: str = field(default="spo", metadata=_help("trainer family (`visalign train` picks it)"))
-    loss_type: str | list[str] = field(default="spo", metadata={
-        **_help("preference loss on the stored transitions (spo: SPO's clipped ratios)"), "aliases": ("loss",)})
-    beta: float = field(default=10.0, metadata=_help("β of SPO's loss on transition log-ratios (SPO: 10)"))
-    step_scorer: str | None = field(
-        default=None, metadata=_help("reward_models scorer judging each step's children (step-aware: SPO's SPM, "
-                                     "judged at the child's timestep); none = `scorer`"))
-    step_scorer_model: str | None = field(default=None, metadata=_help("hub id or folder of the step scorer"))
-    num_candidates: int = field(default=4, metadata=_help("children drawn per step, k (SPO: 4 SD1.5, 2 SDXL)"))
-    divert_start_step: int = field(
-        default=4, metadata=_help("first sampler step that branches and compares (SPO: 4 of 20, t <= 750)"))
-    spo_threshold: float = field(
-        default=0.3, metadata=_help("keep a step's pair when p_best - p_worst exceeds this (SPO: 0.3 SD1.5, 0.4 SDXL)"))
-    sample_eta: float = field(default=1.0, metadata=_help("DDIM η of the sampler (> 0; SPO: 1.0)"))
-    prompts_per_round: int = field(default=10, metadata=_help("prompts sampled per round (SPO: 10 per GPU)"))
-    resample_every: int = field(
-        default=2, metadata=_help("optimizer steps per round of step-wise pairs drawn from the current policy"))
-    max_steps: int = field(default=500, metadata=_help("optimizer steps to run (online data has no epochs)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        c = type(self).__name__
-        checks = [
-            (self.num_candidates >= 2, "num_candidates", ">= 2", self.num_candidates),
-            (0 <= self.divert_start_step < self.sample_steps, "divert_start_step", f"in [0, sample_steps "
-             f"{self.sample_steps})", self.divert_start_step),
-            (0 <= self.spo_threshold < 1, "spo_threshold", "in [0, 1)", self.spo_threshold),
-            (self.sample_eta > 0, "sample_eta", "> 0 (the transitions need a density)", self.sample_eta),
-            (self.prompts_per_round >= 1, "prompts_per_round", ">= 1", self.prompts_per_round),
-            (self.resample_every >= 1, "resample_every", ">= 1 (SPO draws a round of pairs every few steps)",
-             self.resample_every),
-        ]
-        for ok, key, expected, value in checks:
-            if not ok:
-                raise ValueError(f"{c}.{key} must be {expected}; got {value!r}")
-
-    def step_scorer_spec(self):
-        """The step scorer: ``step_scorer`` (with ``step_scorer_model``), else the evaluation's ``scorer``."""
-        from visalign.evaluation.report import ScorerSpec
-
-        if self.step_scorer is None:
-            return self.scorer_spec()
-        kwargs = {} if self.step_scorer_model is None else {"model": self.step_scorer_model}
-        return ScorerSpec(self.step_scorer, self.step_scorer, kwargs)
+    method: str = field(default="spo", metadata=_help("the method to train (`visalign train` picks its trainer)"))
 
 
 def round_seed(seed: int, round_index: int, prompt_index: int) -> int:
@@ -172,10 +127,7 @@ class SPOTrainer(OnPolicyTrainer):
     """SPO's training stage (module docstring): an :class:`OnlineSource` of step-wise pairs, the transition
     likelihood and the configured loss (SPO's by default)."""
 
-    def __init__(self, args: SPOConfig) -> None:
-        if not isinstance(args, SPOConfig):
-            raise TypeError(f"SPOTrainer needs an SPOConfig; got {type(args).__name__}")
-        super().__init__(args)
+    methods = ("spo",)
 
     def with_run_folders(self, args: SPOConfig) -> SPOConfig:
         """Nothing to add: the rounds live in memory and in checkpoints, and nothing is cached."""

@@ -1,5 +1,6 @@
-"""Text-LLM preference training: ``DPOConfig``/``DPOTrainer`` (every paired loss in ``LOSSES``), ``KTOConfig``/
-``KTOTrainer`` (unpaired data), and ``run(config)`` for ``visalign train``.
+"""Text-LLM preference training: ``DPOConfig`` (methods ``dpo`` and ``kto``), ``DPOTrainer`` (every paired loss in
+``LOSSES``), ``KTOTrainer`` (unpaired data; ``KTOConfig`` names ``DPOConfig(method="kto")``), and ``run(config)`` for
+``visalign train``.
 
 Behaviour follows TRL 1.16's ``DPOTrainer`` (reference §C.1–C.7): TRL's data format and tokenization
 (``visalign.data.text``), one forward over ``[chosen; rejected]`` with summed completion-token log-probs
@@ -37,9 +38,9 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 @dataclass
 class DPOConfig(PreferenceConfig):
     """Text preference training (TRL 1.16 ``DPOConfig`` semantics): ``PreferenceConfig`` plus tokenization and model
-    loading options. Losses on unpaired data (``kto``) need ``KTOConfig`` (method ``kto``)."""
+    loading options; method ``dpo`` (paired data) or ``kto`` (unpaired data, the ``kto`` loss)."""
 
-    LIKELIHOOD: ClassVar[str] = "tokens"
+    TRAINER: ClassVar[str] = "text"
 
     max_length: int | None = field(
         default=1024, metadata=_help("max prompt + completion tokens; the completion end is cut, never the prompt")
@@ -82,23 +83,10 @@ class DPOConfig(PreferenceConfig):
 
 @dataclass
 class KTOConfig(DPOConfig):
-    """KTO (Ethayarajh et al. 2024) on unpaired ``prompt``/``completion``/``label`` data (TRL ``KTOConfig``)."""
+    """``DPOConfig(method="kto")``: KTO (Ethayarajh et al. 2024) on unpaired ``prompt``/``completion``/``label`` data
+    (TRL ``KTOConfig``); a name for the method, adding nothing (``visalign.trainers.methods`` says what kto is)."""
 
-    UNPAIRED_DATA: ClassVar[bool] = True
-
-    method: str = field(default="kto", metadata=_help("trainer family (`visalign train` picks the trainer from it)"))
-    loss_type: str | list[str] = field(default="kto", metadata=_help("must be kto"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.per_device_batch_size < 2:
-            raise ValueError(
-                "KTOConfig.per_device_batch_size must be >= 2: the KL reference point pairs each prompt with another "
-                f"row's completion; got {self.per_device_batch_size}"
-            )
-        if self.reference == "precomputed":
-            raise ValueError("KTOConfig.reference 'precomputed' is not supported (the KL reference point needs a "
-                             "reference forward on mismatched pairs); use frozen_copy or disable_adapter")
+    method: str = field(default="kto", metadata=_help("the method to train (`visalign train` picks its trainer)"))
 
 
 class DPOTrainer(TokenPreferenceTrainer):
@@ -114,6 +102,7 @@ class DPOTrainer(TokenPreferenceTrainer):
     """
 
     config_class = DPOConfig
+    methods = ("dpo",)
     auto_class = "AutoModelForCausalLM"
     required_columns: tuple[str, ...] = ("chosen", "rejected")
 
@@ -188,6 +177,7 @@ class KTOTrainer(DPOTrainer):
     over processes, as TRL's ``KTOTrainer`` does."""
 
     config_class = KTOConfig
+    methods = ("kto",)
     required_columns = ("prompt", "completion", "label")
 
     def _tokenize(self, dataset: datasets.Dataset, name: str) -> datasets.Dataset:
@@ -210,5 +200,5 @@ class KTOTrainer(DPOTrainer):
 def run(config: DPOConfig) -> dict[str, float]:
     """Train as ``config`` says (``visalign train``); with an eval dataset, evaluate before and after training
     (``train_and_evaluate``)."""
-    trainer_cls = KTOTrainer if isinstance(config, KTOConfig) else DPOTrainer
+    trainer_cls = KTOTrainer if config.method_spec.unpaired else DPOTrainer
     return train_and_evaluate(trainer_cls(args=config))

@@ -42,14 +42,17 @@ class TokenPreferenceTrainer(Trainer):
     """
 
     config_class: ClassVar[type[DPOConfig]]
+    #: The methods (``visalign.trainers.methods``) this trainer trains.
+    methods: ClassVar[tuple[str, ...]]
     #: The transformers auto class that loads the saved model (model card).
     auto_class: ClassVar[str]
 
     def __init__(self, model: str | PreTrainedModel | None, args: DPOConfig | None, train_dataset: Any,
                  eval_dataset: Any, processing_class: Any) -> None:
         args = args if args is not None else self.config_class()
-        if not isinstance(args, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}; got {type(args).__name__}")
+        if getattr(args, "TRAINER", None) != self.config_class.TRAINER or args.method not in self.methods:
+            raise TypeError(f"{type(self).__name__} trains method {' | '.join(self.methods)} (a "
+                            f"{self.config_class.TRAINER} config); got {type(args).__name__} with method {getattr(args, 'method', None)!r}")
         self._model_spec = model if model is not None else args.model
         if self._model_spec is None:
             raise ValueError(f"{type(self).__name__}: no model given (pass model= or set `model` in the config)")
@@ -115,8 +118,8 @@ class TokenPreferenceTrainer(Trainer):
         """The likelihood provider, the reference and the objective; a precomputed reference's columns attached to
         the datasets."""
         self.likelihood = self.build_likelihood()
-        dtype = None if self.args.reference_dtype is None else getattr(torch, self.args.reference_dtype)
-        self.reference = make_reference(self.reference_strategy, self.accelerator.unwrap_model(self.model), dtype=dtype)
+        self.reference = make_reference(self.reference_strategy, self.accelerator.unwrap_model(self.model),
+                                        dtype=self.args.reference_torch_dtype)
         self.objective = make_objective(self.args, reference=self.reference, likelihood=self.likelihood,
                                         reduce=partial(self.accelerator.reduce, reduction="mean"))
         if self.reference.reads_batch:

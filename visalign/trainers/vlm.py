@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import datasets
 import torch
@@ -40,12 +41,17 @@ from visalign.trainers.config import _help
 from visalign.trainers.text import DPOConfig
 from visalign.trainers.tokens import TokenPreferenceTrainer, train_and_evaluate
 
+DENSE = ("dense-dpo",)  # the method reading the dense_dpo_* options
+
 
 @dataclass
 class VLMDPOConfig(DPOConfig):
-    """VLM preference training: ``DPOConfig`` plus image data, freezing and dense-DPO options."""
+    """VLM preference training: ``DPOConfig`` plus image data, freezing and dense-DPO options; methods ``vlm-dpo``,
+    ``dense-dpo`` (RLHF-V) and ``mia-dpo``."""
 
-    method: str = field(default="vlm-dpo", metadata=_help("trainer family (`visalign train` picks the trainer)"))
+    TRAINER: ClassVar[str] = "vlm"
+
+    method: str = field(default="vlm-dpo", metadata=_help("the method to train (`visalign train` picks its trainer)"))
     max_length: int | None = field(
         default=None,
         metadata=_help("max prompt + completion tokens per row (image tokens included); only the completion end is "
@@ -74,30 +80,20 @@ class VLMDPOConfig(DPOConfig):
         metadata=_help("RLHF-V dense DPO: weight corrected tokens by dense_dpo_gamma (both sides); none = as the method "
                        "says (true for dense-dpo, false otherwise); a value contradicting the method fails"),
     )
-    dense_dpo_gamma: float = field(default=1.1, metadata=_help("γ on corrected tokens (RLHF-V README 1.1, paper 5)"))
-    dense_dpo_min_match_size: int = field(
-        default=3, metadata=_help("diff matches shorter than this many tokens count as changed")
-    )
-    dense_dpo_mark_insertions_deletions: bool = field(
-        default=False, metadata=_help("also up-weight pure insertions/deletions (RLHF-V marks replacements only)")
-    )
-    dense_dpo_score: str = field(
-        default="weighted_sum",
-        metadata=_help("weighted_sum (RLHF-V code: Σ w·logp) | normalized (paper eq. 5: Σ w·logp / Σ w)"),
-    )
+    dense_dpo_gamma: float = field(default=1.1, metadata={
+        **_help("γ on corrected tokens (RLHF-V README 1.1, paper 5)"), "methods": DENSE})
+    dense_dpo_min_match_size: int = field(default=3, metadata={
+        **_help("diff matches shorter than this many tokens count as changed"), "methods": DENSE})
+    dense_dpo_mark_insertions_deletions: bool = field(default=False, metadata={
+        **_help("also up-weight pure insertions/deletions (RLHF-V marks replacements only)"), "methods": DENSE})
+    dense_dpo_score: str = field(default="weighted_sum", metadata={
+        **_help("weighted_sum (RLHF-V code: Σ w·logp) | normalized (paper eq. 5: Σ w·logp / Σ w)"), "methods": DENSE})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         c = type(self).__name__
         if self.drop_long_prompts:
             raise ValueError(f"{c}.drop_long_prompts is not supported for VLMs; raise max_length or set it to none")
-        dense = self.method == "dense-dpo"  # a method name means one thing: dense-dpo is dense, the others are not
-        if self.dense_dpo is None:
-            self.dense_dpo = dense
-        elif self.dense_dpo != dense:
-            raise ValueError(f"{c}.dense_dpo={self.dense_dpo} contradicts method={self.method!r}: RLHF-V dense DPO is "
-                             "method dense-dpo (dense_dpo true), other methods never weight tokens; set the method, "
-                             "or leave dense_dpo unset")
         if self.dataset_schema is not None and self.dataset_schema not in SCHEMAS:
             raise ValueError(f"{c}.dataset_schema must be one of {', '.join(SCHEMAS)}; got {self.dataset_schema!r}")
         if self.dense_dpo_score not in DENSE_DPO_SCORES:
@@ -127,6 +123,7 @@ class VLMDPOTrainer(TokenPreferenceTrainer):
     """
 
     config_class = VLMDPOConfig
+    methods = ("vlm-dpo", "dense-dpo", "mia-dpo")
     auto_class = "AutoModelForImageTextToText"
 
     def __init__(self, model: str | PreTrainedModel | None = None, args: VLMDPOConfig | None = None,
