@@ -4,24 +4,14 @@ interval above zero (``bench/alignment.py --quick``)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "alignment.py"
+from tests.helpers.scripts import load_bench
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_alignment", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("name", list(load_bench().METHODS))
+@pytest.mark.parametrize("name", list(load_bench("alignment").METHODS))
 def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name, tmp_path):
-    bench = load_bench()
+    bench = load_bench("alignment")
     shared = bench.shared_settings({"output_dir": str(tmp_path)})
     config = bench.method_config(name, shared, tmp_path / "pairs", tmp_path)
     cls, overrides = bench.METHODS[name]
@@ -33,7 +23,7 @@ def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name,
 
 @pytest.mark.slow
 def test_reduced_diffusion_dpo_gains_reward_with_an_interval_above_zero(tmp_path, capsys):
-    rows = load_bench().main(["--quick", "--workdir", str(tmp_path)])
+    rows = load_bench("alignment").main(["--quick", "--workdir", str(tmp_path)])
     assert [row["method"] for row in rows] == ["diffusion-dpo"]
     row = rows[0]
     assert row["reward_after"] - row["reward_before"] == pytest.approx(row["reward_gain"])

@@ -7,36 +7,21 @@ positive numbers; no timing is asserted (timings belong to the bench, not to tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.scripts import load_bench
+
 pytest.importorskip("trl")
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve their module by name
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 @pytest.mark.parametrize("name", ["text_dpo", "vlm_dpo"])
 def test_quick_bench_prints_both_rows(name, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VISALIGN_CACHE", str(tmp_path))  # the benches set both; restored after the test
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    bench = _load(name)
+    bench = load_bench(name)
     rows = bench.main(["--quick"])
     out = capsys.readouterr().out
 
@@ -53,7 +38,7 @@ def test_quick_bench_prints_both_rows(name, capsys, monkeypatch, tmp_path):
 
 def test_quick_diffusion_bench_prints_every_row(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VISALIGN_CACHE", str(tmp_path))
-    bench = _load("diffusion_dpo")
+    bench = load_bench("diffusion_dpo")
     rows = bench.main(["--quick"])
     out = capsys.readouterr().out
     labels = [row.name for row in rows]
@@ -66,7 +51,7 @@ def test_quick_diffusion_bench_prints_every_row(capsys, monkeypatch, tmp_path):
 
 
 def test_quick_scoring_bench_prints_every_row(capsys):
-    bench = _load("scoring")
+    bench = load_bench("scoring")
     rows = bench.main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
     assert rows[0].name.startswith("PickScore README") and all(r.name.startswith("visalign") for r in rows[1:3])
@@ -78,7 +63,7 @@ def test_quick_scoring_bench_prints_every_row(capsys):
 
 
 def test_quick_spo_sampling_bench_prints_every_row(capsys):
-    bench = _load("spo_sampling")
+    bench = load_bench("spo_sampling")
     rows = bench.main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
     assert [row.name for row in rows] == ["pipeline DDIM (peer)", "sample_trajectories", "stepwise_pairs (k 2)"]
@@ -90,7 +75,7 @@ def test_quick_spo_sampling_bench_prints_every_row(capsys):
 def test_run_all_quick_records_results_and_failures(monkeypatch, tmp_path):
     """``run_all.py --quick``: each bench in its own subprocess; one that fails (here text_dpo, given an unknown flag)
     is recorded with its error and the others still run and land in one JSON and one Markdown table."""
-    run_all = _load("run_all")
+    run_all = load_bench("run_all")
     monkeypatch.setitem(run_all.QUICK_FLAGS, "text_dpo", ["--no-such-flag"])
     code = run_all.main(["--quick", "--benches", "text_dpo", "scoring", "--out", str(tmp_path)])
 

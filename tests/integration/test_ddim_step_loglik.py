@@ -76,3 +76,22 @@ def test_spo_loss_is_ln2_against_an_identical_reference_and_moves_after_an_updat
                 p -= 1e-2 * p.grad.sign()
     after = preference_loss("spo", provider.pair_loglik(policy, inputs), ref, beta=10.0)
     assert after.losses.mean().item() < math.log(2)
+
+
+def test_mspo_pairs_are_scored_each_side_under_its_own_parent(setup):
+    components, _, provider = setup
+    pairs = stepwise_pairs(components, components.unet, PROMPTS, lambda px, p, t: 50 * px.flatten(1).mean(1),
+                           resolution=TINY_SD.image_size, generators=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                           num_candidates=2, divert_start_step=1, threshold=0.0, num_inference_steps=STEPS,
+                           inner_steps=2)
+    batch = {"parents": pairs.parents, "rejected_parents": pairs.rejected_parents, "chosen": pairs.chosen,
+             "rejected": pairs.rejected, "timesteps": pairs.timesteps,
+             "prompts": [PROMPTS[i] for i in pairs.prompt_indices.tolist()]}
+    scored = provider.pair_loglik(components.unet, provider.prepare(batch, step=0))
+    scheduler = ddim_scheduler(components, STEPS, "cpu")
+    for side, parent in (("chosen", "parents"), ("rejected", "rejected_parents")):
+        for i, prompt in enumerate(batch["prompts"]):
+            cond = components.adapter.sampling_conditioning(components, [prompt], resolution=TINY_SD.image_size)
+            alone = ddim_step(components, components.unet, scheduler, batch[parent][i:i + 1], batch["timesteps"][i],
+                              cond, guidance_scale=5.0, eta=1.0, prev_latents=batch[side][i:i + 1])
+            torch.testing.assert_close(getattr(scored, side)[i:i + 1], alone.log_prob, atol=1e-4, rtol=1e-4)

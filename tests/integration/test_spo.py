@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers.runs import metric_lines, trainable_weights
+from tests.helpers.runs import Killed, assert_same_weights, killed_after, metric_lines, trainable_weights
 from visalign.cli.train import main as train_main
 from visalign.evaluation.report import REPORT_JSON
 from visalign.models.diffusion_io import LORA_WEIGHT_NAME
@@ -37,6 +37,23 @@ def test_spo_trains_on_rounds_of_stepwise_pairs_drawn_from_the_policy(tmp_path):
     assert abs(logged[0]["loss"] - 0.6931) < 1e-3  # the reference is the base: log-ratios 0 at step 1
     assert any(not torch.equal(value, before[name]) for name, value in trainable_weights(whole).items())
     assert (tmp_path / "whole" / "checkpoints" / "checkpoint-3" / ROUND_FILE).is_file()
+
+
+def test_mspo_rounds_keep_each_sides_parent_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    whole = SPOTrainer(_config(tmp_path / "whole", inner_steps=1))
+    whole.train()
+    round_file = tmp_path / "whole" / "checkpoints" / "checkpoint-1" / ROUND_FILE
+    from safetensors.torch import load_file
+
+    rows = load_file(round_file)
+    assert rows["rejected_parents"].shape == rows["parents"].shape  # MSPO: the inner steps' parents differ
+    assert not torch.equal(rows["rejected_parents"], rows["parents"])
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        killed_after(SPOTrainer, 3)(_config(run, inner_steps=1)).train()  # mid-round 1
+    resumed = SPOTrainer(_config(run, inner_steps=1, resume_from="latest"))
+    resumed.train()
+    assert_same_weights(resumed, whole)
 
 
 def test_spo_config_checks_its_keys_before_any_model_loads():
@@ -82,7 +99,7 @@ def test_paper_recipes_run_two_steps_on_the_shapes_models(recipe, model, tmp_pat
     assert train_main(argv) == 0
     capsys.readouterr()
     resolved = read_yaml_mapping(out / "config.yaml")
-    for key in ("loss_type", "beta", "spo_ratio_clip", "num_candidates", "sample_eta",
+    for key in ("loss_type", "beta", "spo_ratio_clip", "num_candidates", "inner_steps", "sample_eta",
                 "sample_guidance", "lora_r", "learning_rate", "weight_decay"):
         assert resolved[key] == settings[key], key
     assert (out / LORA_WEIGHT_NAME).is_file() and (out / "eval" / REPORT_JSON).is_file()

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from visalign.models.diffusion import decode_latents, load_diffusion_components
-from visalign.sampling.ddim import sample_trajectories
+from visalign.sampling.ddim import ddim_scheduler, sample_trajectories
 from visalign.sampling.stepwise import stepwise_pairs
 from visalign.testing.diffusion import TINY_SD, save_tiny_sd
 
@@ -112,3 +112,25 @@ def test_reward_scorers_judge_children_and_a_step_aware_one_judges_them_at_their
     clip = save_tiny_clip(tmp_path / "clip", image_size=32, patch_size=8)
     spm = RewardStepScorer(load_scorer("step-aware", model=str(save_trained_spm(tmp_path / "spm", clip))))
     assert not torch.allclose(spm(pixels, PROMPTS, early), spm(pixels, PROMPTS, late))
+
+
+def test_mspo_pairs_every_transition_of_the_best_and_worst_branch_and_branches_every_1_plus_j_steps(components):
+    scorer, inner = BrightnessScorer(), 2
+    pairs = stepwise_pairs(components, components.unet, PROMPTS, scorer, resolution=TINY_SD.image_size,
+                           generators=_generators(), num_candidates=K, divert_start_step=DIVERT, threshold=0.0,
+                           num_inference_steps=STEPS, inner_steps=inner)
+    groups = [list(range(DIVERT, DIVERT + 1 + inner)), list(range(DIVERT + 1 + inner, STEPS))]  # [2, 3, 4], [5]
+    assert len(scorer.calls) == len(groups) and pairs.comparisons == len(PROMPTS) * len(groups)
+    assert len(pairs) == len(PROMPTS) * sum(len(g) for g in groups)  # threshold 0: every comparison kept
+    timesteps = ddim_scheduler(components, STEPS, "cpu").timesteps
+    for prompt in range(len(PROMPTS)):
+        mine = (pairs.prompt_indices == prompt).nonzero().flatten()
+        assert pairs.timesteps[mine].tolist() == [int(timesteps[s]) for g in groups for s in g]
+        first, *inners = mine[: 1 + inner].tolist()
+        torch.testing.assert_close(pairs.rejected_parents[first], pairs.parents[first])  # the branching step
+        for before, after in zip([first, *inners], inners):  # inside a branch each side continues its own chain
+            torch.testing.assert_close(pairs.parents[after], pairs.chosen[before])
+            torch.testing.assert_close(pairs.rejected_parents[after], pairs.rejected[before])
+            assert not torch.equal(pairs.parents[after], pairs.rejected_parents[after])
+    single = _pairs(components, BrightnessScorer(), threshold=0.0)
+    assert single.rejected_parents is None  # one parent per pair without inner steps

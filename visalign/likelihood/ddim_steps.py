@@ -6,7 +6,8 @@ forward of ``unet`` on the parents (``[uncond; cond]``, 2B rows) and scores both
 step (``visalign.likelihood.transition``): ``chosen = log p(x_{t-1}^w | x_t)``, ``rejected = log p(x_{t-1}^l | x_t)``,
 each the mean over C·h·w. SPO's code runs the policy and the reference once per side (four forwards per pair chunk,
 reference ``diffusion-methods.md`` §6.2); with a shared parent both sides have the same input, so one forward per
-model gives the same numbers (SDXL's MSPO inner steps, whose parents differ, are not built).
+model gives the same numbers. Pairs from SDXL's MSPO inner steps carry their own ``rejected_parents``; then the one
+forward runs on ``[parents; rejected_parents]`` (4B rows) and each side is scored under its own parent's step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StoredSteps:
     rejected: torch.Tensor
     timesteps: torch.Tensor
     cond: UNetCond
+    rejected_parents: torch.Tensor | None = None
 
 
 class DDIMStepLogProbs(LikelihoodProvider):
@@ -54,17 +56,34 @@ class DDIMStepLogProbs(LikelihoodProvider):
         self.scheduler = ddim_scheduler(components, num_inference_steps, self.device)
 
     def prepare(self, batch: Mapping[str, Any], step: int) -> StoredSteps:
-        """``batch``: ``parents``, ``chosen``, ``rejected`` ``[B, C, h, w]``, ``timesteps`` ``[B]`` and ``prompts``
-        (B strings). Draws nothing: the transitions were drawn when they were sampled."""
+        """``batch``: ``parents``, ``chosen``, ``rejected`` ``[B, C, h, w]`` (and MSPO's ``rejected_parents``),
+        ``timesteps`` ``[B]`` and ``prompts`` (B strings). Draws nothing: the transitions were drawn when they were
+        sampled."""
         prompts: Sequence[str] = batch["prompts"]
         with torch.no_grad():
             cond = self.components.adapter.sampling_conditioning(self.components, list(prompts),
                                                                  resolution=self.resolution)
+        rejected_parents = batch.get("rejected_parents")
         return StoredSteps(*(batch[key].to(self.device, torch.float32) for key in ("parents", "chosen", "rejected")),
-                           batch["timesteps"].to(self.device).long(), cond)
+                           batch["timesteps"].to(self.device).long(), cond,
+                           None if rejected_parents is None else rejected_parents.to(self.device, torch.float32))
 
     def pair_loglik(self, model: torch.nn.Module, inputs: StoredSteps) -> PairLogLik:
-        output = guided_output(self.components, model, inputs.parents, inputs.timesteps, inputs.cond,
-                               self.guidance_scale)
-        mean, std, _ = ddim_gaussian(self.scheduler, output, inputs.timesteps, inputs.parents, eta=self.eta)
-        return PairLogLik(transition_log_prob(inputs.chosen, mean, std), transition_log_prob(inputs.rejected, mean, std))
+        if inputs.rejected_parents is None:  # one parent per pair: one guided forward scores both children
+            mean, std = self._step(model, inputs.parents, inputs.timesteps, inputs.cond)
+            return PairLogLik(transition_log_prob(inputs.chosen, mean, std),
+                              transition_log_prob(inputs.rejected, mean, std))
+        b = inputs.parents.shape[0]
+        rows = torch.arange(b)
+        cond = inputs.cond.select(torch.cat([rows, rows, rows + b, rows + b]))  # [uncond; cond] of both sides
+        mean, std = self._step(model, torch.cat([inputs.parents, inputs.rejected_parents]),
+                               inputs.timesteps.repeat(2), cond)
+        (mean_w, mean_l), (std_w, std_l) = mean.chunk(2), std.chunk(2)
+        return PairLogLik(transition_log_prob(inputs.chosen, mean_w, std_w),
+                          transition_log_prob(inputs.rejected, mean_l, std_l))
+
+    def _step(self, model, parents: torch.Tensor, timesteps: torch.Tensor, cond: UNetCond):
+        """The mean and std of the guided DDIM step from ``parents`` (``cond``: their ``[uncond; cond]`` rows)."""
+        output = guided_output(self.components, model, parents, timesteps, cond, self.guidance_scale)
+        mean, std, _ = ddim_gaussian(self.scheduler, output, timesteps, parents, eta=self.eta)
+        return mean, std

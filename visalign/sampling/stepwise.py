@@ -13,8 +13,14 @@ For N prompts, one guided DDIM trajectory (η > 0) runs to step ``divert_start_s
    whose forward from step 2 is the next step's model output (no second forward).
 
 Steps before ``divert_start_step`` (SPO: 4 of 20, i.e. t > κ = 750) are never compared. Each prompt draws from its
-own CPU generator (noise and the random child), so a prompt's pairs do not depend on its batch. Not built: SDXL's
-MSPO variant (``num_inner_step``: each branch runs 3 more steps before scoring).
+own CPU generator (noise and the random child), so a prompt's pairs do not depend on its batch.
+
+SDXL's MSPO (``inner_steps`` j, SPO's ``num_inner_step``: 3 for SDXL; ``flow-and-online.md`` §1): each of the k
+branches runs j more independent DDIM steps after the branching one before it is judged (its predicted x0 at the
+step after, as above); every transition of the best and of the worst branch becomes a pair under the branch's label,
+``(x_t^best, x_{t-1}^best, x_t^worst, x_{t-1}^worst, t)`` (in the inner steps the parents differ), and the trajectory
+continues from the end of a random branch, so it branches every ``1 + j`` steps. With ``inner_steps`` 0 (SD1.5) every
+step branches and the draws are those of the single-step procedure.
 """
 
 from __future__ import annotations
@@ -64,8 +70,10 @@ class StepwisePairs:
     """P step-wise pairs, fp32 latents on the sampling device.
 
     Attributes:
-        parents: ``[P, C, h, w]`` the shared ``x_t`` of each pair.
+        parents: ``[P, C, h, w]`` the ``x_t`` of each pair (of its chosen side).
         chosen, rejected: ``[P, C, h, w]`` the best and worst children ``x_{t-1}``.
+        rejected_parents: ``[P, C, h, w]`` the rejected side's ``x_t`` with MSPO's inner steps (where the parents
+            differ); None when every pair shares its parent.
         timesteps: ``[P]`` the step's ``t``.
         prompt_indices: ``[P]`` index of each pair's prompt.
         gaps: ``[P]`` ``p_best − p_worst`` of the pair.
@@ -79,6 +87,7 @@ class StepwisePairs:
     prompt_indices: torch.Tensor
     gaps: torch.Tensor
     comparisons: int
+    rejected_parents: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.parents.shape[0]
@@ -92,10 +101,14 @@ def _pixels(components, latents: torch.Tensor) -> torch.Tensor:
 def stepwise_pairs(components, unet, prompts: Sequence[str], step_scorer: StepScorer, *, resolution: int,
                    generators: Sequence[torch.Generator], num_candidates: int = 4, divert_start_step: int = 4,
                    threshold: float = 0.3, num_inference_steps: int = 20, guidance_scale: float = 5.0,
-                   eta: float = 1.0, negative_prompts: Sequence[str] | None = None) -> StepwisePairs:
+                   eta: float = 1.0, negative_prompts: Sequence[str] | None = None,
+                   inner_steps: int = 0) -> StepwisePairs:
     """Sample one trajectory per prompt and keep its step-wise pairs (module docstring). Defaults: SPO SD1.5 (k 4,
-    threshold 0.3, DDIM η 1, 20 steps, CFG 5); ``generators`` holds one CPU generator per prompt."""
+    threshold 0.3, DDIM η 1, 20 steps, CFG 5, no inner steps; SDXL: k 2, threshold 0.4, ``inner_steps`` 3);
+    ``generators`` holds one CPU generator per prompt."""
     n, k = len(prompts), num_candidates
+    if inner_steps < 0:
+        raise ValueError(f"stepwise_pairs: inner_steps must be >= 0; got {inner_steps}")
     if len(generators) != n:
         raise ValueError(f"stepwise_pairs: {len(generators)} generators for {n} prompts")
     if k < 2:
@@ -117,40 +130,51 @@ def stepwise_pairs(components, unet, prompts: Sequence[str], step_scorer: StepSc
     kept: list[tuple] = []
     comparisons = 0
     timesteps = scheduler.timesteps
-    for i, t in enumerate(timesteps):
+    i = 0
+    while i < len(timesteps):
+        t = timesteps[i]
         if output is None:
             output = guided_output(components, unet, x, t, cond, guidance_scale)
         if i < divert_start_step:
             x = ddim_transition(scheduler, output, t, x, eta=eta, noise=randn(shape, generators, device)).prev_sample
-            output = None
+            output, i = None, i + 1
             continue
-        noise = torch.stack([randn((k, *shape[1:]), [g] * k, device) for g in generators])  # [n, k, ...]
-        step = ddim_transition(scheduler, output.repeat_interleave(k, 0), t, x.repeat_interleave(k, 0), eta=eta,
-                               noise=noise.flatten(0, 1))
-        children = step.prev_sample
-        last = i == len(timesteps) - 1
+        branches, branch_output, transitions = x.repeat_interleave(k, 0), output.repeat_interleave(k, 0), []
+        for step_t in timesteps[i : i + 1 + inner_steps]:  # the branching step, then MSPO's inner steps
+            if transitions:
+                branch_output = guided_output(components, unet, branches, step_t, cond_k, guidance_scale)
+            noise = torch.stack([randn((k, *shape[1:]), [g] * k, device) for g in generators])  # [n, k, ...]
+            children = ddim_transition(scheduler, branch_output, step_t, branches, eta=eta,
+                                       noise=noise.flatten(0, 1)).prev_sample
+            transitions.append((branches.view(n, k, *shape[1:]), children.view(n, k, *shape[1:]), step_t))
+            branches = children
+        i += len(transitions)
+        last = i == len(timesteps)
         if last:
-            judged, judged_t, output_k = children, torch.zeros(n * k, dtype=torch.long, device=device), None
+            judged, judged_t, output_k = branches, torch.zeros(n * k, dtype=torch.long, device=device), None
         else:
-            output_k = guided_output(components, unet, children, timesteps[i + 1], cond_k, guidance_scale)
-            judged = predicted_original_sample(scheduler, output_k, timesteps[i + 1], children)[0]
-            judged_t = timesteps[i + 1].expand(n * k)
+            output_k = guided_output(components, unet, branches, timesteps[i], cond_k, guidance_scale)
+            judged = predicted_original_sample(scheduler, output_k, timesteps[i], branches)[0]
+            judged_t = timesteps[i].expand(n * k)
         logits = step_scorer(_pixels(components, judged), prompts_k, judged_t).to(device).view(n, k)
         best, worst = logits.argmax(dim=1), logits.argmin(dim=1)
         gaps = torch.tanh((logits.gather(1, best[:, None]) - logits.gather(1, worst[:, None]))[:, 0] / 2)
-        children = children.view(n, k, *shape[1:])
         comparisons += n
         for j in torch.nonzero(gaps > threshold).flatten().tolist():
-            kept.append((x[j], children[j, best[j]], children[j, worst[j]], t, j, gaps[j]))
+            for parents, children, step_t in transitions:
+                kept.append((parents[j, best[j]], children[j, best[j]], parents[j, worst[j]], children[j, worst[j]],
+                             step_t, j, gaps[j]))
         pick = torch.stack([torch.randint(k, (1,), generator=g) for g in generators]).flatten().to(device)
-        x = children[torch.arange(n, device=device), pick]
-        output = None if last else output_k.view(n, k, *shape[1:])[torch.arange(n, device=device), pick]
+        rows_n = torch.arange(n, device=device)
+        x = branches.view(n, k, *shape[1:])[rows_n, pick]
+        output = None if last else output_k.view(n, k, *shape[1:])[rows_n, pick]
     if not kept:
         empty = torch.empty((0, *shape[1:]), device=device)
         none = torch.empty(0, dtype=torch.long, device=device)
         return StepwisePairs(empty, empty, empty.clone(), none, none.clone(), torch.empty(0, device=device),
-                             comparisons)
-    parents, chosen, rejected, ts, idx, gaps = zip(*kept)
+                             comparisons, empty.clone() if inner_steps else None)
+    parents, chosen, rejected_parents, rejected, ts, idx, gaps = zip(*kept)
     return StepwisePairs(torch.stack(parents), torch.stack(chosen), torch.stack(rejected),
                          torch.stack([torch.as_tensor(v, device=device) for v in ts]).long(),
-                         torch.tensor(idx, device=device), torch.stack(gaps), comparisons)
+                         torch.tensor(idx, device=device), torch.stack(gaps), comparisons,
+                         torch.stack(rejected_parents) if inner_steps else None)

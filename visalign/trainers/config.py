@@ -14,7 +14,6 @@ an error naming the key. Every error raised here names the key, before any model
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass, field

@@ -126,6 +126,9 @@ class OnPolicyConfig(DiffusionConfig):
     sample_eta: float = field(default=1.0, metadata={**_help("DDIM η of the sampler (> 0; SPO: 1.0)"), "methods": SPO})
     prompts_per_round: int = field(default=10, metadata={
         **_help("prompts sampled per round (SPO: 10 per GPU)"), "methods": SPO})
+    inner_steps: int = field(default=0, metadata={**_help(
+        "MSPO: steps each branch runs after the branching one before it is judged, all its transitions paired under "
+        "its label (SPO: 0 SD1.5, 3 SDXL)"), "methods": SPO})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,6 +157,7 @@ class OnPolicyConfig(DiffusionConfig):
             (0 <= self.spo_threshold < 1, "spo_threshold", "in [0, 1)", self.spo_threshold),
             (self.sample_eta > 0, "sample_eta", "> 0 (the transitions need a density)", self.sample_eta),
             (self.prompts_per_round >= 1, "prompts_per_round", ">= 1", self.prompts_per_round),
+            (self.inner_steps >= 0, "inner_steps", ">= 0", self.inner_steps),
         ]
         for ok, key, expected, value in checks:
             if not ok:

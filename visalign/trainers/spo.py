@@ -16,8 +16,8 @@ so a killed run resumes on the same pairs (``visalign.trainers.data_source.Onlin
 
 Differences from SPO's code, deliberate: one guided forward per model scores both children of a pair (they share
 their parent, so the numbers are SPO's four forwards'); a round lasts ``resample_every`` optimizer steps, cycling its
-pairs, where SPO trains one pass over however many pairs a round gave; SDXL's MSPO inner steps are not built; the
-step scorer is any ``reward_models`` scorer (a ``step-aware`` one is judged at each child's timestep).
+pairs, where SPO trains one pass over however many pairs a round gave; the step scorer is any ``reward_models``
+scorer (a ``step-aware`` one is judged at each child's timestep). SDXL's MSPO is ``inner_steps`` (``spo-sdxl``: 3).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class StepwiseRounds:
                     resolution=trainer.resolution, num_candidates=config.num_candidates,
                     divert_start_step=config.divert_start_step, threshold=config.spo_threshold,
                     num_inference_steps=config.sample_steps, guidance_scale=trainer.guidance_scale,
-                    eta=config.sample_eta,
+                    eta=config.sample_eta, inner_steps=config.inner_steps,
                     generators=[torch.Generator().manual_seed(round_seed(config.seed, round_index, i))
                                 for i in indices])
             finally:
@@ -101,6 +101,8 @@ class StepwiseRounds:
                        "timesteps": pairs.timesteps.cpu(),
                        "prompt_index": torch.tensor(indices)[pairs.prompt_indices.cpu()],
                        "comparisons": pairs.comparisons}
+            if pairs.rejected_parents is not None:  # MSPO: the inner steps' parents differ
+                rows[0]["rejected_parents"] = pairs.rejected_parents.cpu()
             self.seconds += time.perf_counter() - started
         rows = broadcast_object_list(rows)[0]
         comparisons = rows.pop("comparisons")
@@ -151,7 +153,7 @@ class SPOTrainer(OnPolicyTrainer):
 
         def collate(items: list[dict]) -> dict:
             batch = {key: torch.stack([item[key] for item in items])
-                     for key in ("parents", "chosen", "rejected", "timesteps")}
+                     for key in ("parents", "rejected_parents", "chosen", "rejected", "timesteps") if key in items[0]}
             batch["prompts"] = [prompts[int(item["prompt_index"])] for item in items]
             return batch
 
