@@ -61,15 +61,22 @@ class ConfigError(UserError, ValueError):
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Flat dict of a dataclass instance's init fields, with YAML-safe values.
 
-    Paths become strings, tuples become lists; nested mappings or objects are refused (configs are flat).
+    Paths become strings, tuples become lists; nested mappings or objects are refused (configs are flat). Fields
+    read by other methods than the config's (``metadata["methods"]``, always at their defaults) are left out.
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config_to_dict expects a dataclass instance, got {type(config).__name__}")
     return {
         f.name: _to_plain(getattr(config, f.name), f"{type(config).__name__}.{f.name}")
         for f in dataclasses.fields(config)
-        if f.init
+        if f.init and _in_scope(f, config)
     }
+
+
+def _in_scope(f: dataclasses.Field, config: Any) -> bool:
+    """Whether the config's method reads field ``f`` (every field without a ``methods`` scope)."""
+    scope = f.metadata.get("methods")
+    return scope is None or getattr(config, "method", None) in scope
 
 
 def _to_plain(value: Any, where: str) -> Any:
@@ -380,8 +387,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any 
     parser._negative_number_matcher = _NEGATIVE_NUMBER
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
-        scope = f.metadata.get("methods")
-        if not f.init or (shown is not None and scope is not None and getattr(shown, "method", None) not in scope):
+        if not f.init or (shown is not None and not _in_scope(f, shown)):
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         flags += [f"--{alias}" for alias in f.metadata.get("aliases", ())]  # e.g. --loss for loss_type

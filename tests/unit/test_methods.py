@@ -104,3 +104,12 @@ def test_help_lists_the_options_the_recipes_method_reads(capsys):
         shown[recipe] = capsys.readouterr().out
     assert "--samples_per_prompt" in shown["quickstart"] and "--num_candidates" not in shown["quickstart"]
     assert "--num_candidates" in shown["spo-shapes"] and "--samples_per_prompt" not in shown["spo-shapes"]
+
+
+def test_saved_and_printed_configs_hold_only_the_options_the_method_reads():
+    from visalign.config_io import config_to_dict
+
+    onpolicy, spo = config_to_dict(OnPolicyConfig(model="m")), config_to_dict(OnPolicyConfig(model="m", method="spo"))
+    assert "samples_per_prompt" in onpolicy and "num_candidates" not in onpolicy
+    assert "num_candidates" in spo and "samples_per_prompt" not in spo
+    assert OnPolicyConfig(**onpolicy) == OnPolicyConfig(model="m")  # what is left out is at its default
