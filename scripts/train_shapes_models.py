@@ -47,7 +47,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModel
 
+from _shapes_common import add_config_flags, config_from_args, log_progress
 from reward_models.shapes import ShapesScorer
 from visalign.models.diffusion import embed_token_ids, sdxl_time_ids, tokenize_prompts
 from visalign.shapes.render import render_batch
@@ -226,12 +227,6 @@ def _step(loss: torch.Tensor, params, optimizer, schedule) -> None:
     schedule.step()
 
 
-def _log(stage: str, step: int, total: int, loss: float, started: float) -> None:
-    if step == 1 or step % max(1, total // 10) == 0 or step == total:
-        print(f"[{stage}] step {step}/{total} loss {loss:.4f} ({(time.perf_counter() - started) / step:.3f} s/step)",
-              flush=True)
-
-
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, config: TrainConfig, device: torch.device) -> float:
     """MSE reconstruction of a posterior sample + ``kl_weight`` * KL; returns seconds per step."""
     vae.to(device).train()
@@ -247,7 +242,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, config: TrainConfig, dev
         mse = F.mse_loss(recon.float(), x.float())
         loss = mse + config.kl_weight * posterior.kl().float().mean()
         _step(loss, params, optimizer, schedule)
-        _log("vae", step, config.vae_steps, mse.item(), started)
+        log_progress("vae", step, config.vae_steps, mse.item(), started)
     vae.eval()
     return (time.perf_counter() - started) / config.vae_steps
 
@@ -292,7 +287,7 @@ def train_denoiser(unet, conditioning: TextConditioning, scheduler, latents: tup
         pred = unet(noisy.to(device), t.to(device), **conditioning.unet_kwargs(batch_ids)).sample
         loss = F.mse_loss(pred.float(), noise.to(device).float())
         _step(loss, params, optimizer, schedule)
-        _log("unet+text", step, config.unet_steps, loss.item(), started)
+        log_progress("unet+text", step, config.unet_steps, loss.item(), started)
     unet.eval()
     conditioning.eval()
     return (time.perf_counter() - started) / config.unet_steps
@@ -347,15 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the save_pretrained pipeline")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a ~1 minute smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                            help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
+    add_config_flags(parser, TrainConfig, QUICK)
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    try:
-        config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
-    except ValueError as error:
-        parser.error(str(error))
+    config = config_from_args(parser, args, TrainConfig, QUICK)
     device = torch.device(args.device)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}

@@ -61,13 +61,14 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPVisionConfig
 
+from _shapes_common import add_config_flags, config_from_args, log_progress
 from reward_models import load_scorer
 from reward_models.preprocess import CenterCropTransform
 from visalign.evaluation.generate import GenerationSettings, load_pipeline
@@ -130,12 +131,6 @@ class Tee:
             stream.flush()
 
 
-def _log(stage: str, step: int, total: int, loss: float, started: float) -> None:
-    if step == 1 or step % max(1, total // 10) == 0 or step == total:
-        print(f"[{stage}] step {step}/{total} loss {loss:.4f} ({(time.perf_counter() - started) / step:.3f} s/step)",
-              flush=True)
-
-
 def build_clip(config: TrainConfig) -> tuple[CLIPModel, object]:
     """A ``CLIPModel``: text tower = shapes-sd's trained text encoder (its tokenizer too), new vision tower."""
     folder = Path(resolve_model(DIFFUSION_MODEL))
@@ -190,7 +185,7 @@ def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> float:
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, LOGIT_SCALE_INIT)
-        _log("clip", step, config.clip_steps, loss.item(), started)
+        log_progress("clip", step, config.clip_steps, loss.item(), started)
     model.eval()
     return (time.perf_counter() - started) / config.clip_steps
 
@@ -255,12 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (on a 2-core machine shared "
                         "with another job, 1 thread sampled 4.5x faster than 2)")
-    for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                            help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
+    add_config_flags(parser, TrainConfig, QUICK)
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
+    config = config_from_args(parser, args, TrainConfig, QUICK)
     torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".work")
     if work.exists():

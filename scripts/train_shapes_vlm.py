@@ -21,11 +21,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from _shapes_common import add_config_flags, config_from_args
 from visalign.shapes.vqa import WORDS, accuracy, examples, generate_answers, user_turn
 from visalign.testing.vlm import tiny_llava
 
@@ -92,12 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for save_pretrained (model + processor)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                            help=f"{f.metadata['help']} (default {f.default}; --quick: {QUICK.get(f.name, f.default)})")
+    add_config_flags(parser, TrainConfig, QUICK)
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    config = replace(TrainConfig(), **{**(QUICK if args.quick else {}), **overrides})
+    config = config_from_args(parser, args, TrainConfig, QUICK)
     began = time.perf_counter()
     device = torch.device(args.device)
     model, processor = tiny_llava(hidden_size=config.hidden_size, seed=config.seed, words=WORDS)

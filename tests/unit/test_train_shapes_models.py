@@ -3,30 +3,20 @@ StableDiffusionXLPipeline, reuses the --vae-from VAE unchanged, and bad argument
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import ROOT, load_script
+
 SHAPES_SD_VAE = ROOT / "visalign" / "assets" / "shapes-sd" / "vae"
 TINY = ["--quick", "--num-images", "64", "--unet-steps", "3", "--eval-prompts", "2", "--eval-steps", "2"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_shapes_models", ROOT / "scripts" / "train_shapes_models.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_shapes_models = _load_script()
+train_shapes_models = load_script(ROOT / "scripts" / "train_shapes_models.py", "train_shapes_models")
 
 
 @pytest.mark.skipif(not (SHAPES_SD_VAE / "config.json").is_file(), reason=f"no trained VAE at {SHAPES_SD_VAE}")
