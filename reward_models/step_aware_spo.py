@@ -64,7 +64,8 @@ def split_spo_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def convert_spo_checkpoint(checkpoint: str | Path, clip: str, out: str | Path, *,
                            tokenizer: str | None = None) -> Path:
     """Write ``out``, a ``step-aware`` scorer folder, from SPO's SPM ``checkpoint`` and the CLIP folder or hub id it
-    was trained from (``clip``: config, tokenizer and processor; its weights are replaced). Strict (module docstring)."""
+    was trained from (``clip``: config, tokenizer and processor; its weights are replaced). Strict (module
+    docstring)."""
     checkpoint = Path(checkpoint)
     clip_state, step_state = split_spo_state(read_state_dict(checkpoint))
     scorer = StepAwareScorer(clip, init_from_clip=True, tokenizer=tokenizer)

@@ -69,12 +69,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {
         f.name: _to_plain(getattr(config, f.name), f"{type(config).__name__}.{f.name}")
         for f in dataclasses.fields(config)
-        if f.init and _in_scope(f, config)
+        if f.init and in_method_scope(f, config)
     }
 
 
-def _in_scope(f: dataclasses.Field, config: Any) -> bool:
-    """Whether the config's method reads field ``f`` (every field without a ``methods`` scope)."""
+def in_method_scope(f: dataclasses.Field, config: Any) -> bool:
+    """Whether the config's ``method`` reads field ``f``: every field without a ``metadata["methods"]`` scope, and a
+    scoped one under a method it names."""
     scope = f.metadata.get("methods")
     return scope is None or getattr(config, "method", None) in scope
 
@@ -387,7 +388,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, shown: Any 
     parser._negative_number_matcher = _NEGATIVE_NUMBER
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
-        if not f.init or (shown is not None and not _in_scope(f, shown)):
+        if not f.init or (shown is not None and not in_method_scope(f, shown)):
             continue
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         flags += [f"--{alias}" for alias in f.metadata.get("aliases", ())]  # e.g. --loss for loss_type

@@ -45,7 +45,8 @@ class SPOShaped(nn.Module):
         time_cond = clip.t_embedder.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
         h = vision.pre_layrnorm(vision.embeddings(pixel_values))
         for layer in vision.encoder.layers:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = layer.adaLN_modulation(time_cond).chunk(6, 1)
+            modulation = layer.adaLN_modulation(time_cond).chunk(6, 1)
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
             x = layer.layer_norm1(h) * (1 + scale_msa.unsqueeze(1)) + shift_msa.unsqueeze(1)
             h = h + layer.self_attn(hidden_states=x)[0] * gate_msa.unsqueeze(1)
             x = layer.layer_norm2(h) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)

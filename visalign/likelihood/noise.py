@@ -4,7 +4,8 @@ A noise source is called as ``source(latents, *, scheduler, unet=None, cond=None
 clean latents in ``[chosen; rejected]`` order (2B rows) and returns a
 :class:`~visalign.likelihood.diffusion.NoisedLatents` that the policy and the reference then both score. A source that
 queries the policy calls ``denoise(unet, x_t, t, cond)``: the model family's denoiser call
-(``DiffusionFamily.denoise``; the UNet families' :func:`unet_predict` by default). Sources live in the plain dict :data:`NOISE_SOURCES`:
+(``DiffusionFamily.denoise``; the UNet families' :func:`unet_predict` by default). Sources live in the plain dict
+:data:`NOISE_SOURCES`:
 
 - ``random`` (Diffusion-DPO, MaPO, DCPO; reference ``diffusion-methods.md`` §2.2): t ~ U{0..T-1} and eps ~ N(0, I)
   drawn once per pair and shared by its chosen and rejected image, independent across pairs.

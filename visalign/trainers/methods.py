@@ -3,8 +3,9 @@
 A method is a point on the four axes (DESIGN.md): the trainer family whose config it is trained with, the
 likelihood its trainer scores, whether its data is paired, the values it gives the fields a user leaves unset
 (``None``), and what it requires of the others. Every trainer family's config runs the same checks
-(:func:`resolve_method` first in ``TrainingConfig.__post_init__``, :func:`check_requirements` once ``PreferenceConfig``
-has validated the losses), so a method name maps to exactly one thing in every trainer family, and ``method: dense-dpo`` with ``dense_dpo: false`` fails instead of training something else.
+(:func:`resolve_method` first in ``TrainingConfig.__post_init__``, :func:`check_requirements` once
+``PreferenceConfig`` has validated the losses), so a method name maps to exactly one thing in every trainer family,
+and ``method: dense-dpo`` with ``dense_dpo: false`` fails instead of training something else.
 
 The papers' full run settings (learning rates, steps, resolutions, ...) live in the shipped recipes; here are only
 the values that make a method what it is when a config names it, e.g. ``DiffusionConfig(method="mapo")`` trains the
@@ -18,6 +19,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from visalign.config_io import in_method_scope
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,8 @@ def resolve_method(config: Any) -> Method | None:
         if getattr(config, key, value) is None:
             setattr(config, key, value)
     for f in dataclasses.fields(config):
-        scope = f.metadata.get("methods")
-        if scope is not None and config.method not in scope and getattr(config, f.name) != _default(f):
-            raise ValueError(f"{c}.{f.name} is read by method {' | '.join(scope)} only; method is "
+        if not in_method_scope(f, config) and getattr(config, f.name) != _default(f):
+            raise ValueError(f"{c}.{f.name} is read by method {' | '.join(f.metadata['methods'])} only; method is "
                              f"{config.method!r} (unset it or change the method)")
     return method
 

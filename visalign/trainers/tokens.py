@@ -52,7 +52,8 @@ class TokenPreferenceTrainer(Trainer):
         args = args if args is not None else self.config_class()
         if getattr(args, "TRAINER", None) != self.config_class.TRAINER or args.method not in self.methods:
             raise TypeError(f"{type(self).__name__} trains method {' | '.join(self.methods)} (a "
-                            f"{self.config_class.TRAINER} config); got {type(args).__name__} with method {getattr(args, 'method', None)!r}")
+                            f"{self.config_class.TRAINER} config); got {type(args).__name__} with method "
+                            f"{getattr(args, 'method', None)!r}")
         self._model_spec = model if model is not None else args.model
         if self._model_spec is None:
             raise ValueError(f"{type(self).__name__}: no model given (pass model= or set `model` in the config)")
