@@ -26,6 +26,7 @@ from visalign.evaluation.generate import (
     read_manifest,
     sample_seed,
 )
+from visalign.evaluation.report import GRID_PROMPT_WIDTH
 from visalign.evaluation.winrate import head_to_head
 from visalign.models.diffusion import SD
 from visalign.models.diffusion_io import save_diffusion_lora
@@ -159,7 +160,26 @@ def test_visalign_eval_end_to_end(models, tmp_path, capsys):
     assert section["win"] == wins / 6 and section["win"] + section["tie"] + section["loss"] == pytest.approx(1)
     expected = head_to_head(scores["a"], scores["b"], num_resamples=500)
     assert section["win_ci"] == list(expected.win_ci) and section["mean_diff"] == pytest.approx(expected.mean_diff)
-    assert Image.open(out / "grid.png").size == (2 * 32, 3 * 32)
+    # each detail of the score is compared like the score: PickScore = exp(logit_scale) * cosine, so the cosine's
+    # means and difference are the score's divided by one constant
+    cosine = section["details"]["compared"]["cosine"]
+    scale = section["mean_a"] / cosine["mean_a"]
+    assert scale > 1 and section["mean_b"] / cosine["mean_b"] == pytest.approx(scale)
+    assert cosine["mean_diff"] * scale == pytest.approx(section["mean_diff"])
+    assert section["details"]["not_compared"] == []
+    assert "## Score details" in (out / "report.md").read_text()
+
+    # the grid: a header row naming the models, the prompts left of their rows, the 32-px images enlarged 4x
+    grid = np.asarray(Image.open(out / "grid.png").convert("L"))
+    cell, gap, header = 4 * 32, 4, 40
+    assert grid.shape == (header + 3 * (cell + gap), GRID_PROMPT_WIDTH + 2 * (cell + gap))
+    first = {m: next(r for r in rows if r["model"] == m and r["prompt_index"] == 0 and r["index"] == 0) for m in "ab"}
+    for column, m in enumerate("ab"):
+        enlarged = Image.open(out / first[m]["path"]).convert("L").resize((cell, cell), Image.Resampling.NEAREST)
+        x = GRID_PROMPT_WIDTH + column * (cell + gap)
+        assert np.array_equal(grid[header:header + cell, x:x + cell], np.asarray(enlarged))
+        assert (grid[:header, x:x + cell] < 128).any()  # the column's name is written above it
+    assert (grid[header:header + cell, :GRID_PROMPT_WIDTH] < 128).any()  # and the prompt beside its row
     markdown = (out / "report.md").read_text()
     assert "| pickscore |" in markdown and "grid.png" in markdown
     assert report["files"]["html"] == "report.html" and (out / "report.html").is_file()
@@ -213,6 +233,16 @@ def test_visalign_eval_html_report_in_a_browser(models, tmp_path, browser):  # n
         assert value == expected, field
         shown = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
         assert shown == pytest.approx(expected, rel=1e-3, abs=5e-4), (field, text)
+    # and so is every number of the score details (the cosine behind PickScore)
+    details = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#details .num'), e => [e.dataset.scorer, e.dataset.field, "
+        "Number(e.dataset.value)]);")
+    assert len(details) == 5  # the cosine's two means, its difference and the difference's interval
+    for scorer, field, value in details:
+        expected = report["scorers"][scorer]
+        for part in field.split("."):
+            expected = expected[int(part)] if part.isdigit() else expected[part]
+        assert value == expected, field
     assert browser.find_element("id", "provenance").text.count(section["scale"]) == 1
     assert browser.find_elements("css selector", "svg.histogram rect")
 

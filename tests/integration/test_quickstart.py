@@ -36,6 +36,11 @@ def test_default_run_is_the_shapes_quickstart(tmp_path, capsys):
     assert report["models"]["a"]["lora"] == str(out) and report["models"]["b"]["lora"] is None
     assert f"shapes reward before -> after: {section['mean_b']:.4f} -> {section['mean_a']:.4f}" in printed
     assert f"reward_gain: {section['mean_diff']}" in printed
+    # what the reward is made of, each component's gain printed beside it
+    shape = section["details"]["compared"]["shape"]
+    assert set(section["details"]["compared"]) >= {"colour", "shape", "size", "position", "background", "aesthetic"}
+    assert f"shape            {shape['mean_b']:.3f} -> {shape['mean_a']:.3f} ({shape['mean_diff']:+.3f}" in printed
+    assert report["models"]["a"]["name"] == "after (trained LoRA)"
 
 
 def test_unwritable_or_used_output_dir_fails_before_sampling(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 The page is self-contained (inline CSS, SVG and a few lines of JS; images by paths relative to the report folder; no
 network) and shows only numbers the report already holds: per scorer the summary of ``report.json`` (means,
-medians, win/tie/loss rates and the mean difference with their bootstrap intervals), the scorer's scale and
+medians, win/tie/loss rates and the mean difference with their bootstrap intervals; the means and difference of
+each detail of the score, such as a weighted reward's components), the scorer's scale and
 provenance, a histogram of each model's scores (``scores.jsonl``), and per (prompt, seed) both models' images with
 their scores, sortable by the score difference (default: largest ``|A - B|`` of the first scorer first). Every
 piece of user text (prompts, model paths, scorer names) is HTML-escaped.
@@ -71,7 +72,7 @@ def render_html(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) ->
         f"<h2>Summary</h2><p>Win/tie/loss are strict rates of A against B over all (prompt, seed) comparisons; "
         f"brackets are {level} paired bootstrap intervals over prompts ({report['bootstrap']['num_resamples']} "
         f"resamples, seed {report['bootstrap']['seed']}). Mean A &minus; B is in the scorer's raw units.</p>",
-        _summary_table(scorers),
+        _summary_table(scorers), _details_table(scorers),
         "<h2>Scales and provenance</h2>", _provenance(scorers),
         "<h2>Score histograms</h2>",
         '<div class="hists">' + "".join(_histogram(key, s, rows) for key, s in scorers.items()) + "</div>",
@@ -117,6 +118,25 @@ def _summary_table(scorers: Mapping[str, Mapping[str, Any]]) -> str:
         cells += [_with_ci(s, key, "mean_diff", ".4g"), _number(s["tie_tolerance"], "g", key, "tie_tolerance")]
         body.append(f"<tr><th>{escape(key)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f'<table id="summary">{head}{"".join(body)}</table>'
+
+
+def _details_table(scorers: Mapping[str, Mapping[str, Any]]) -> str:
+    """What each score is made of (``details.compared`` of each section), or nothing when no scorer reports any."""
+    body = []
+    for key, s in scorers.items():
+        for name, d in s.get("details", {}).get("compared", {}).items():
+            field = f"details.compared.{name}"
+            low, high = (_number(v, "+.4g", key, f"{field}.mean_diff_ci.{i}") for i, v in enumerate(d["mean_diff_ci"]))
+            cells = [_number(d[f], ".4g", key, f"{field}.{f}") for f in ("mean_a", "mean_b")]
+            cells.append(f'{_number(d["mean_diff"], "+.4g", key, f"{field}.mean_diff")} '
+                         f'<span class="ci">[{low}, {high}]</span>')
+            body.append(f"<tr><th>{escape(key)}</th><th>{escape(name)}</th>"
+                        + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not body:
+        return ""
+    head = "<tr><th>scorer</th><th>detail</th><th>mean A</th><th>mean B</th><th>mean A &minus; B</th></tr>"
+    return ("<h3>Score details</h3><p>What each score is made of (e.g. the components of a weighted reward), "
+            f'compared the same way.</p><table id="details">{head}{"".join(body)}</table>')
 
 
 def _provenance(scorers: Mapping[str, Mapping[str, Any]]) -> str:

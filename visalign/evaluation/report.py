@@ -8,7 +8,9 @@ score of each model, strict win/tie/loss rates of A against B and the mean diffe
 - ``report.json``: models, generation settings, bootstrap settings and one section per scorer (the
   :class:`~visalign.evaluation.winrate.HeadToHead` fields, the scorer's formula, raw range and direction, its
   provenance and the scale convention: scores are the scorer's raw output, never rescaled, so PickScore is
-  ``exp(logit_scale)·cos`` (≈ 20) and HPS a raw cosine (≈ 0.27) where papers print ``100·cos``; reward-scorers.md §1.6);
+  ``exp(logit_scale)·cos`` (≈ 20) and HPS a raw cosine (≈ 0.27) where papers print ``100·cos``; reward-scorers.md §1.6),
+  and under ``details`` each per-sample detail the scorer reports (the ``shapes`` reward's components, a CLIP
+  scorer's cosine) compared like the score: both means and the mean difference with its interval;
 - ``report.md``: the same as tables;
 - ``report.html``: the same in a self-contained page with score histograms and the images side by side, sortable
   by score difference (:mod:`visalign.evaluation.html_report`);
@@ -27,13 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 import visalign
 from visalign.evaluation.generate import GenerationSettings, Sample, generate_images, load_pipeline, score_samples
 from visalign.evaluation.html_report import REPORT_HTML, write_html_report
-from visalign.evaluation.validation import image_grid
 from visalign.evaluation.winrate import HeadToHead, head_to_head
 
 LABELS = ("a", "b")
@@ -43,10 +45,15 @@ REPORT_JSON, REPORT_MD, SCORES_JSONL, GRID_PNG, IMAGES_DIR = "report.json", "rep
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to evaluate: a diffusers pipeline (hub id or folder) and optionally a diffusers LoRA folder."""
+    """A model to evaluate: a diffusers pipeline (hub id or folder), optionally a diffusers LoRA folder, and the name
+    the report's grid heads its column with (default: its label, the model and whether a LoRA is loaded)."""
 
     model: str
     lora: str | None = None
+    name: str | None = None
+
+    def display_name(self, label: str) -> str:
+        return self.name or f"{label.upper()}: {self.model}{' + LoRA' if self.lora else ''}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,23 @@ def scorer_section(scorer, provenance: Mapping[str, Any], result: HeadToHead) ->
     }
 
 
+def detail_differences(details_a: Mapping[str, torch.Tensor], details_b: Mapping[str, torch.Tensor],
+                       num_prompts: int, *, num_resamples: int, confidence: float, seed: int) -> dict[str, Any]:
+    """Per-sample details both models' scores carry (e.g. the ``shapes`` reward's components), compared as the score
+    is: mean of each model, mean difference A - B with its paired bootstrap interval over prompts. A detail with a
+    non-finite value has no mean; it is listed under ``not_compared`` instead."""
+    compared, not_compared = {}, []
+    for key in [k for k in details_a if k in details_b]:
+        a, b = (d[key].detach().double().cpu().numpy().reshape(num_prompts, -1) for d in (details_a, details_b))
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            not_compared.append(key)
+            continue
+        h = head_to_head(a, b, num_resamples=num_resamples, confidence=confidence, seed=seed)
+        compared[key] = {"mean_a": h.mean_a, "mean_b": h.mean_b, "mean_diff": h.mean_diff,
+                         "mean_diff_ci": h.mean_diff_ci}
+    return {"compared": compared, "not_compared": not_compared}
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md``: the models, then one row per scorer (values with their intervals), then scales and provenance."""
     level = f"{report['bootstrap']['confidence']:.0%}"
@@ -105,6 +129,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                      f"{_rate(s['win'], s['win_ci'])} | {_rate(s['tie'], s['tie_ci'])} | "
                      f"{_rate(s['loss'], s['loss_ci'])} | {s['mean_diff']:.4g} "
                      f"[{s['mean_diff_ci'][0]:.4g}, {s['mean_diff_ci'][1]:.4g}] | {s['tie_tolerance']:g} |")
+    detail_rows = [f"| {key} | {name} | {d['mean_a']:.4g} | {d['mean_b']:.4g} | {d['mean_diff']:+.4g} "
+                   f"[{d['mean_diff_ci'][0]:+.4g}, {d['mean_diff_ci'][1]:+.4g}] |"
+                   for key, s in report["scorers"].items() for name, d in s.get("details", {}).get("compared", {}).items()]
+    if detail_rows:
+        lines += ["", "## Score details", "", "What each score is made of (e.g. the components of a weighted reward), "
+                  "compared the same way.", "", "| scorer | detail | mean A | mean B | mean A - B |",
+                  "| --- | --- | --- | --- | --- |", *detail_rows]
     lines += ["", "## Scales and provenance", ""]
     for key, s in report["scorers"].items():
         lines.append(f"- **{key}**: {s['scale']}.")
@@ -117,17 +148,62 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GRID_CELL = 128  #: smallest side of an image in ``grid.png``, px (smaller images are enlarged pixel for pixel)
+GRID_PROMPT_WIDTH = 240  #: width of the prompt column of ``grid.png``, px
+
+
 def comparison_grid(samples: Mapping[str, Sequence[Sample]], image_dirs: Mapping[str, Path], *,
-                    max_prompts: int = 8) -> Image.Image:
-    """Rows = the first ``max_prompts`` prompts, columns = the models in ``samples`` order (first seed of a prompt);
-    images are resized to the first one's size when models render at different resolutions."""
-    images = []
+                    max_prompts: int = 8, names: Mapping[str, str] | None = None) -> Image.Image:
+    """Rows = the first ``max_prompts`` prompts (the first seed of each), written left of their row; one column per
+    model in ``samples`` order, headed by its name (``names[label]``, default the label). Every image is resized to
+    the first one's size, then enlarged by a whole factor (nearest neighbour) until its shorter side is at least
+    :data:`GRID_CELL` px, so small images stay sharp and visible."""
+    from PIL import ImageDraw, ImageFont
+
+    labels, names = list(samples), dict(names or {})
+    rows = []
     for p in range(max_prompts):
-        row = [next((s for s in samples[label] if s.prompt_index == p and s.index == 0), None) for label in samples]
+        row = [next((s for s in samples[label] if s.prompt_index == p and s.index == 0), None) for label in labels]
         if None in row:
             break
-        images += [Image.open(image_dirs[label] / s.path).convert("RGB") for label, s in zip(samples, row)]
-    return image_grid([image.resize(images[0].size) for image in images], columns=len(samples))
+        rows.append((row[0].prompt, [Image.open(image_dirs[label] / s.path).convert("RGB")
+                                     for label, s in zip(labels, row)]))
+    if not rows:
+        raise ValueError("comparison_grid: no prompt has an image from every model")
+    size = rows[0][1][0].size
+    factor = max(1, -(-GRID_CELL // min(size)))
+    cell = (size[0] * factor, size[1] * factor)
+    font = ImageFont.load_default(size=14)
+    header, pad, gap = 40, 6, 4
+    step = (cell[0] + gap, cell[1] + gap)
+    grid = Image.new("RGB", (GRID_PROMPT_WIDTH + len(labels) * step[0], header + len(rows) * step[1]), "white")
+    draw = ImageDraw.Draw(grid)
+    for column, label in enumerate(labels):
+        x = GRID_PROMPT_WIDTH + column * step[0] + pad
+        draw.multiline_text((x, pad), _wrap(draw, names.get(label, label.upper()), font, cell[0] - 2 * pad, 2),
+                            fill="black", font=font)
+    for r, (prompt, images) in enumerate(rows):
+        y = header + r * step[1]
+        draw.multiline_text((pad, y + pad), _wrap(draw, prompt, font, GRID_PROMPT_WIDTH - 2 * pad, cell[1] // 18),
+                            fill="black", font=font)
+        for column, image in enumerate(images):
+            grid.paste(image.resize(size).resize(cell, Image.Resampling.NEAREST),
+                       (GRID_PROMPT_WIDTH + column * step[0], y))
+    return grid
+
+
+def _wrap(draw, text: str, font, width: int, max_lines: int) -> str:
+    """``text`` broken into lines no wider than ``width`` px, at most ``max_lines`` (the last one ends in '...')."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " ..."
+    return "\n".join(lines)
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -183,10 +259,11 @@ def compare_models(
     sections, rows = {}, []
     for spec in scorers:
         scorer = spec.load(device)
-        matrices = {}
+        matrices, details = {}, {}
         for label in LABELS:
             matrices[label], result = score_samples(scorer, samples[label], dirs[label], batch_size=score_batch_size,
                                                     progress=progress)
+            details[label] = result.details
             rows += [{"model": label, "prompt": s.prompt, "prompt_index": s.prompt_index, "index": s.index,
                       "seed": s.seed, "path": f"{IMAGES_DIR}/{label}/{s.path}", "scorer": spec.key, "score": score}
                      for s, score in zip(samples[label], matrices[label].ravel().tolist())]
@@ -194,6 +271,9 @@ def compare_models(
                                   higher_is_better=scorer.info.higher_is_better, num_resamples=num_resamples,
                                   confidence=confidence, seed=bootstrap_seed)
         sections[spec.key] = scorer_section(scorer, result.provenance, comparison)
+        sections[spec.key]["details"] = detail_differences(
+            details["a"], details["b"], len(prompts), num_resamples=num_resamples, confidence=confidence,
+            seed=bootstrap_seed)
         del scorer
         _free_accelerator_memory()
     report = {
@@ -210,7 +290,8 @@ def compare_models(
     }
     with open(out_dir / SCORES_JSONL, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    comparison_grid(samples, dirs, max_prompts=grid_prompts).save(out_dir / GRID_PNG)
+    names = {label: spec.display_name(label) for label, spec in zip(LABELS, (model_a, model_b))}
+    comparison_grid(samples, dirs, max_prompts=grid_prompts, names=names).save(out_dir / GRID_PNG)
     write_report(report, out_dir)
     write_html_report(report, rows, out_dir)
     return report

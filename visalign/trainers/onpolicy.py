@@ -353,29 +353,43 @@ def evaluate_before_after(config: OnPolicyConfig, device: str) -> dict[str, Any]
     prompts = load_prompts(config.eval_prompts, column=config.prompt_column, split=config.eval_prompts_split,
                            limit=config.num_eval_prompts)
     return compare_models(
-        ModelSpec(config.model, lora=config.output_dir), ModelSpec(config.model), prompts, [config.scorer_spec()],
+        ModelSpec(config.model, lora=config.output_dir, name="after (trained LoRA)"),
+        ModelSpec(config.model, name="before (base model)"), prompts, [config.scorer_spec()],
         Path(config.output_dir) / EVAL_DIR, num_seeds=config.eval_seeds, base_seed=config.eval_seed,
         settings=config.generation_settings(), device=device, dtype=config.sample_dtype,
         batch_size=config.sample_batch_size, num_resamples=config.bootstrap_resamples, progress=True)
 
 
 def summarise(section: dict[str, Any]) -> dict[str, float]:
-    """The headline figures of one scorer's section of a ``compare_models`` report (A = after, B = before)."""
+    """The headline figures of one scorer's section of a ``compare_models`` report (A = after, B = before), then the
+    gain of each detail of the score (``gain/<detail>``: the ``shapes`` reward's components)."""
+    details = section.get("details", {}).get("compared", {})
     return {"reward_before": section["mean_b"], "reward_after": section["mean_a"],
             "reward_gain": section["mean_diff"], "reward_gain_ci_low": section["mean_diff_ci"][0],
             "reward_gain_ci_high": section["mean_diff_ci"][1], "win_rate": section["win"],
             "win_rate_ci_low": section["win_ci"][0], "win_rate_ci_high": section["win_ci"][1],
-            "tie_rate": section["tie"], "loss_rate": section["loss"]}
+            "tie_rate": section["tie"], "loss_rate": section["loss"],
+            **{f"gain/{key}": d["mean_diff"] for key, d in details.items()}}
+
+
+def format_detail_gains(section: dict[str, Any]) -> str:
+    """One line per detail of the score: before -> after and the gain with its interval ('' if there are none)."""
+    details = section.get("details", {}).get("compared", {})
+    return "".join(f"  {key:<16} {d['mean_b']:.3f} -> {d['mean_a']:.3f} ({d['mean_diff']:+.3f} "
+                   f"[{d['mean_diff_ci'][0]:+.3f}, {d['mean_diff_ci'][1]:+.3f}])\n" for key, d in details.items())
 
 
 def print_before_after(config: OnPolicyConfig, report: dict[str, Any], seconds: dict[str, float]) -> dict[str, float]:
     """Print the headline figures of stage 3 (``report`` from :func:`evaluate_before_after`) with the stage times,
     where the images and the LoRA are; return the figures (:func:`summarise`)."""
-    figures = summarise(report["scorers"][config.scorer])
+    section = report["scorers"][config.scorer]
+    figures = summarise(section)
     eval_dir = Path(config.output_dir) / EVAL_DIR
+    details = format_detail_gains(section)
+    details = f"what the score is made of, before -> after (gain [95% CI]):\n{details}" if details else ""
     print(f"\n{config.scorer} reward before -> after: {figures['reward_before']:.4f} -> {figures['reward_after']:.4f} "
           f"(gain {figures['reward_gain']:+.4f}, 95% CI [{figures['reward_gain_ci_low']:+.4f}, "
-          f"{figures['reward_gain_ci_high']:+.4f}])\n"
+          f"{figures['reward_gain_ci_high']:+.4f}])\n{details}"
           f"win rate of the trained model against the base: {figures['win_rate']:.1%} "
           f"[{figures['win_rate_ci_low']:.1%}, {figures['win_rate_ci_high']:.1%}], ties {figures['tie_rate']:.1%}, "
           f"losses {figures['loss_rate']:.1%}\n"
