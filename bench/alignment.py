@@ -1,16 +1,18 @@
 """Alignment efficacy: does each method raise the shapes reward of the shipped model? Same pairs, same budget.
 
-Every row trains a LoRA on ``builtin:shapes-sd`` from the same on-policy pairs (sampled once from the base model and
-labelled by the ``shapes`` reward, as the ``quickstart`` recipe does), with the quickstart recipe's optimiser, steps,
-batch and LoRA, then renders the same held-out prompts and seeds as the base model. Columns: the mean ``shapes``
+For each training seed, every row trains a LoRA on ``builtin:shapes-sd`` from the same on-policy pairs (sampled once
+per seed from the base model and labelled by the ``shapes`` reward, as the ``quickstart`` recipe does), with the
+quickstart recipe's optimiser, steps, batch and LoRA, then renders the same held-out prompts and seeds as the base
+model. A summary per method pools its seeds: mean gain, spread, how many seeds' intervals exclude zero, and the mean
+gain of each component of the reward. Columns: the mean ``shapes``
 reward before -> after, the gain with its paired bootstrap 95% interval over prompts, the win rate against the base
 (strict wins; ties are images the LoRA did not change enough to alter the score) with its interval, and the wall time
 of training + rendering.
 
-Rows: Diffusion-DPO (sigmoid, β 5000), the core losses ipo and robust on the same log-likelihoods, MaPO (no
-reference; β_m 0.1), DCPO (the rejected image conditioned on a caption of what it actually shows, read back by the
-shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps); ipo and robust keep Diffusion-DPO's β, and
-``ipo-beta500`` runs IPO at β 500, whose target margin 1/(2β) = 1e-3 is near the margin Diffusion-DPO ends at.
+Rows: Diffusion-DPO (sigmoid, the quickstart's β), the core losses ipo and robust on the same log-likelihoods at
+β 5000 (the first quickstart's), MaPO (no reference; β_m 0.1), DCPO (the rejected image conditioned on a caption of
+what it actually shows, read back by the shapes analysis; β 500) and InPO (DDIM-inversion noise, 10 steps);
+``ipo-beta500`` runs IPO at β 500, whose target margin 1/(2β) = 1e-3 is near the margin Diffusion-DPO ended at.
 
 VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` the way the notebook does: pairs from
 its own answers to 256 shape/description questions (correct answer chosen; its own wrong answer, else a templated
@@ -19,8 +21,8 @@ tokens where the correct answer differs from the rejected one by γ = 1.1 (RLHF-
 the greedy answer to each of 120 held-out questions (1 right, 0 wrong; ``visalign.shapes.vqa.check_answer``), so the
 win rate counts questions the trained model gets right and the base gets wrong.
 
-    python bench/alignment.py                      # every method (~10 min on 2 idle CPU cores)
-    python bench/alignment.py --methods diffusion-dpo mapo
+    python bench/alignment.py                      # every method, training seeds 0 1 2 (~18 min per seed, 2 CPU cores)
+    python bench/alignment.py --methods diffusion-dpo mapo --seeds 0 1 2 3 4
     python bench/alignment.py --methods vlm-dpo dense-dpo   # the VLM rows only (~5 min)
     python bench/alignment.py --quick              # reduced Diffusion-DPO only, aesthetic reward (the CI test)
 """
@@ -140,7 +142,7 @@ def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: 
             "wall_s": time.perf_counter() - started, "eval_images": str(eval_dir / "images" / "b")}
 
 
-def run_vlm_method(name: str, work: Path) -> dict:
+def run_vlm_method(name: str, work: Path, seed: int) -> dict:
     """Align ``builtin:shapes-llava`` with DPO or dense DPO on its own mistakes; answer exactness before/after."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -153,14 +155,15 @@ def run_vlm_method(name: str, work: Path) -> dict:
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(path)
     questions = ("shape", "describe")
-    held_out, train = examples(120, seed=20_000, questions=questions), examples(256, seed=1, questions=questions)
+    held_out = examples(120, seed=20_000, questions=questions)
+    train = examples(256, seed=1 + seed, questions=questions)  # training seed 0 keeps the questions of earlier runs
     started = time.perf_counter()
     before = generate_answers(model, processor, held_out)
     rows, _ = preference_pairs(train, generate_answers(model, processor, train))
     args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, lora_r=16, lora_alpha=32, beta=0.1,
                         loss_type=["sigmoid", "sft"], learning_rate=1e-3, lr_scheduler="constant", max_steps=100,
                         per_device_batch_size=16, logging_steps=10, save_steps=0, max_length=None,
-                        method="dense-dpo" if name == "dense-dpo" else "vlm-dpo", report_to=[])
+                        method="dense-dpo" if name == "dense-dpo" else "vlm-dpo", report_to=[], seed=seed)
     trainer = VLMDPOTrainer(model=model, args=args, train_dataset=rows, processor=processor)
     trainer.train()
     trained = time.perf_counter()
@@ -172,53 +175,112 @@ def run_vlm_method(name: str, work: Path) -> dict:
             "wall_s": time.perf_counter() - started}
 
 
+COMPONENTS = ("colour", "shape", "size", "position", "background", "aesthetic")
+
+
+def summarise_methods(rows: list[dict]) -> list[dict]:
+    """Per method, over its training seeds: the mean gain and its spread (sample std, min, max), how many seeds'
+    intervals exclude zero above and below, the mean win rate, train time and component gains."""
+    summary = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        runs = [r for r in rows if r["method"] == name]
+        gains = [r["reward_gain"] for r in runs]
+        mean = sum(gains) / len(gains)
+        std = (sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5 if len(gains) > 1 else 0.0
+        average = lambda key: sum(r.get(key, 0.0) for r in runs) / len(runs)  # noqa: E731
+        summary.append({"method": name, "seeds": [r["seed"] for r in runs], "mean_gain": mean, "gain_std": std,
+                        "gain_min": min(gains), "gain_max": max(gains),
+                        "seeds_above_zero": sum(r["reward_gain_ci_low"] > 0 for r in runs),
+                        "seeds_below_zero": sum(r["reward_gain_ci_high"] < 0 for r in runs),
+                        "win_rate": average("win_rate"), "tie_rate": average("tie_rate"),
+                        "train_s": average("train_s"), "settings": runs[0]["settings"],
+                        **{f"gain/{c}": average(f"gain/{c}") for c in COMPONENTS if f"gain/{c}" in runs[0]}})
+    return summary
+
+
+def format_summary(summary: list[dict]) -> str:
+    lines = ["| method | settings | seeds | mean gain ± std [min, max] | CI > 0 | CI < 0 | win rate | ties | "
+             "train s | " + " | ".join(COMPONENTS) + " |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(COMPONENTS)]
+    for m in summary:
+        parts = [f"{m['gain/' + c]:+.3f}" if f"gain/{c}" in m else "-" for c in COMPONENTS]
+        lines.append(f"| {m['method']} | {m['settings']} | {' '.join(map(str, m['seeds']))} | "
+                     f"{m['mean_gain']:+.4f} ± {m['gain_std']:.4f} [{m['gain_min']:+.4f}, {m['gain_max']:+.4f}] | "
+                     f"{m['seeds_above_zero']}/{len(m['seeds'])} | {m['seeds_below_zero']}/{len(m['seeds'])} | "
+                     f"{m['win_rate']:.1%} | {m['tie_rate']:.1%} | {m['train_s']:.0f} | {' | '.join(parts)} |")
+    return "\n".join(lines)
+
+
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| method | reward before -> after | gain [95% CI] | win rate [95% CI] | ties | train s | wall s |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| method | seed | reward before -> after | gain [95% CI] | win rate [95% CI] | ties | train s | wall s |",
+             "| --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['reward_before']:.4f} -> {r['reward_after']:.4f} | "
+        lines.append(f"| {r['method']} | {r['seed']} | {r['reward_before']:.4f} -> {r['reward_after']:.4f} | "
                      f"{r['reward_gain']:+.4f} [{r['reward_gain_ci_low']:+.4f}, {r['reward_gain_ci_high']:+.4f}] | "
                      f"{r['win_rate']:.1%} [{r['win_rate_ci_low']:.1%}, {r['win_rate_ci_high']:.1%}] | "
                      f"{r['tie_rate']:.1%} | {r['train_s']:.0f} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 
 
+def settings_of(name: str, shared: OnPolicyConfig) -> str:
+    """What a row trains with, in a few words: the method's overrides of the shared settings."""
+    if name in VLM_METHODS:
+        return "LoRA r16, lr 1e-3, 100 x 16, β 0.1, sigmoid + sft" + (", γ 1.1" if name == "dense-dpo" else "")
+    overrides = METHODS[name][1]
+    loss = overrides.get("loss_type", METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type))
+    beta = overrides.get("beta", shared.beta)
+    lr = overrides.get("learning_rate", shared.learning_rate)
+    extra = {k: v for k, v in overrides.items() if k not in ("loss_type", "beta", "learning_rate")}
+    return ", ".join([f"{loss}", f"β {beta:g}", f"lr {lr:g}", *(f"{k} {v}" for k, v in extra.items())])
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VLM_METHODS], default=[*METHODS, *VLM_METHODS])
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds: each seed samples its own pairs and "
+                        "trains every method once (default 0 1 2; --quick: the recipe's seed)")
     parser.add_argument("--quick", action="store_true", help="reduced Diffusion-DPO only (CI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a shared setting of the quickstart recipe (repeatable)")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--json", type=Path, help="also write the rows and the per-method summary as JSON")
     args = parser.parse_args(argv)
     overrides = dict(QUICK if args.quick else FULL)
     overrides.update(item.split("=", 1) for item in args.set)
     methods = ["diffusion-dpo"] if args.quick else args.methods
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-alignment-"))
     shared = shared_settings({**overrides, "output_dir": str(work)})
+    seeds = args.seeds or ([shared.seed] if args.quick else [0, 1, 2])
     rows, base_images = [], None
-    if any(name in METHODS for name in methods):
-        started = time.perf_counter()
-        summary = sample_pairs(shared, "cuda" if torch.cuda.is_available() else "cpu")
-        print(f"pairs: {summary['pairs']} from {summary['num_prompts']} prompts x {summary['samples_per_prompt']} "
-              f"samples (mean gap {summary['mean_gap']:.3f}) in {time.perf_counter() - started:.0f}s", flush=True)
-    for name in methods:
-        if name in VLM_METHODS:
-            row = run_vlm_method(name, work)
-        else:
-            row = run_method(name, shared, work / PAIRS_DIR, base_images, work)
-            base_images = Path(row.pop("eval_images"))
-        rows.append(row)
-        print(f"{name}: {row['reward_before']:.4f} -> {row['reward_after']:.4f} ({row['wall_s']:.0f}s)", flush=True)
+    for seed in seeds:
+        seeded = dataclasses.replace(shared, seed=seed, output_dir=str(work / f"seed-{seed}"))
+        if any(name in METHODS for name in methods):
+            started = time.perf_counter()
+            summary = sample_pairs(seeded, "cuda" if torch.cuda.is_available() else "cpu")
+            print(f"seed {seed}: {summary['pairs']} pairs from {summary['num_prompts']} prompts x "
+                  f"{summary['samples_per_prompt']} samples (mean gap {summary['mean_gap']:.3f}) in "
+                  f"{time.perf_counter() - started:.0f}s", flush=True)
+        for name in methods:
+            if name in VLM_METHODS:
+                row = run_vlm_method(name, Path(seeded.output_dir), seed)
+            else:
+                row = run_method(name, seeded, Path(seeded.output_dir) / PAIRS_DIR, base_images,
+                                 Path(seeded.output_dir))
+                base_images = Path(row.pop("eval_images"))
+            rows.append({**row, "seed": seed, "settings": settings_of(name, shared)})
+            print(f"{name} seed {seed}: {row['reward_before']:.4f} -> {row['reward_after']:.4f} "
+                  f"({row['wall_s']:.0f}s)", flush=True)
+    summary = summarise_methods(rows)
     print(f"\ndiffusion rows: builtin:shapes-sd, {shared.max_steps} steps x {shared.per_device_batch_size} pairs, "
-          f"LoRA r{shared.lora_r}, "
-          f"lr {shared.learning_rate}; held-out: {shared.num_eval_prompts} prompts x {shared.eval_seeds} seeds, "
-          f"{shared.sample_steps} DDIM steps, CFG {shared.sample_guidance}; VLM rows: builtin:shapes-llava, answer "
-          f"exactness (module docstring)\n")
+          f"LoRA r{shared.lora_r}; pairs: {shared.num_prompts} prompts x {shared.samples_per_prompt} samples per "
+          f"training seed; held-out: {shared.num_eval_prompts} prompts x {shared.eval_seeds} seeds (eval seed "
+          f"{shared.eval_seed}), {shared.sample_steps} DDIM steps, CFG {shared.sample_guidance}; VLM rows: "
+          f"builtin:shapes-llava, answer exactness (module docstring)\n")
+    print(format_summary(summary))
+    print()
     print(format_rows(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
     return rows
 
 

@@ -21,6 +21,26 @@ def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name,
     assert all(getattr(config, key) == value for key, value in overrides.items())
 
 
+def test_the_summary_pools_each_method_over_its_training_seeds():
+    bench = load_bench("alignment")
+
+    def row(method, seed, gain, low, high, win):
+        return {"method": method, "seed": seed, "reward_gain": gain, "reward_gain_ci_low": low,
+                "reward_gain_ci_high": high, "win_rate": win, "tie_rate": 0.5, "train_s": 10.0 * seed,
+                "settings": f"{method} settings", "gain/shape": 2 * gain}
+
+    rows = [row("dpo", 0, 0.06, 0.01, 0.1, 0.6), row("ipo", 0, -0.03, -0.05, -0.01, 0.2),
+            row("dpo", 1, 0.02, -0.01, 0.05, 0.4), row("dpo", 2, 0.04, 0.02, 0.06, 0.5)]
+    dpo, ipo = bench.summarise_methods(rows)
+    assert (dpo["method"], dpo["seeds"], ipo["seeds"]) == ("dpo", [0, 1, 2], [0])
+    assert dpo["mean_gain"] == pytest.approx(0.04) and dpo["gain_std"] == pytest.approx(0.02)
+    assert (dpo["gain_min"], dpo["gain_max"]) == (0.02, 0.06)
+    assert (dpo["seeds_above_zero"], dpo["seeds_below_zero"], ipo["seeds_below_zero"]) == (2, 0, 1)
+    assert dpo["win_rate"] == pytest.approx(0.5) and dpo["gain/shape"] == pytest.approx(0.08)
+    table = bench.format_summary([dpo, ipo])
+    assert "| dpo | dpo settings | 0 1 2 | +0.0400 ± 0.0200 [+0.0200, +0.0600] | 2/3 | 0/3 |" in table
+
+
 @pytest.mark.slow
 def test_reduced_diffusion_dpo_gains_reward_with_an_interval_above_zero(tmp_path, capsys):
     rows = load_bench("alignment").main(["--quick", "--workdir", str(tmp_path)])

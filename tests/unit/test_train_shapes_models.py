@@ -51,3 +51,34 @@ def test_bad_arguments_fail_naming_them(tmp_path, capsys):
     assert "arch must be one of ['sd', 'sdxl']" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--vae-from .*missing"):
         train_shapes_models.build_vae(train_shapes_models.TrainConfig(vae_from=str(tmp_path / "missing")))
+
+
+def test_noisy_captions_name_another_value_at_the_given_rate_and_leave_the_scenes_alone():
+    from visalign.shapes.world import ATTRIBUTES, parse_prompt
+
+    config = train_shapes_models.TrainConfig(num_images=400)
+    clean = train_shapes_models.render_dataset(config)
+    noisy = train_shapes_models.render_dataset(train_shapes_models.TrainConfig(num_images=400, caption_noise=0.25))
+    assert torch.equal(clean[0], noisy[0])  # the same scenes, only their captions differ
+    named = changed = 0
+    for before, after in zip(clean[1], noisy[1]):
+        asked, said = parse_prompt(before), parse_prompt(after)
+        for attribute in ATTRIBUTES:
+            assert (getattr(asked, attribute) is None) == (getattr(said, attribute) is None)  # the same attributes
+            named += getattr(asked, attribute) is not None
+            changed += getattr(asked, attribute) != getattr(said, attribute)
+    assert 0.2 < changed / named < 0.3, changed / named  # 1,565 named attributes: sd of the rate 0.011
+
+
+def test_the_saved_denoiser_is_the_moving_average_when_asked(tmp_path):
+    """With ema_decay the saved weights are the average, not the last step's: a 3-step run saves other weights."""
+    runs = {}
+    for decay in ("0", "0.5"):
+        out = tmp_path / decay
+        args = ["--vae-from", str(SHAPES_SD_VAE), "--out", str(out), *TINY, "--ema-decay", decay]
+        assert train_shapes_models.main(args) == 0
+        runs[decay] = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert runs["0"].keys() == runs["0.5"].keys()
+    assert not all(torch.equal(runs["0"][k], runs["0.5"][k]) for k in runs["0"])
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        train_shapes_models.TrainConfig(ema_decay=1.0)

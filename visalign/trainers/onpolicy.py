@@ -14,7 +14,9 @@ Three stages, all in ``output_dir``:
    ``eval_seeds`` seeds each (seeds from ``eval_seed``, never used for the pairs), both scored, compared with paired
    bootstrap intervals over prompts (:func:`visalign.evaluation.report.compare_models`): ``report.html``
    (open it in a browser: images side by side, sortable by score difference), ``report.md``, ``report.json``,
-   ``scores.jsonl`` and ``grid.png`` (rows: prompts; columns: after, before).
+   ``scores.jsonl`` and ``grid.png`` (rows: prompts, written beside them; columns: after, before). Each component of
+   the score (the ``shapes`` reward's colour, shape, size, position, background and aesthetic) is compared too and
+   printed with the headline gain (``gain/<component>`` in the returned figures).
 
 With ``resample_every: 0`` (the default) the pairs are drawn once, before step 1, from the model as loaded, into
 ``pairs/``. With ``resample_every: N`` stages 1 and 2 interleave: every N optimizer steps a new round of pairs is
