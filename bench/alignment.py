@@ -125,11 +125,11 @@ def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: 
                   flush=True)
     config = method_config(name, shared, dataset, work)
     eval_dir = work / name / EVAL_DIR
+    started = time.perf_counter()
+    DiffusionTrainer(config).train()  # into an empty output_dir: the base images are copied in after training
+    trained = time.perf_counter()
     if base_images is not None:  # the base model's held-out images are the same for every row: render them once
         shutil.copytree(base_images, eval_dir / "images" / "b")
-    started = time.perf_counter()
-    DiffusionTrainer(config).train()
-    trained = time.perf_counter()
     from visalign.evaluation.generate import load_prompts
 
     prompts = load_prompts(shared.eval_prompts, split=shared.eval_prompts_split, limit=shared.num_eval_prompts)

@@ -50,3 +50,15 @@ def test_reduced_diffusion_dpo_gains_reward_with_an_interval_above_zero(tmp_path
     assert row["reward_gain_ci_low"] > 0, f"no significant gain: {row}"
     assert row["win_rate"] > row["loss_rate"]
     assert "| diffusion-dpo |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_several_methods_and_seeds_run_side_by_side_on_the_same_held_out_images(tmp_path):
+    """Every row after the first trains into an empty folder and is judged on the first row's base images."""
+    tiny = ["num_prompts=8", "max_steps=2", "num_eval_prompts=2", "eval_seeds=1", "bootstrap_resamples=50"]
+    rows = load_bench("alignment").main(["--methods", "diffusion-dpo", "ipo", "--seeds", "0", "1", "--workdir",
+                                         str(tmp_path), *[arg for item in tiny for arg in ("--set", item)]])
+    assert [(r["method"], r["seed"]) for r in rows] == [("diffusion-dpo", 0), ("ipo", 0), ("diffusion-dpo", 1),
+                                                        ("ipo", 1)]
+    assert len({r["reward_before"] for r in rows}) == 1
+    assert (tmp_path / "seed-1" / "ipo" / "eval" / "images" / "b").is_dir()
