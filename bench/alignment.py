@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from reward_models.shapes import COMPONENTS
 from visalign.config_io import load_config
 from visalign.evaluation.report import ModelSpec, compare_models
 from visalign.recipes import recipe_file
@@ -173,9 +174,6 @@ def run_vlm_method(name: str, work: Path, seed: int) -> dict:
     comparison = head_to_head(exact[0], exact[1], num_resamples=2000)
     return {"method": name, **summarise(comparison.as_dict()), "train_s": trained - started,
             "wall_s": time.perf_counter() - started}
-
-
-COMPONENTS = ("colour", "shape", "size", "position", "background", "aesthetic")
 
 
 def summarise_methods(rows: list[dict]) -> list[dict]:
