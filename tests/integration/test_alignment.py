@@ -16,9 +16,22 @@ def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name,
     config = bench.method_config(name, shared, tmp_path / "pairs", tmp_path)
     cls, overrides = bench.METHODS[name]
     assert type(config) is cls and config.output_dir == str(tmp_path / name)
-    assert (config.lora_r, config.max_steps, config.learning_rate) == (shared.lora_r, shared.max_steps,
-                                                                       shared.learning_rate)
+    assert (config.lora_r, config.max_steps) == (shared.lora_r, shared.max_steps)
+    assert config.learning_rate == overrides.get("learning_rate", shared.learning_rate)
     assert all(getattr(config, key) == value for key, value in overrides.items())
+
+
+def test_the_vlm_rows_put_a_lora_on_every_linear_layer_but_the_output_head():
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from visalign.models.builtin import resolve_model
+
+    model = AutoModelForImageTextToText.from_pretrained(resolve_model("builtin:shapes-llava"))
+    names = load_bench("alignment").every_linear_layer(model)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(names) == sorted(n for n in linear if n != "lm_head")
+    assert all(any(part in n for n in names) for part in ("vision_tower", "multi_modal_projector", "language_model"))
 
 
 def test_the_summary_pools_each_method_over_its_training_seeds():
