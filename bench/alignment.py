@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -67,8 +68,11 @@ METHODS: dict[str, tuple[type, dict]] = {
     "inpo": (InPOConfig, {"inversion_steps": 10}),
 }
 VLM_METHODS = ("vlm-dpo", "dense-dpo")
-#: the VLM rows' data and budget: training questions per seed, held-out questions, optimizer steps
-VLM_TRAIN_QUESTIONS, VLM_HELD_OUT, VLM_STEPS = 4096, 480, 600
+#: the VLM rows' data: training questions per seed, held-out questions
+VLM_TRAIN_QUESTIONS, VLM_HELD_OUT = 4096, 480
+#: the VLM rows' training settings (``VLMDPOConfig`` fields; the LoRA goes on :func:`every_linear_layer`)
+VLM_TRAINING = {"lora_r": 16, "lora_alpha": 32, "beta": 0.1, "loss_type": ["sigmoid", "sft"], "learning_rate": 1e-3,
+                "lr_scheduler": "constant", "max_steps": 600, "per_device_batch_size": 16}
 #: reduced settings of ``--quick`` (and the CI test): fewer prompts and steps, and the reward reduced to its
 #: ``aesthetic`` component (large, centred shapes), whose gain is large enough to be resolved at this budget
 QUICK = {"num_prompts": 48, "max_steps": 100, "num_eval_prompts": 24, "scorer_args": ["weights={aesthetic: 1.0}"]}
@@ -169,10 +173,8 @@ def run_vlm_method(name: str, work: Path, seed: int) -> dict:
     started = time.perf_counter()
     before = generate_answers(model, processor, held_out)
     rows, _ = preference_pairs(train, generate_answers(model, processor, train))
-    args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, lora_r=16, lora_alpha=32, beta=0.1,
-                        loss_type=["sigmoid", "sft"], learning_rate=1e-3, lr_scheduler="constant", max_steps=VLM_STEPS,
-                        per_device_batch_size=16, logging_steps=10, save_steps=0, max_length=None,
-                        lora_target_modules=every_linear_layer(model),
+    args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, **VLM_TRAINING, logging_steps=10, save_steps=0,
+                        max_length=None, lora_target_modules=every_linear_layer(model),
                         method="dense-dpo" if name == "dense-dpo" else "vlm-dpo", report_to=[], seed=seed)
     trainer = VLMDPOTrainer(model=model, args=args, train_dataset=rows, processor=processor)
     trainer.train()
@@ -198,8 +200,8 @@ def summarise_methods(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["method"] for r in rows):
         runs = [r for r in rows if r["method"] == name]
         gains = [r["reward_gain"] for r in runs]
-        mean = sum(gains) / len(gains)
-        std = (sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5 if len(gains) > 1 else 0.0
+        mean = statistics.fmean(gains)
+        std = statistics.stdev(gains) if len(gains) > 1 else 0.0
         average = lambda key: sum(r.get(key, 0.0) for r in runs) / len(runs)  # noqa: E731
         summary.append({"method": name, "seeds": [r["seed"] for r in runs], "mean_gain": mean, "gain_std": std,
                         "gain_min": min(gains), "gain_max": max(gains),
@@ -238,7 +240,9 @@ def format_rows(rows: list[dict]) -> str:
 def settings_of(name: str, shared: OnPolicyConfig) -> str:
     """What a row trains with, in a few words: the method's overrides of the shared settings."""
     if name in VLM_METHODS:
-        return (f"LoRA r16 on every linear layer, lr 1e-3, {VLM_STEPS} x 16, β 0.1, sigmoid + sft"
+        t = VLM_TRAINING
+        return (f"LoRA r{t['lora_r']} on every linear layer, lr {t['learning_rate']:g}, {t['max_steps']} x "
+                f"{t['per_device_batch_size']}, β {t['beta']:g}, {' + '.join(t['loss_type'])}"
                 + (", γ 1.1" if name == "dense-dpo" else ""))
     overrides = METHODS[name][1]
     loss = overrides.get("loss_type", METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type))

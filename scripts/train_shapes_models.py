@@ -14,8 +14,9 @@ Stages, after ``shared/reference/shapes-world-probe.md``:
 3. cache every image's posterior mean and std once: the denoiser stage never runs the VAE encoder;
 4. train ``UNet2DConditionModel`` (48, 96) and ``CLIPTextModel`` (hidden 64, 2 layers) jointly on the ε-loss with
    10% caption dropout (the empty prompt, as classifier-free guidance uses it), 3,000 steps, and keep an exponential
-   moving average of their weights (decay 0.999, diffusers' ``EMAModel`` warm-up), which is what is saved. A frozen
-   random text encoder cannot carry the colour words (probe), hence the joint training;
+   moving average of their weights (decay 0.999 after diffusers' ``EMAModel`` warm-up (1 + k)/(10 + k), here from step
+   k = 1 and one step ahead of it), which is what is saved. A frozen random text encoder cannot carry the colour
+   words (probe), hence the joint training;
 5. save a ``StableDiffusionPipeline`` (``save_pretrained``, safetensors; DDIM sampling scheduler with SD's
    ``scaled_linear`` betas; word-level CLIP-style tokenizer from ``visalign.testing.tokenizers``) that loads with
    ``StableDiffusionPipeline.from_pretrained(out)``; ``train_config.json`` beside it;
@@ -322,7 +323,7 @@ def train_denoiser(unet, conditioning: TextConditioning, scheduler, latents: tup
         pred = unet(noisy.to(device), t.to(device), **conditioning.unet_kwargs(batch_ids)).sample
         loss = F.mse_loss(pred.float(), noise.to(device).float())
         _step(loss, params, optimizer, schedule)
-        if average is not None:  # diffusers' EMAModel schedule: decay min(ema_decay, (1 + step) / (10 + step))
+        if average is not None:  # decay min(ema_decay, (1 + step) / (10 + step)): EMAModel's warm-up, one step ahead
             decay = min(config.ema_decay, (1 + step) / (10 + step))
             for kept, param in zip(average, params):
                 kept.lerp_(param.detach(), 1 - decay)
