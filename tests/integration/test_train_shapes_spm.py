@@ -1,5 +1,6 @@
-"""``scripts/train_shapes_spm.py --quick``: the shapes world's SPM chain (shapes CLIP, pairs from shapes-sd labelled
-by the shapes reward, ``visalign train --config spm-shapes``) runs end to end and leaves a loadable step-aware folder
+"""``scripts/train_shapes_spm.py --quick``: the shapes world's SPM chain (shapes CLIP, its fit to the shapes reward on
+near-miss renders, pairs from shapes-sd labelled by the shapes reward, ``visalign train --config
+spm-shapes``) runs end to end and leaves a loadable step-aware folder
 with the accuracies of both the SPM and the plain reward per timestep."""
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def test_quick_run_leaves_a_step_aware_folder_with_both_accuracies_per_timestep(
     for t in ("0", "251", "501", "701", "951"):
         accuracy = metrics["accuracy"][f"t={t}"]
         assert all(0.0 <= accuracy[key] <= 1.0 for key in ("spm", "shapes_baseline")), accuracy
-    assert metrics["train_pairs"] > 0 and not (tmp_path / "spm.work").exists()
+    assert metrics["train_pairs"] > 0
+    assert 0.0 <= metrics["imitation"]["held_out_accuracy_after"] <= 1.0 and not (tmp_path / "spm.work").exists()
     scores = load_scorer("step-aware", model=str(tmp_path / "spm")).score_tensor(
         torch.rand(2, 3, 32, 32), ["a red square", "a blue circle"], timesteps=[0, 701]).scores
     assert scores.shape == (2,) and all(math.isfinite(s) for s in scores.tolist())

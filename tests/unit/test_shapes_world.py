@@ -23,6 +23,7 @@ from visalign.shapes.world import (
     complete,
     describe,
     parse_prompt,
+    perturb,
     sample_scene,
     sample_spec,
 )
@@ -91,6 +92,20 @@ def test_sampling_is_seeded_and_always_names_colour_and_shape():
     assert not filled.missing and (filled.shape, filled.colour) == ("star", "red")
     assert sample_spec(random.Random(5)) == sample_spec(random.Random(5))
 
+
+
+def test_perturb_redraws_each_set_attribute_with_its_probability():
+    spec = ShapeSpec("star", "red", "small", "left", "white")
+    assert perturb(spec, random.Random(0), 0.0) == spec
+    partial = ShapeSpec("circle", "blue")
+    assert all(perturb(partial, random.Random(i), 1.0).missing == partial.missing for i in range(50))
+    draws = [perturb(spec, random.Random(i), 0.5) for i in range(2000)]
+    for a in ATTRIBUTES:  # redrawn half the time, and a redraw keeps the old value 1 / len(options) of the time
+        changed = sum(getattr(d, a) != getattr(spec, a) for d in draws) / len(draws)
+        assert abs(changed - 0.5 * (1 - 1 / len(OPTIONS[a]))) < 0.04, (a, changed)
+    assert perturb(spec, random.Random(9), 0.3) == perturb(spec, random.Random(9), 0.3)
+    with pytest.raises(ValueError, match="probability"):
+        perturb(spec, random.Random(0), 1.5)
 
 # ---- rendering ----------------------------------------------------------------------------------------------------
 def test_coverage_geometry_is_exact():

@@ -25,12 +25,13 @@ from .world import (
     complete,
     describe,
     parse_prompt,
+    perturb,
     sample_scene,
     sample_spec,
 )
 
 __all__ = [
     "ATTRIBUTES", "BACKGROUNDS", "COLOURS", "OPTIONS", "POSITIONS", "SHAPES", "SIZES", "VOCABULARY",
-    "SceneAnalysis", "ShapeSpec", "analyse", "complete", "describe", "parse_prompt", "sample_scene",
-    "sample_spec",
+    "SceneAnalysis", "ShapeSpec", "analyse", "complete", "describe", "parse_prompt", "perturb",
+    "sample_scene", "sample_spec",
 ]

@@ -146,6 +146,15 @@ def sample_scene(rng: random.Random, *, mention_probability: float = 0.75) -> tu
     return spec, describe(spec, mention)
 
 
+def perturb(spec: ShapeSpec, rng: random.Random, probability: float) -> ShapeSpec:
+    """``spec`` with each attribute it sets redrawn uniformly with ``probability`` (the draw may repeat the old
+    value): near misses of a scene, the kind of images a preference model must tell apart."""
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    return replace(spec, **{a: rng.choice(OPTIONS[a]) for a in ATTRIBUTES
+                            if getattr(spec, a) is not None and rng.random() < probability})
+
+
 def complete(spec: ShapeSpec, rng: random.Random) -> ShapeSpec:
     """``spec`` with each unmentioned attribute drawn uniformly (a prompt -> a scene that satisfies it)."""
     return replace(spec, **{a: rng.choice(OPTIONS[a]) for a in spec.missing})
