@@ -238,20 +238,22 @@ def near_miss_pairs(rng: random.Random, n: int, scorer, config: TrainConfig
     prompts = [p for _, p in scenes]
     scores = torch.as_tensor(scorer.score(list(images.float() / 255), [p for p in prompts for _ in range(2)]
                                           ).scores).view(n, 2)
-    label_0 = torch.where(scores[:, 0] > scores[:, 1], 1.0, torch.where(scores[:, 0] < scores[:, 1], 0.0, 0.5))
+    label_0 = ((scores[:, 0] - scores[:, 1]).sign() + 1) / 2
     return images.view(n, 2, *images.shape[1:]), prompts, label_0
 
 
+def pair_scores(clip, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP's scores of both images of each pair (``images`` uint8 ``[n, 2, 3, H, W]``) against its prompt."""
+    s0, s1 = (clip.score_tensor(images[:, i].float() / 255, prompts).scores for i in (0, 1))
+    return s0, s1
+
+
+@torch.no_grad()
 def imitation_accuracy(clip, pairs) -> float:
     """The fraction of the non-tie ``pairs`` (:func:`near_miss_pairs` outputs) the CLIP ranks as the reward does."""
-    correct = decided = 0
-    with torch.no_grad():
-        for images, prompts, label_0 in pairs:
-            s0, s1 = (clip.score_tensor(images[:, i].float() / 255, prompts).scores for i in (0, 1))
-            _, accuracy = step_aware_preference_loss(s0, s1, label_0)
-            n = int((label_0 != 0.5).sum())
-            correct, decided = correct + accuracy.item() * n, decided + n
-    return correct / decided
+    scores = [pair_scores(clip, images, prompts) for images, prompts, _ in pairs]
+    s0, s1 = (torch.cat([s[i] for s in scores]) for i in (0, 1))
+    return step_aware_preference_loss(s0, s1, torch.cat([label_0 for *_, label_0 in pairs]))[1].item()
 
 
 def imitate_reward(clip_dir: Path, out: Path, scorer, config: TrainConfig) -> dict[str, float]:
@@ -270,8 +272,7 @@ def imitate_reward(clip_dir: Path, out: Path, scorer, config: TrainConfig) -> di
     started = time.perf_counter()
     for step in range(1, config.imitate_steps + 1):
         images, prompts, label_0 = near_miss_pairs(rng, config.imitate_batch_size, scorer, config)
-        s0, s1 = (clip.score_tensor(images[:, i].float() / 255, prompts).scores for i in (0, 1))
-        loss, _ = step_aware_preference_loss(s0, s1, label_0)
+        loss, _ = step_aware_preference_loss(*pair_scores(clip, images, prompts), label_0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

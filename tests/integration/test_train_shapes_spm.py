@@ -1,7 +1,7 @@
 """``scripts/train_shapes_spm.py --quick``: the shapes world's SPM chain (shapes CLIP, its fit to the shapes reward on
-near-miss renders, pairs from shapes-sd labelled by the shapes reward, ``visalign train --config
-spm-shapes``) runs end to end and leaves a loadable step-aware folder
-with the accuracies of both the SPM and the plain reward per timestep."""
+near-miss renders, pairs from shapes-sd labelled by the shapes reward, ``visalign train --config spm-shapes``) runs
+end to end and leaves a loadable step-aware folder with the accuracies of both the SPM and the plain reward per
+timestep."""
 
 from __future__ import annotations
 

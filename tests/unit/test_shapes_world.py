@@ -93,7 +93,6 @@ def test_sampling_is_seeded_and_always_names_colour_and_shape():
     assert sample_spec(random.Random(5)) == sample_spec(random.Random(5))
 
 
-
 def test_perturb_redraws_each_set_attribute_with_its_probability():
     spec = ShapeSpec("star", "red", "small", "left", "white")
     assert perturb(spec, random.Random(0), 0.0) == spec
@@ -106,6 +105,7 @@ def test_perturb_redraws_each_set_attribute_with_its_probability():
     assert perturb(spec, random.Random(9), 0.3) == perturb(spec, random.Random(9), 0.3)
     with pytest.raises(ValueError, match="probability"):
         perturb(spec, random.Random(0), 1.5)
+
 
 # ---- rendering ----------------------------------------------------------------------------------------------------
 def test_coverage_geometry_is_exact():
