@@ -24,13 +24,16 @@ tokens where the correct answer differs from the rejected one by γ = 1.1 (RLHF-
 the greedy answer to each of 480 held-out questions (1 right, 0 wrong; ``visalign.shapes.vqa.check_answer``), so the
 win rate counts questions the trained model gets right and the base gets wrong. (The first setting, 256 questions,
 100 steps and a LoRA on the language model only, moved nothing measurable on 480 held-out questions: −0.023
-[−0.081, +0.033] at seed 0.) There is no MIA-DPO row: its questions name one image among several ("In Image2, ..."),
-and the shipped VLM's word-level tokenizer reads "In Image1" and "In Image2" alike as two ``<unk>`` tokens, so it
-cannot be asked which image a question means; a row needs a shapes VLM trained on multi-image references.
+[−0.081, +0.033] at seed 0.) The ``mia-dpo`` row augments the same kind of single-image training questions (all
+three kinds) into MIA-DPO sequences of 2 and 3 images (``MIA_SEQUENCE_IMAGES``; a grid collage or picture-in-picture
+of 32-px scenes would shrink each below what the model's 30-px crops resolve), keeps the model's wrong answers about
+the referenced image that pass MIA-DPO's filters (``visalign.data.mia_dpo_select.build_mia_dpo``: perplexity > 1.1,
+attention ratio of the last decoder layer under the threshold), trains on that JSON with the same settings, and
+scores exactness on 480 held-out questions about one image of a sequence of 2 or 3.
 
     python bench/alignment.py                      # every method, training seeds 0 1 2 (~20 min per seed, 2 CPU cores)
     python bench/alignment.py --methods diffusion-dpo mapo --seeds 0 1 2 3 4
-    python bench/alignment.py --methods vlm-dpo dense-dpo   # the VLM rows only (~10 min)
+    python bench/alignment.py --methods vlm-dpo dense-dpo mia-dpo   # the VLM rows only (~12 min)
     python bench/alignment.py --quick              # reduced Diffusion-DPO only, aesthetic reward (the CI test)
 """
 
@@ -67,7 +70,10 @@ METHODS: dict[str, tuple[type, dict]] = {
     "dcpo": (DCPOConfig, {"beta": 500.0, "learning_rate": 1e-4}),
     "inpo": (InPOConfig, {"inversion_steps": 10}),
 }
-VLM_METHODS = ("vlm-dpo", "dense-dpo")
+VLM_METHODS = ("vlm-dpo", "dense-dpo", "mia-dpo")
+#: MIA-DPO's augmentations here: sequences of 2 and 3 images (a grid collage or picture-in-picture of 32-px scenes
+#: would shrink each scene below what the shapes VLM's 30-px crops can see)
+MIA_SEQUENCE_IMAGES = (2, 3)
 #: the VLM rows' data: training questions per seed, held-out questions
 VLM_TRAIN_QUESTIONS, VLM_HELD_OUT = 4096, 480
 #: the VLM rows' training settings (``VLMDPOConfig`` fields; the LoRA goes on :func:`every_linear_layer`)
@@ -156,26 +162,41 @@ def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: 
 
 
 def run_vlm_method(name: str, work: Path, seed: int) -> dict:
-    """Align ``builtin:shapes-llava`` with DPO or dense DPO on its own mistakes; answer exactness before/after."""
+    """Align ``builtin:shapes-llava`` with DPO, dense DPO or MIA-DPO on its own mistakes; answer exactness
+    before/after. DPO and dense DPO: pairs from its answers to single-image questions, evaluated on held-out ones.
+    MIA-DPO: the same kind of source questions augmented into sequences of 2 and 3 images and selected by
+    ``build_mia_dpo`` (its answer about the referenced image wrong, the attention ratio under the threshold),
+    evaluated on held-out questions about one image of a sequence."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from visalign.data.mia_dpo_select import MIASelectConfig, SourceSample, build_mia_dpo
     from visalign.evaluation.winrate import head_to_head
     from visalign.models.builtin import resolve_model
-    from visalign.shapes.vqa import check_answer, examples, generate_answers, preference_pairs
+    from visalign.shapes.vqa import QUESTIONS, check_answer, examples, generate_answers, preference_pairs
     from visalign.trainers.vlm import VLMDPOConfig, VLMDPOTrainer
 
     path = resolve_model("builtin:shapes-llava")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    # MIA-DPO's selection reads the attention maps, which need eager attention
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(path)
-    questions = ("shape", "describe")
-    held_out = examples(VLM_HELD_OUT, seed=20_000, questions=questions)
+    questions, shown = (tuple(QUESTIONS), MIA_SEQUENCE_IMAGES) if name == "mia-dpo" else (("shape", "describe"), (1,))
+    held_out = examples(VLM_HELD_OUT, seed=20_000, questions=questions, num_images=shown)
     train = examples(VLM_TRAIN_QUESTIONS, seed=1 + seed, questions=questions)
     started = time.perf_counter()
     before = generate_answers(model, processor, held_out)
-    rows, _ = preference_pairs(train, generate_answers(model, processor, train))
+    if name == "mia-dpo":
+        layer = model.config.text_config.num_hidden_layers - 1
+        samples = [SourceSample(image=item.image, question=QUESTIONS[item.question], answer=item.answer, id=str(i))
+                   for i, item in enumerate(train)]
+        rows = str(build_mia_dpo(model, processor, samples, work / "mia-data", seed=seed,
+                                 kinds=[("sequence", count) for count in MIA_SEQUENCE_IMAGES],
+                                 config=MIASelectConfig(layer=layer, max_new_tokens=12)))
+        print(f"mia-dpo seed {seed}: {(work / 'mia-data' / 'selection.json').read_text()}", flush=True)
+    else:
+        rows, _ = preference_pairs(train, generate_answers(model, processor, train))
     args = VLMDPOConfig(output_dir=str(work / name), use_lora=True, **VLM_TRAINING, logging_steps=10, save_steps=0,
-                        max_length=None, lora_target_modules=every_linear_layer(model),
-                        method="dense-dpo" if name == "dense-dpo" else "vlm-dpo", report_to=[], seed=seed)
+                        max_length=None, lora_target_modules=every_linear_layer(model), method=name, report_to=[],
+                        seed=seed)
     trainer = VLMDPOTrainer(model=model, args=args, train_dataset=rows, processor=processor)
     trainer.train()
     trained = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visalign.shapes.vqa import QUESTIONS, WORDS, answer_for, check_answer, examples, preference_pairs
+from visalign.shapes.vqa import QUESTIONS, WORDS, answer_for, check_answer, examples, preference_pairs, user_turn
 from visalign.shapes.world import ShapeSpec
 
 SPEC = ShapeSpec("circle", "red", "small", "center", "white")
@@ -79,3 +79,32 @@ def test_templated_hallucinations_are_wrong_and_seeded():
     assert rejected == [row["rejected"][0]["content"][0]["text"] for row in again]
     assert not any(check_answer(item.spec, item.question, text) for item, text in zip(items, rejected))
     assert all(set(text.split()) <= set(WORDS) for text in rejected)
+
+
+def test_sequence_examples_ask_about_the_scene_at_its_position_in_mia_dpos_format():
+    items = examples(12, seed=17, num_images=(2, 3))
+    assert [len(item.images) for item in items] == [2, 3] * 6
+    assert {item.position for item in examples(60, seed=17, num_images=(3,))} == {1, 2, 3}
+    again = examples(12, seed=17, num_images=(2, 3))
+    for item, same in zip(items, again):
+        assert 1 <= item.position <= len(item.images) and item.images[item.position - 1] is item.image
+        assert [i.tobytes() for i in item.images] == [i.tobytes() for i in same.images]
+        parts = item.messages[0]["content"]
+        assert sum(part["type"] == "image" for part in parts) == len(item.images)
+        text = " ".join(part["text"] for part in parts if part["type"] == "text")
+        labels = [f"Image{k}:" for k in range(1, len(item.images) + 1)]
+        assert text.split() == [*labels, "In", f"Image{item.position},", *QUESTIONS[item.question].split()]
+        assert set(text.split()) <= set(WORDS)  # the shapes VLM's word-level tokenizer knows every word
+    # single-image examples are the ones they were before sequences existed: one image, the plain question
+    single = examples(3, seed=17)
+    assert [len(item.images) for item in single] == [1, 1, 1] and single[0].messages == user_turn("colour")
+    with pytest.raises(ValueError, match=r"num_images must be in 1..3; got \[2, 4\]"):
+        examples(2, seed=0, num_images=(2, 4))
+
+
+def test_preference_rows_of_sequence_examples_carry_every_image_and_the_referencing_prompt():
+    items = examples(4, seed=19, num_images=(3,))
+    rows, counts = preference_pairs(items, [item.answer for item in items])
+    assert counts == {"template": 4}
+    for item, row in zip(items, rows):
+        assert row["images"] == item.images and len(row["images"]) == 3 and row["prompt"] == item.messages

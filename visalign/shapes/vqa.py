@@ -14,6 +14,11 @@ key             question                         answer
 attribute), so the correctness of a model's free answer is exact. :func:`preference_pairs` turns a model's answers
 into TRL-format vision preference rows: the correct answer is chosen; the rejected one is the model's own answer when
 it is wrong (an on-policy hallucination), else a templated hallucination with the colour or shape swapped.
+
+A question may also be asked about one image of a sequence (``examples(..., num_images=(2, 3))``), in MIA-DPO's
+format (``visalign.data.mia_dpo.sequence_sample``): ``"Image1: <image> Image2: <image> In Image2, what colour is the
+shape ?"``, the other images unrelated scenes. :data:`WORDS` holds the words of those prompts for up to
+:data:`MAX_IMAGES` images, as the shapes VLM's whitespace tokenizer splits them (``Image2:``, ``In``, ``Image2,``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
+from visalign.data.mia_dpo import sequence_sample
+from visalign.data.vlm import prompt_to_messages
 from visalign.shapes.render import render
 from visalign.shapes.world import COLOURS, OPTIONS, SHAPES, VOCABULARY, ShapeSpec, describe, sample_spec
 
@@ -38,19 +45,40 @@ QUESTIONS: dict[str, str] = {
 DESCRIBED = ("size", "colour", "shape", "background")
 #: question key -> the scene attributes its answer must name
 ASKED: dict[str, tuple[str, ...]] = {"colour": ("colour",), "shape": ("shape",), "describe": DESCRIBED}
+#: the most images a question may be asked among (MIA-DPO's sequences have 2-5)
+MAX_IMAGES = 3
+#: the words of MIA-DPO's sequence prompts, as whitespace splits them: ``Image{i}:`` labels, ``In Image{k},``
+SEQUENCE_WORDS: tuple[str, ...] = ("In", *(f"Image{i}{mark}" for i in range(1, MAX_IMAGES + 1) for mark in ":,"))
 #: every word a question or an answer uses (the shapes VLM's tokenizer vocabulary)
 WORDS: tuple[str, ...] = tuple(dict.fromkeys(
-    [*VOCABULARY, *" ".join(QUESTIONS.values()).split(), "it", "is", "."]))
+    [*VOCABULARY, *" ".join(QUESTIONS.values()).split(), "it", "is", ".", *SEQUENCE_WORDS]))
 
 
 @dataclass(frozen=True)
 class VQAExample:
-    """A rendered scene, the question asked about it, and the correct answer."""
+    """A rendered scene, the question asked about it, and the correct answer. With ``distractors`` the question is
+    asked about one image of a sequence: the distractors in order with the scene's image at ``position`` (1-based),
+    in MIA-DPO's sequence format (module docstring)."""
 
     image: Image.Image
     spec: ShapeSpec
     question: str  # a key of QUESTIONS
     answer: str
+    distractors: tuple[Image.Image, ...] = ()
+    position: int = 1
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The images shown, in order."""
+        return sequence_sample(self.image, list(self.distractors), "", self.position).images
+
+    @property
+    def messages(self) -> list[dict]:
+        """The chat messages asking the question."""
+        if not self.distractors:
+            return user_turn(self.question)
+        shown = sequence_sample(self.image, list(self.distractors), QUESTIONS[self.question], self.position)
+        return prompt_to_messages(shown.question, len(shown.images))
 
 
 def _check_question(question: str) -> None:
@@ -86,17 +114,24 @@ def chance(question: str) -> float:
     return 1.0 / math.prod(len(OPTIONS[attribute]) for attribute in ASKED[question])
 
 
-def examples(n: int, seed: int, *, resolution: int = 32, questions: Sequence[str] = tuple(QUESTIONS)
-             ) -> list[VQAExample]:
+def examples(n: int, seed: int, *, resolution: int = 32, questions: Sequence[str] = tuple(QUESTIONS),
+             num_images: Sequence[int] = (1,)) -> list[VQAExample]:
     """``n`` seeded examples: scene ``i`` drawn from ``random.Random(seed)``, rendered with seed ``seed * 100_003 + i``,
-    asked question ``questions[i % len(questions)]``."""
+    asked question ``questions[i % len(questions)]`` among ``num_images[i % len(num_images)]`` images: the others
+    are unrelated scenes drawn from the same generator, and the scene's position among them is uniform."""
+    if any(not 1 <= count <= MAX_IMAGES for count in num_images):
+        raise ValueError(f"num_images must be in 1..{MAX_IMAGES}; got {list(num_images)}")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         spec = sample_spec(rng)
         question = questions[i % len(questions)]
         image = render(spec, seed=seed * 100_003 + i, resolution=resolution)
-        out.append(VQAExample(image, spec, question, answer_for(spec, question)))
+        count = num_images[i % len(num_images)]
+        distractors = tuple(render(sample_spec(rng), seed=rng.randrange(2**31), resolution=resolution)
+                            for _ in range(count - 1))
+        position = rng.randint(1, count) if distractors else 1
+        out.append(VQAExample(image, spec, question, answer_for(spec, question), distractors, position))
     return out
 
 
@@ -136,8 +171,8 @@ def preference_pairs(items: Sequence[VQAExample], model_answers: Sequence[str], 
             continue
         counts[source] += 1
         rows.append({
-            "images": [item.image],
-            "prompt": user_turn(item.question),
+            "images": item.images,
+            "prompt": item.messages,
             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": item.answer}]}],
             "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
         })
@@ -158,10 +193,9 @@ def generate_answers(model, processor, items: Sequence[VQAExample], *, batch_siz
     try:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            texts = [processor.apply_chat_template(user_turn(item.question), add_generation_prompt=True)
-                     for item in batch]
-            inputs = processor(images=[item.image for item in batch], text=texts, padding=True, return_tensors="pt",
-                               add_special_tokens=False).to(model.device)
+            texts = [processor.apply_chat_template(item.messages, add_generation_prompt=True) for item in batch]
+            inputs = processor(images=[image for item in batch for image in item.images], text=texts, padding=True,
+                               return_tensors="pt", add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
             answers += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
