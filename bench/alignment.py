@@ -16,6 +16,11 @@ what it actually shows, read back by the shapes analysis; β 500, lr 1e-4) and I
 MaPO and DCPO lowered the reward at every setting tried on seed 0 (lr 1e-3 and 1e-4; MaPO also β_m 1, DCPO also lr
 3e-4); these are the settings that lowered it least (bench/README.md has the search and the reasons measured).
 
+``--pairs rendered`` trains the diffusion rows on rendered pairs instead (``visalign.shapes.pairs``: each training
+prompt's scene rendered against 3 near misses, the ``shapes`` reward labelling each, gap > 0.1; an offline preference
+data set, as Pick-a-Pic is for Diffusion-DPO): the two images differ only in what was redrawn, and DCPO's per-side
+captions are exact. The held-out evaluation is the same.
+
 VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` with the notebook's workflow: pairs
 from its own answers to 4,096 shape/description questions (correct answer chosen; its own wrong answer, else a templated
 hallucination, rejected), LoRA r 16 on every linear layer (vision tower, projector and language model: the model's
@@ -33,6 +38,7 @@ scores exactness on 480 held-out questions about one image of a sequence of 2 or
 
     python bench/alignment.py                      # every method, training seeds 0 1 2 (~20 min per seed, 2 CPU cores)
     python bench/alignment.py --methods diffusion-dpo mapo --seeds 0 1 2 3 4
+    python bench/alignment.py --pairs rendered --methods diffusion-dpo ipo   # on rendered pairs (~5 min per seed)
     python bench/alignment.py --methods vlm-dpo dense-dpo mia-dpo   # the VLM rows only (~12 min)
     python bench/alignment.py --quick              # reduced Diffusion-DPO only, aesthetic reward (the CI test)
 """
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import shutil
 import statistics
 import sys
@@ -55,11 +62,12 @@ from reward_models.shapes import COMPONENTS
 from visalign.config_io import load_config
 from visalign.evaluation.report import ModelSpec, compare_models
 from visalign.recipes import recipe_file
-from visalign.shapes.analysis import analyse
-from visalign.shapes.world import ATTRIBUTES, describe, parse_prompt
+from visalign.shapes.world import perturb_prompt
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
 from visalign.trainers.methods import METHODS as LIBRARY_METHODS
-from visalign.trainers.onpolicy import EVAL_DIR, PAIRS_DIR, OnPolicyConfig, sample_pairs, summarise
+from visalign.evaluation.generate import load_prompts
+from visalign.trainers.onpolicy import (EVAL_DIR, PAIR_SOURCES, PAIRS_DIR, OnPolicyConfig, describe_pairs,
+                                        sample_pairs, summarise)
 
 # method -> (config class, overrides of the shared settings)
 METHODS: dict[str, tuple[type, dict]] = {
@@ -93,35 +101,28 @@ def shared_settings(overrides: dict) -> OnPolicyConfig:
         return load_config(OnPolicyConfig, path, overrides, ignore_keys=("method",))
 
 
-def add_depicted_captions(pairs_dir: Path) -> int:
-    """Per-side captions for DCPO: the chosen image keeps its prompt; the rejected one gets a prompt describing what
-    it shows (the shapes analysis of the image, naming the attributes its prompt names). A rejected image with no
-    object detected keeps its prompt; returns how many did."""
-    from PIL import Image
-
-    from reward_models.inputs import pil_to_uint8, to_float
-
+def add_perturbed_captions(pairs_dir: Path, seed: int) -> None:
+    """Per-side captions for DCPO-p: the chosen image keeps its prompt; the rejected one is conditioned on the prompt
+    with one named attribute changed (``visalign.shapes.world.perturb_prompt``, seeded by ``seed``)."""
     path = pairs_dir / "captions.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    seen = analyse(torch.stack([to_float(pil_to_uint8(Image.open(pairs_dir / "rejected" / r["file_name"])))
-                                for r in rows]))
-    undetected = 0
-    for i, row in enumerate(rows):
-        shown = seen.spec(i)
-        asked = parse_prompt(row["caption"])
-        named = [a for a in ATTRIBUTES if getattr(asked, a) is not None]
-        undetected += shown.shape is None
-        row.update(caption_chosen=row["caption"],
-                   caption_rejected=row["caption"] if shown.shape is None else describe(shown, named))
+    rng = random.Random(seed)
+    for row in rows:
+        row.update(caption_chosen=row["caption"], caption_rejected=perturb_prompt(row["caption"], rng))
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return undetected
 
 
-def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path) -> DiffusionConfig:
+def method_overrides(name: str, explicit: frozenset[str] = frozenset()) -> dict:
+    """Row ``name``'s own settings (``METHODS``) but those given with ``--set`` (``explicit``), which win."""
+    return {key: value for key, value in METHODS[name][1].items() if key not in explicit}
+
+
+def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path,
+                  explicit: frozenset[str] = frozenset()) -> DiffusionConfig:
     """The training config of method ``name``: the shared settings, except the fields the method decides otherwise
     than Diffusion-DPO (``visalign.trainers.methods``: MaPO's loss, DCPO's per-side caption columns, InPO's inversion
-    noise), then the method's overrides."""
-    cls, overrides = METHODS[name]
+    noise), then the method's overrides (:func:`method_overrides`)."""
+    cls, overrides = METHODS[name][0], method_overrides(name, explicit)
     method, dpo = cls().method_spec, LIBRARY_METHODS["diffusion-dpo"]
     own = {key for key, value in method.defaults.items() if dpo.defaults.get(key) != value}
     values = {k: getattr(shared, k) for k in SHARED_FIELDS - own}
@@ -129,28 +130,26 @@ def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path) 
     return cls(**values)
 
 
-def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: Path | None, work: Path) -> dict:
-    """Train method ``name`` on the shared pairs, evaluate against the base; the row's figures."""
+def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: Path | None, work: Path,
+               explicit: frozenset[str] = frozenset()) -> dict:
+    """Train method ``name`` on the shared pairs, evaluate against the base; the row's figures. ``explicit``: the
+    settings given with ``--set``, which win over the row's own."""
     dataset = pairs_dir
     if METHODS[name][0] is DCPOConfig:
-        dataset = work / "pairs-dcpo"
+        dataset = work / f"{pairs_dir.name}-dcpo"
         if not dataset.exists():  # built aside, then renamed: an interrupted run leaves no half-captioned folder
             partial = dataset.with_name(dataset.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(pairs_dir, partial, ignore=shutil.ignore_patterns("candidates"))
-            undetected = add_depicted_captions(partial)
+            add_perturbed_captions(partial, seed=shared.seed)
             partial.rename(dataset)
-            print(f"dcpo: {undetected} rejected image(s) with no object detected keep their prompt as caption",
-                  flush=True)
-    config = method_config(name, shared, dataset, work)
+    config = method_config(name, shared, dataset, work, explicit)
     eval_dir = work / name / EVAL_DIR
     started = time.perf_counter()
     DiffusionTrainer(config).train()  # into an empty output_dir: the base images are copied in after training
     trained = time.perf_counter()
     if base_images is not None:  # the base model's held-out images are the same for every row: render them once
         shutil.copytree(base_images, eval_dir / "images" / "b")
-    from visalign.evaluation.generate import load_prompts
-
     prompts = load_prompts(shared.eval_prompts, split=shared.eval_prompts_split, limit=shared.num_eval_prompts)
     report = compare_models(ModelSpec(shared.model, lora=config.output_dir), ModelSpec(shared.model), prompts,
                             [shared.scorer_spec()], eval_dir, num_seeds=shared.eval_seeds, base_seed=shared.eval_seed,
@@ -258,14 +257,14 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def settings_of(name: str, shared: OnPolicyConfig) -> str:
+def settings_of(name: str, shared: OnPolicyConfig, explicit: frozenset[str] = frozenset()) -> str:
     """What a row trains with, in a few words: the method's overrides of the shared settings."""
     if name in VLM_METHODS:
         t = VLM_TRAINING
         return (f"LoRA r{t['lora_r']} on every linear layer, lr {t['learning_rate']:g}, {t['max_steps']} x "
                 f"{t['per_device_batch_size']}, β {t['beta']:g}, {' + '.join(t['loss_type'])}"
                 + (", γ 1.1" if name == "dense-dpo" else ""))
-    overrides = METHODS[name][1]
+    overrides = method_overrides(name, explicit)
     loss = overrides.get("loss_type", METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type))
     beta = overrides.get("beta", shared.beta)
     lr = overrides.get("learning_rate", shared.learning_rate)
@@ -278,35 +277,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", nargs="+", choices=[*METHODS, *VLM_METHODS], default=[*METHODS, *VLM_METHODS])
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds: each seed samples its own pairs and "
                         "trains every method once (default 0 1 2; --quick: the recipe's seed)")
+    parser.add_argument("--pairs", choices=PAIR_SOURCES, default="policy",
+                        help="the diffusion rows' pairs: sampled from the base model (the quickstart's, default) or "
+                        "rendered (visalign.shapes.pairs: each prompt's scene against near misses)")
     parser.add_argument("--quick", action="store_true", help="reduced Diffusion-DPO only (CI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a shared setting of the quickstart recipe (repeatable)")
+                        help="override a setting of the quickstart recipe for every diffusion row, over the row's own "
+                        "(e.g. MaPO's lr 1e-4; repeatable)")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows and the per-method summary as JSON")
     args = parser.parse_args(argv)
     overrides = dict(QUICK if args.quick else FULL)
     overrides.update(item.split("=", 1) for item in args.set)
+    explicit = frozenset(item.split("=", 1)[0] for item in args.set)
     methods = ["diffusion-dpo"] if args.quick else args.methods
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-alignment-"))
-    shared = shared_settings({**overrides, "output_dir": str(work)})
+    shared = shared_settings({**overrides, "pair_source": args.pairs, "output_dir": str(work)})
     seeds = args.seeds or ([shared.seed] if args.quick else [0, 1, 2])
     rows, base_images = [], None
     for seed in seeds:
         seeded = dataclasses.replace(shared, seed=seed, output_dir=str(work / f"seed-{seed}"))
+        pairs_dir = Path(seeded.output_dir) / PAIRS_DIR
         if any(name in METHODS for name in methods):
             started = time.perf_counter()
             summary = sample_pairs(seeded, "cuda" if torch.cuda.is_available() else "cpu")
-            print(f"seed {seed}: {summary['pairs']} pairs from {summary['num_prompts']} prompts x "
-                  f"{summary['samples_per_prompt']} samples (mean gap {summary['mean_gap']:.3f}) in "
+            print(f"seed {seed}: {describe_pairs(summary, seeded)} from {summary['num_prompts']} prompts in "
                   f"{time.perf_counter() - started:.0f}s", flush=True)
         for name in methods:
             if name in VLM_METHODS:
                 row = run_vlm_method(name, Path(seeded.output_dir), seed)
             else:
-                row = run_method(name, seeded, Path(seeded.output_dir) / PAIRS_DIR, base_images,
-                                 Path(seeded.output_dir))
+                row = run_method(name, seeded, pairs_dir, base_images, Path(seeded.output_dir), explicit)
                 base_images = Path(row.pop("eval_images"))
-            rows.append({**row, "seed": seed, "settings": settings_of(name, shared)})
+            rendered = args.pairs == "rendered" and name in METHODS
+            rows.append({**row, "seed": seed, "pairs": "rendered" if rendered else "policy",
+                         "settings": settings_of(name, shared, explicit) + (", rendered pairs" if rendered else "")})
             print(f"{name} seed {seed}: {row['reward_before']:.4f} -> {row['reward_after']:.4f} "
                   f"({row['wall_s']:.0f}s)", flush=True)
     summary = summarise_methods(rows)

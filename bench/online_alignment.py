@@ -1,4 +1,4 @@
-"""Online alignment per wall-clock second: SPO (``spo-shapes``) against on-policy Diffusion-DPO (``quickstart``).
+"""Online alignment per wall-clock second: SPO (``spo-shapes``) against on-policy Diffusion-DPO (``onpolicy``).
 
 Both start from ``builtin:shapes-sd`` and the ``shapes`` reward and run their shipped recipe end to end, once per
 training seed (``--seed``; the held-out evaluation keeps the recipes' ``eval_seed``, so every run is judged on the
@@ -30,7 +30,7 @@ from visalign.trainers.onpolicy import run as run_onpolicy
 from visalign.trainers.spo import run as run_spo
 
 #: method -> (recipe, run)
-ROWS = {"onpolicy-diffusion-dpo": ("quickstart", run_onpolicy), "spo": ("spo-shapes", run_spo)}
+ROWS = {"onpolicy-diffusion-dpo": ("onpolicy", run_onpolicy), "spo": ("spo-shapes", run_spo)}
 #: --quick: both recipes shrunk to a smoke test (no claim can be read from it)
 QUICK = {
     "onpolicy-diffusion-dpo": {"num_prompts": 4, "samples_per_prompt": 2, "max_steps": 2, "per_device_batch_size": 2},
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default 0 1 2)")
     parser.add_argument("--spo-set", action="append", default=[], metavar="KEY=VALUE", help="override spo-shapes")
-    parser.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE", help="override quickstart")
+    parser.add_argument("--dpo-set", action="append", default=[], metavar="KEY=VALUE", help="override the onpolicy recipe")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one seed (CI smoke test)")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows and the summary as JSON")

@@ -1,4 +1,5 @@
-"""`visalign train` with no config runs the on-policy shapes quickstart: pairs, training, before/after evaluation."""
+"""`visalign train` with no config runs the shapes quickstart (rendered pairs, training, before/after evaluation);
+`--config onpolicy` the same loop on pairs sampled from the model."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def test_default_run_is_the_shapes_quickstart(tmp_path, capsys):
 
     captions = [json.loads(line) for line in (out / "pairs" / "captions.jsonl").read_text().splitlines()]
     summary = json.loads((out / "pairs" / "pairs_summary.json").read_text())
-    assert summary["num_prompts"] == 6 and len(captions) == summary["pairs"] == 6 - summary["skipped_small_gap"]
-    assert all(row["score_chosen"] > row["score_rejected"] for row in captions)
+    assert summary["source"] == "rendered" and summary["near_misses"] == 1  # SMALL: 2 "samples" per prompt
+    assert len(captions) == summary["pairs"] == 6 - summary["dropped_small_gap"] > 0
+    assert all(row["score_chosen"] > row["score_rejected"] + 0.1 for row in captions)
+    assert f"{summary['pairs']} rendered pairs (each prompt's scene vs 1 near misses" in printed
+    assert not (out / "pairs" / "candidates").exists()  # nothing was sampled from the model
     assert (out / LORA_WEIGHT_NAME).is_file() and (out / "eval" / "grid.png").is_file()
     assert (out / "eval" / "report.html").is_file() and f"report: {out / 'eval' / 'report.html'}" in printed
 
@@ -61,17 +65,31 @@ def test_onpolicy_config_rejects_full_fine_tuning_and_single_samples():
         OnPolicyConfig(model="m", use_lora=False)
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 2"):
         OnPolicyConfig(model="m", samples_per_prompt=1)
+    with pytest.raises(ValueError, match=r"pair_source must be one of \('policy', 'rendered'\); got 'renders'"):
+        OnPolicyConfig(model="m", pair_source="renders")
+
+
+def test_onpolicy_recipe_samples_its_pairs_from_the_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--config", "onpolicy", *SMALL, "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    captions = [json.loads(line) for line in (out / "pairs" / "captions.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "pairs" / "pairs_summary.json").read_text())
+    assert summary["num_prompts"] == 6 and len(captions) == summary["pairs"] == 6 - summary["skipped_small_gap"]
+    assert all(row["score_chosen"] > row["score_rejected"] for row in captions)
+    assert len(list((out / "pairs" / "candidates").rglob("*.png"))) == 6 * 2  # 2 samples of each prompt
+    assert (out / LORA_WEIGHT_NAME).is_file() and (out / "eval" / REPORT_JSON).is_file()
 
 
 def test_quickstart_runs_on_the_shipped_sdxl_model(tmp_path, capsys):
-    """The same on-policy loop on ``builtin:shapes-sdxl``: SDXL sampling, SDXL conditioning (two encoders, time ids)
-    in training, and a diffusers LoRA that ``StableDiffusionXLPipeline.load_lora_weights`` takes."""
+    """The on-policy loop on ``builtin:shapes-sdxl``: SDXL sampling, SDXL conditioning (two encoders, time ids) in
+    training, and a diffusers LoRA that ``StableDiffusionXLPipeline.load_lora_weights`` takes."""
     from diffusers import StableDiffusionXLPipeline
 
     from visalign.models.builtin import resolve_model
 
     out = tmp_path / "run"
-    assert train_main([*SMALL, "--model", "builtin:shapes-sdxl", "--output_dir", str(out)]) == 0
+    assert train_main(["--config", "onpolicy", *SMALL, "--model", "builtin:shapes-sdxl", "--output_dir", str(out)]) == 0
     capsys.readouterr()
     report = json.loads((out / "eval" / REPORT_JSON).read_text())
     assert report["models"]["b"]["model"] == "builtin:shapes-sdxl" and report["num_prompts"] == 3

@@ -24,6 +24,7 @@ from visalign.shapes.world import (
     describe,
     parse_prompt,
     perturb,
+    perturb_prompt,
     sample_scene,
     sample_spec,
 )
@@ -105,6 +106,19 @@ def test_perturb_redraws_each_set_attribute_with_its_probability():
     assert perturb(spec, random.Random(9), 0.3) == perturb(spec, random.Random(9), 0.3)
     with pytest.raises(ValueError, match="probability"):
         perturb(spec, random.Random(0), 1.5)
+
+
+def test_perturb_prompt_changes_exactly_one_named_attribute_and_keeps_the_wording():
+    prompt = "a small red star on a white background"
+    asked, changed = parse_prompt(prompt), set()
+    for i in range(200):
+        perturbed = perturb_prompt(prompt, random.Random(i))
+        got = parse_prompt(perturbed)  # still in the grammar, naming the same attributes
+        differs = [a for a in ATTRIBUTES if getattr(got, a) != getattr(asked, a)]
+        assert len(differs) == 1 and got.missing == asked.missing, perturbed
+        changed.add(differs[0])
+    assert changed == {"size", "colour", "shape", "background"}
+    assert perturb_prompt(prompt, random.Random(3)) == perturb_prompt(prompt, random.Random(3))
 
 
 # ---- rendering ----------------------------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from .world import (
     describe,
     parse_prompt,
     perturb,
+    perturb_prompt,
     sample_scene,
     sample_spec,
 )
 
 __all__ = [
     "ATTRIBUTES", "BACKGROUNDS", "COLOURS", "OPTIONS", "POSITIONS", "SHAPES", "SIZES", "VOCABULARY",
-    "SceneAnalysis", "ShapeSpec", "analyse", "complete", "describe", "parse_prompt", "perturb",
+    "SceneAnalysis", "ShapeSpec", "analyse", "complete", "describe", "parse_prompt", "perturb", "perturb_prompt",
     "sample_scene", "sample_spec",
 ]

@@ -155,6 +155,17 @@ def perturb(spec: ShapeSpec, rng: random.Random, probability: float) -> ShapeSpe
                             if getattr(spec, a) is not None and rng.random() < probability})
 
 
+def perturb_prompt(prompt: str, rng: random.Random) -> str:
+    """``prompt`` (in the grammar) with one of the attributes it names changed to another value, worded alike: a
+    caption that no longer says what was asked (DCPO-p's perturbed caption of the rejected image, Saeidi et al. 2025,
+    arXiv 2502.06023, §3.2; there a paraphrasing LLM perturbs it)."""
+    asked = parse_prompt(prompt)
+    named = [a for a in ATTRIBUTES if getattr(asked, a) is not None]
+    attribute = rng.choice(named)
+    other = rng.choice([v for v in OPTIONS[attribute] if v != getattr(asked, attribute)])
+    return describe(replace(asked, **{attribute: other}), named)
+
+
 def complete(spec: ShapeSpec, rng: random.Random) -> ShapeSpec:
     """``spec`` with each unmentioned attribute drawn uniformly (a prompt -> a scene that satisfies it)."""
     return replace(spec, **{a: rng.choice(OPTIONS[a]) for a in spec.missing})

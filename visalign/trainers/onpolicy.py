@@ -26,8 +26,13 @@ complete; the checkpoint records the round being trained on, so a resumed run tr
 killed while sampling draws that round again from the same weights. Sampling uses the base model loaded in
 ``sample_dtype`` with the policy's LoRA weights copied in (the LoRA of step 0 adds exactly zero).
 
-``visalign train`` with no arguments runs this on the shipped shapes world (recipe ``quickstart``): the
-``builtin:shapes-sd`` model, ``builtin:shapes-prompts`` and the programmatic ``shapes`` reward. Sampling and
+``pair_source: rendered`` replaces the sampling of stage 1 (and of every round) by rendered pairs of the shapes world
+(:func:`visalign.shapes.pairs.render_preference_pairs`: each prompt's scene against ``samples_per_prompt - 1`` near
+misses, labelled by ``scorer``): an offline preference set, as Pick-a-Pic is for Diffusion-DPO; shapes prompts only.
+
+``visalign train`` with no arguments runs this on the shipped shapes world with rendered pairs (recipe
+``quickstart``): the ``builtin:shapes-sd`` model, ``builtin:shapes-prompts`` and the programmatic ``shapes`` reward;
+recipe ``onpolicy`` samples the pairs from the model. Sampling and
 evaluation use the same sampler settings (``sample_steps``, ``sample_guidance``, ``resolution``). LoRA only: a full
 fine-tune would need its UNet swapped into a pipeline for stage 3.
 """
@@ -59,6 +64,7 @@ PAIRS = ("onpolicy-diffusion-dpo",)  # the method sampling whole-image pairs
 SPO = ("spo",)
 
 PAIRS_DIR = "pairs"
+PAIR_SOURCES = ("policy", "rendered")
 ROUND_DIR = "round-{:04d}"
 EVAL_DIR = "eval"
 CACHE_DIR = "cache"
@@ -89,6 +95,10 @@ class OnPolicyConfig(DiffusionConfig):
         **_help("keep a pair only if its score gap is above this"), "methods": PAIRS})
     pairing: str = field(default="best_worst", metadata={
         **_help("best_worst (one pair per prompt) | all (every ordered pair above min_gap)"), "methods": PAIRS})
+    pair_source: str = field(default="policy", metadata={
+        **_help("policy (pairs sampled from the model being trained) | rendered (shapes world only: each prompt's "
+                "scene rendered against samples_per_prompt - 1 near misses, visalign.shapes.pairs)"),
+        "methods": PAIRS})
     scorer: str = field(default="shapes", metadata=_help("reward_models scorer labelling pairs and judging the result"))
     scorer_model: str | None = field(default=None, metadata=_help("hub id or folder of the scorer's weights"))
     scorer_args: list[str] = field(
@@ -144,6 +154,8 @@ class OnPolicyConfig(DiffusionConfig):
             raise ValueError(f"{c}.resample_every must be >= 0 (0: sample once); got {self.resample_every!r}")
         if self.resample_every and self.max_steps < 1:
             raise ValueError(f"{c}.resample_every needs max_steps (rounds of pairs have no epochs to count)")
+        if self.pair_source not in PAIR_SOURCES:
+            raise ValueError(f"{c}.pair_source must be one of {PAIR_SOURCES}; got {self.pair_source!r}")
         try:
             check_pair_options(self.samples_per_prompt, self.min_gap, self.pairing)
         except ValueError as err:
@@ -194,12 +206,20 @@ def sample_pairs(config: OnPolicyConfig, device: str | torch.device, *, out: Pat
                  policy_label: str | None = None, seed: int | None = None) -> dict[str, Any]:
     """Stage 1: a pair folder (default ``output_dir/pairs``) sampled from ``pipeline`` (default: ``config.model`` as
     loaded, in ``sample_dtype``; ``policy_label`` names another policy in the images' manifest) with seeds from
-    ``seed`` (default ``config.seed``); returns its summary (``pairs`` may be 0)."""
+    ``seed`` (default ``config.seed``), or rendered (``pair_source: rendered``; no model involved); returns its
+    summary (``pairs`` may be 0)."""
     from visalign.evaluation.generate import load_prompts
     from visalign.evaluation.pairs import generate_preference_pairs
 
     prompts = load_prompts(config.prompts, column=config.prompt_column, split=config.prompts_split,
                            limit=config.num_prompts)
+    if config.pair_source == "rendered":
+        from visalign.shapes.pairs import render_preference_pairs
+
+        return render_preference_pairs(prompts, out or Path(config.output_dir) / PAIRS_DIR,
+                                       seed=config.seed if seed is None else seed,
+                                       near_misses=config.samples_per_prompt - 1, min_gap=config.min_gap,
+                                       resolution=config.resolution, scorer=config.scorer_spec().load(device))
     return generate_preference_pairs(
         config.model, prompts, config.scorer_spec().load(device), out or Path(config.output_dir) / PAIRS_DIR,
         pipeline=pipeline, lora=policy_label, samples_per_prompt=config.samples_per_prompt, min_gap=config.min_gap,
@@ -213,6 +233,10 @@ def describe_pairs(summary: dict[str, Any], config: OnPolicyConfig) -> str:
     if summary["pairs"] == 0:
         return (f"no preference pair from {summary['num_prompts']} prompts: every score gap was <= min_gap "
                 f"{config.min_gap}")
+    if summary.get("source") == "rendered":
+        return (f"{summary['pairs']} rendered pairs (each prompt's scene vs {summary['near_misses']} near misses; mean "
+                f"score gap {summary['mean_gap']:.3f}; {summary['dropped_small_gap']} comparison(s) within min_gap "
+                f"{config.min_gap})")
     return (f"{summary['pairs']} pairs ({config.pairing}; mean score gap {summary['mean_gap']:.3f}; "
             f"{summary['skipped_small_gap']} prompt(s) without a gap above {config.min_gap})")
 
@@ -266,7 +290,7 @@ class PairRounds:
             was_training = policy.training
             policy.eval()
             try:
-                pipeline = policy_pipeline(config, policy, acc.device)
+                pipeline = policy_pipeline(config, policy, acc.device) if config.pair_source == "policy" else None
                 summary = sample_pairs(config, acc.device, out=tmp, pipeline=pipeline, seed=seed,
                                        policy_label=None if step == 0 else f"policy at step {step}")
                 del pipeline
@@ -410,8 +434,12 @@ def run(config: OnPolicyConfig) -> dict[str, float]:
     seconds = {}
     started = time.perf_counter()
     every = f" every {config.resample_every} steps" if config.resample_every else ""
-    print(f"[1/3] sampling {config.samples_per_prompt} images for each of {config.num_prompts} prompts from "
-          f"{config.model}{every}, scored by {config.scorer}", flush=True)
+    if config.pair_source == "rendered":
+        print(f"[1/3] rendering the scene of each of {config.num_prompts} prompts and {config.samples_per_prompt - 1} "
+              f"near misses{every}, scored by {config.scorer}", flush=True)
+    else:
+        print(f"[1/3] sampling {config.samples_per_prompt} images for each of {config.num_prompts} prompts from "
+              f"{config.model}{every}, scored by {config.scorer}", flush=True)
     trainer = OnPolicyTrainer(config)  # a single round of pairs is drawn here, before step 1
     print(f"[2/3] training {config.loss_type} (beta {config.beta}) with LoRA r{config.lora_r} for "
           f"{config.max_steps} steps", flush=True)
