@@ -11,15 +11,16 @@ of training + rendering.
 
 Rows: Diffusion-DPO (sigmoid, the quickstart's β), the core losses robust (ε 0.1, the quickstart's β) and ipo
 (β 100: its target log-ratio margin 1/(2β) = 5e-3; at β 500 and 200 it moved the model by less than +0.015) on the
-same log-likelihoods, MaPO (no reference; β_m 0.1, lr 1e-4), DCPO (the rejected image conditioned on a caption of
-what it actually shows, read back by the shapes analysis; β 500, lr 1e-4) and InPO (DDIM-inversion noise, 10 steps).
-MaPO and DCPO lowered the reward at every setting tried on seed 0 (lr 1e-3 and 1e-4; MaPO also β_m 1, DCPO also lr
-3e-4); these are the settings that lowered it least (bench/README.md has the search and the reasons measured).
+same log-likelihoods, MaPO (no reference; β_m 0.1, lr 1e-4), DCPO-p (the rejected image conditioned on its prompt
+with one named attribute changed, ``visalign.shapes.world.perturb_prompt``: DCPO's perturbed-caption variant; β 500,
+lr 1e-4) and InPO (DDIM-inversion noise, 10 steps). MaPO lowered the reward at every setting tried on seed 0 (lr 1e-3
+and 1e-4, β_m 1); DCPO-c, the rejected image conditioned on a caption of what it shows, lowered it at every lr
+tried, exact captions included (bench/README.md has the search and the reasons measured).
 
-``--pairs rendered`` trains the diffusion rows on rendered pairs instead (``visalign.shapes.pairs``: each training
-prompt's scene rendered against 3 near misses, the ``shapes`` reward labelling each, gap > 0.1; an offline preference
-data set, as Pick-a-Pic is for Diffusion-DPO): the two images differ only in what was redrawn, and DCPO's per-side
-captions are exact. The held-out evaluation is the same.
+``--pairs rendered`` trains the diffusion rows on the quickstart's rendered pairs instead (``visalign.shapes.pairs``:
+each training prompt's scene rendered against 3 near misses, the ``shapes`` reward labelling each, gap > 0.1; an
+offline preference data set, as Pick-a-Pic is for Diffusion-DPO): the two images differ only in what was redrawn.
+The held-out evaluation is the same.
 
 VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` with the notebook's workflow: pairs
 from its own answers to 4,096 shape/description questions (correct answer chosen; its own wrong answer, else a templated
