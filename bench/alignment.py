@@ -61,12 +61,13 @@ import torch
 
 from reward_models.shapes import COMPONENTS
 from visalign.config_io import load_config
+from visalign.evaluation.generate import load_prompts
 from visalign.evaluation.report import ModelSpec, compare_models
 from visalign.recipes import recipe_file
+from visalign.shapes.vqa import SEQUENCE_LENGTHS
 from visalign.shapes.world import perturb_prompt
 from visalign.trainers.diffusion import DCPOConfig, DiffusionConfig, DiffusionTrainer, InPOConfig, MaPOConfig
 from visalign.trainers.methods import METHODS as LIBRARY_METHODS
-from visalign.evaluation.generate import load_prompts
 from visalign.trainers.onpolicy import (EVAL_DIR, PAIR_SOURCES, PAIRS_DIR, OnPolicyConfig, describe_pairs,
                                         sample_pairs, summarise)
 
@@ -80,9 +81,9 @@ METHODS: dict[str, tuple[type, dict]] = {
     "inpo": (InPOConfig, {"inversion_steps": 10}),
 }
 VLM_METHODS = ("vlm-dpo", "dense-dpo", "mia-dpo")
-#: MIA-DPO's augmentations here: sequences of 2 and 3 images (a grid collage or picture-in-picture of 32-px scenes
-#: would shrink each scene below what the shapes VLM's 30-px crops can see)
-MIA_SEQUENCE_IMAGES = (2, 3)
+#: MIA-DPO's augmentations here: sequences of as many images as the shapes VLM was trained on (2 and 3; a grid collage
+#: or picture-in-picture of 32-px scenes would shrink each scene below what its 30-px crops can see)
+MIA_SEQUENCE_IMAGES = SEQUENCE_LENGTHS
 #: the VLM rows' data: training questions per seed, held-out questions
 VLM_TRAIN_QUESTIONS, VLM_HELD_OUT = 4096, 480
 #: the VLM rows' training settings (``VLMDPOConfig`` fields; the LoRA goes on :func:`every_linear_layer`)
@@ -279,8 +280,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds: each seed samples its own pairs and "
                         "trains every method once (default 0 1 2; --quick: the recipe's seed)")
     parser.add_argument("--pairs", choices=PAIR_SOURCES, default="policy",
-                        help="the diffusion rows' pairs: sampled from the base model (the quickstart's, default) or "
-                        "rendered (visalign.shapes.pairs: each prompt's scene against near misses)")
+                        help="the diffusion rows' pairs: sampled from the base model (recipe onpolicy's, default) or "
+                        "rendered (the quickstart's, visalign.shapes.pairs: each prompt's scene against near misses)")
     parser.add_argument("--quick", action="store_true", help="reduced Diffusion-DPO only (CI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the quickstart recipe for every diffusion row, over the row's own "

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from _shapes_common import add_config_flags, config_from_args
-from visalign.shapes.vqa import MAX_IMAGES, WORDS, accuracy, examples, generate_answers
+from visalign.shapes.vqa import SEQUENCE_LENGTHS, WORDS, accuracy, examples, generate_answers
 from visalign.testing.vlm import tiny_llava
 
 
@@ -44,7 +44,7 @@ class TrainConfig:
     hidden_size: int = field(default=64, metadata={"help": "width of the vision tower and the LM"})
     num_examples: int = field(default=3000, metadata={"help": "rendered training examples about one image"})
     num_sequence_examples: int = field(default=3000, metadata={
-        "help": "rendered training examples about one image among 2..MAX_IMAGES (MIA-DPO's sequence format)"})
+        "help": "rendered training examples about one image of a sequence (vqa.SEQUENCE_LENGTHS; MIA-DPO's format)"})
     steps: int = field(default=500, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate (linear warm-up, constant)"})
@@ -54,8 +54,6 @@ class TrainConfig:
 
 QUICK = {"num_examples": 64, "num_sequence_examples": 32, "steps": 3, "batch_size": 8, "warmup_steps": 1,
          "eval_examples": 6}
-#: image counts of the sequence examples, cycled
-SEQUENCE_IMAGES = tuple(range(2, MAX_IMAGES + 1))
 
 
 def training_batch(processor, items) -> dict[str, torch.Tensor]:
@@ -79,7 +77,7 @@ def training_batch(processor, items) -> dict[str, torch.Tensor]:
 def train(model, processor, config: TrainConfig, device: torch.device) -> float:
     """Supervised fine-tuning on the answers; returns seconds per step."""
     data = examples(config.num_examples, seed=config.seed + 1) + examples(
-        config.num_sequence_examples, seed=config.seed + 3, num_images=SEQUENCE_IMAGES)
+        config.num_sequence_examples, seed=config.seed + 3, num_images=SEQUENCE_LENGTHS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
     g = torch.Generator().manual_seed(config.seed + 2)
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = tiny_llava(hidden_size=config.hidden_size, seed=config.seed, words=WORDS)
     timings = {"sft_s_per_step": train(model.to(device), processor, config, device)}
     held_out = examples(config.eval_examples, seed=10_000 + config.seed)
-    held_out_sequences = examples(config.eval_examples, seed=10_001 + config.seed, num_images=SEQUENCE_IMAGES)
+    held_out_sequences = examples(config.eval_examples, seed=10_001 + config.seed, num_images=SEQUENCE_LENGTHS)
     t0 = time.perf_counter()
     answers = generate_answers(model, processor, held_out)
     sequence_answers = generate_answers(model, processor, held_out_sequences)

@@ -72,12 +72,23 @@ def check_pair_options(samples_per_prompt: int, min_gap: float, pairing: str) ->
         raise ValueError(f"pairing must be one of {PAIRINGS}; got {pairing!r}")
 
 
+def empty_pair_sides(out: Path) -> None:
+    """Create ``out/chosen`` and ``out/rejected`` empty (a rerun with other settings must not leave stale pairs)."""
+    for side in ("chosen", "rejected"):
+        shutil.rmtree(out / side, ignore_errors=True)
+        (out / side).mkdir(parents=True)
+
+
+def write_captions(out: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``out/captions.jsonl``, one pair per line."""
+    with open(out / "captions.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def write_pairs(out: Path, samples, scores: np.ndarray, pairs: Sequence[tuple[int, int, int]]) -> None:
     """Copy each pair's images into ``out/chosen`` and ``out/rejected`` and write ``out/captions.jsonl``."""
     grid = [samples[p * scores.shape[1]:(p + 1) * scores.shape[1]] for p in range(scores.shape[0])]
-    for side in ("chosen", "rejected"):
-        shutil.rmtree(out / side, ignore_errors=True)  # a rerun with other settings must not leave stale pairs
-        (out / side).mkdir(parents=True)
+    empty_pair_sides(out)
     rows = []
     for p, k_chosen, k_rejected in pairs:
         chosen, rejected = grid[p][k_chosen], grid[p][k_rejected]
@@ -87,8 +98,7 @@ def write_pairs(out: Path, samples, scores: np.ndarray, pairs: Sequence[tuple[in
         rows.append({"file_name": name, "caption": chosen.prompt, "score_chosen": float(scores[p, k_chosen]),
                      "score_rejected": float(scores[p, k_rejected]), "seed_chosen": chosen.seed,
                      "seed_rejected": rejected.seed})
-    with open(out / "captions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+    write_captions(out, rows)
 
 
 def generate_preference_pairs(

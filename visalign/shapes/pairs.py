@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from PIL import Image
 
-from visalign.evaluation.pairs import SUMMARY
+from visalign.evaluation.pairs import SUMMARY, empty_pair_sides, write_captions
 from visalign.shapes.render import render_batch
 from visalign.shapes.world import ATTRIBUTES, complete, describe, parse_prompt, perturb
 
@@ -50,9 +49,7 @@ def render_preference_pairs(prompts: Sequence[str], out: str | Path, *, seed: in
 
         scorer = load_scorer("shapes")
     out, rng = Path(out), random.Random(seed)
-    for side in ("chosen", "rejected"):
-        shutil.rmtree(out / side, ignore_errors=True)  # a rerun with other settings must not leave stale pairs
-        (out / side).mkdir(parents=True)
+    empty_pair_sides(out)
     rows, dropped, sign = [], 0, 1.0 if scorer.info.higher_is_better else -1.0
     for index, prompt in enumerate(prompts):
         asked = parse_prompt(prompt)
@@ -73,12 +70,10 @@ def render_preference_pairs(prompts: Sequence[str], out: str | Path, *, seed: in
             rows.append({"file_name": name, "caption": prompt, "score_chosen": scores[chosen],
                          "score_rejected": scores[rejected], "seed_chosen": seeds[chosen],
                          "seed_rejected": seeds[rejected], "depicted_rejected": describe(specs[rejected], named)})
-    with open(out / "captions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+    write_captions(out, rows)
     summary = {"num_prompts": len(prompts), "near_misses": near_misses, "probability": probability,
                "pairs": len(rows), "dropped_small_gap": dropped, "min_gap": min_gap, "resolution": resolution,
                "seed": seed, "scorer": scorer.info.name, "source": "rendered",
-               "mean_gap": float(torch.tensor([abs(r["score_chosen"] - r["score_rejected"]) for r in rows]).mean())
-               if rows else 0.0}
+               "mean_gap": float(np.mean([abs(r["score_chosen"] - r["score_rejected"]) for r in rows])) if rows else 0.0}
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -45,8 +45,9 @@ QUESTIONS: dict[str, str] = {
 DESCRIBED = ("size", "colour", "shape", "background")
 #: question key -> the scene attributes its answer must name
 ASKED: dict[str, tuple[str, ...]] = {"colour": ("colour",), "shape": ("shape",), "describe": DESCRIBED}
-#: the most images a question may be asked among (MIA-DPO's sequences have 2-5)
+#: the most images a question may be asked among (MIA-DPO's sequences have 2-5), and the sequence lengths below it
 MAX_IMAGES = 3
+SEQUENCE_LENGTHS: tuple[int, ...] = tuple(range(2, MAX_IMAGES + 1))
 #: the words of MIA-DPO's sequence prompts, as whitespace splits them: ``Image{i}:`` labels, ``In Image{k},``
 SEQUENCE_WORDS: tuple[str, ...] = ("In", *(f"Image{i}{mark}" for i in range(1, MAX_IMAGES + 1) for mark in ":,"))
 #: every word a question or an answer uses (the shapes VLM's tokenizer vocabulary)
