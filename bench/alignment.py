@@ -9,25 +9,28 @@ reward before -> after, the gain with its paired bootstrap 95% interval over pro
 (strict wins; ties are images the LoRA did not change enough to alter the score) with its interval, and the wall time
 of training + rendering.
 
-Rows: Diffusion-DPO (sigmoid, the quickstart's β), the core losses robust (ε 0.1, the quickstart's β) and ipo
+Rows: Diffusion-DPO (sigmoid, the quickstart's β), the core losses robust (ε 0.1, the quickstart's β; ε 0.05 and
+lr 1.5e-4 on rendered pairs: at ε 0.1 its loss keeps widening every margin, and the model drifts) and ipo
 (β 100: its target log-ratio margin 1/(2β) = 5e-3; at β 500 and 200 it moved the model by less than +0.015) on the
-same log-likelihoods, MaPO (no reference; β_m 0.1, lr 1e-4), DCPO-p (the rejected image conditioned on its prompt
-with one named attribute changed, ``visalign.shapes.world.perturb_prompt``: DCPO's perturbed-caption variant; β 500,
-lr 1e-4) and InPO (DDIM-inversion noise, 10 steps). MaPO lowered the reward at every setting tried on seed 0 (lr 1e-3
-and 1e-4, β_m 1); DCPO-c, the rejected image conditioned on a caption of what it shows, lowered it at every lr
-tried, exact captions included (bench/README.md has the search and the reasons measured).
+same log-likelihoods, MaPO (no reference; β_m 0.1, lr 1e-4; 3e-4 on rendered pairs, ``RENDERED``), DCPO-p (the
+rejected image conditioned on its prompt with one named attribute changed, ``visalign.shapes.world.perturb_prompt``:
+DCPO's perturbed-caption variant; β 500, lr 1e-4) and InPO (DDIM-inversion noise, 10 steps). On sampled pairs MaPO
+lowered the reward at every lr tried (1e-3, 1e-4); DCPO-c, the rejected image conditioned on a caption of what it
+shows, lowered it at every lr tried, exact captions included; InPO fits its pairs and does not move the held-out
+reward (bench/README.md has the search and the reasons measured).
 
 ``--pairs rendered`` trains the diffusion rows on the quickstart's rendered pairs instead (``visalign.shapes.pairs``:
 each training prompt's scene rendered against 3 near misses, the ``shapes`` reward labelling each, gap > 0.1; an
 offline preference data set, as Pick-a-Pic is for Diffusion-DPO): the two images differ only in what was redrawn.
-The held-out evaluation is the same.
+The held-out evaluation is the same. ``--flip-labels RATE`` swaps chosen and rejected in that share of each seed's
+pairs (seeded; ``label_flipped`` in their ``captions.jsonl``), the annotator noise robust DPO is made for.
 
 VLM rows (``vlm-dpo``, ``dense-dpo``) align the shipped ``builtin:shapes-llava`` with the notebook's workflow: pairs
 from its own answers to 4,096 shape/description questions (correct answer chosen; its own wrong answer, else a templated
 hallucination, rejected), LoRA r 16 on every linear layer (vision tower, projector and language model: the model's
 shape errors come from what it sees), ``loss_type: [sigmoid, sft]``, lr 1e-3, 600 steps of 16; dense DPO weights the
 tokens where the correct answer differs from the rejected one by γ = 1.1 (RLHF-V). Their "reward" is the exactness of
-the greedy answer to each of 480 held-out questions (1 right, 0 wrong; ``visalign.shapes.vqa.check_answer``), so the
+the greedy answer to each of 960 held-out questions (1 right, 0 wrong; ``visalign.shapes.vqa.check_answer``), so the
 win rate counts questions the trained model gets right and the base gets wrong. (The first setting, 256 questions,
 100 steps and a LoRA on the language model only, moved nothing measurable on 480 held-out questions: −0.023
 [−0.081, +0.033] at seed 0.) The ``mia-dpo`` row augments the same kind of single-image training questions (all
@@ -35,7 +38,7 @@ three kinds) into MIA-DPO sequences of 2 and 3 images (``MIA_SEQUENCE_IMAGES``; 
 of 32-px scenes would shrink each below what the model's 30-px crops resolve), keeps the model's wrong answers about
 the referenced image that pass MIA-DPO's filters (``visalign.data.mia_dpo_select.build_mia_dpo``: perplexity > 1.1,
 attention ratio of the last decoder layer under the threshold), trains on that JSON with the same settings, and
-scores exactness on 480 held-out questions about one image of a sequence of 2 or 3.
+scores exactness on 960 held-out questions about one image of a sequence of 2 or 3.
 
     python bench/alignment.py                      # every method, training seeds 0 1 2 (~20 min per seed, 2 CPU cores)
     python bench/alignment.py --methods diffusion-dpo mapo --seeds 0 1 2 3 4
@@ -80,12 +83,19 @@ METHODS: dict[str, tuple[type, dict]] = {
     "dcpo": (DCPOConfig, {"beta": 500.0, "learning_rate": 1e-4}),
     "inpo": (InPOConfig, {"inversion_steps": 10}),
 }
+#: method -> its settings on rendered pairs (``--pairs rendered``) where they differ from its own above: chosen on
+#: training seeds 3 and 4, then measured on 0-2 (bench/README.md)
+RENDERED: dict[str, dict] = {
+    "mapo": {"learning_rate": 3e-4},
+    "robust": {"learning_rate": 1.5e-4, "label_smoothing": 0.05},
+}
 VLM_METHODS = ("vlm-dpo", "dense-dpo", "mia-dpo")
 #: MIA-DPO's augmentations here: sequences of as many images as the shapes VLM was trained on (2 and 3; a grid collage
 #: or picture-in-picture of 32-px scenes would shrink each scene below what its 30-px crops can see)
 MIA_SEQUENCE_IMAGES = SEQUENCE_LENGTHS
-#: the VLM rows' data: training questions per seed, held-out questions
-VLM_TRAIN_QUESTIONS, VLM_HELD_OUT = 4096, 480
+#: the VLM rows' data: training questions per seed, held-out questions (960: on 480 an interval was ±0.045 wide, as
+#: wide as the gains' spread over training seeds)
+VLM_TRAIN_QUESTIONS, VLM_HELD_OUT = 4096, 960
 #: the VLM rows' training settings (``VLMDPOConfig`` fields; the LoRA goes on :func:`every_linear_layer`)
 VLM_TRAINING = {"lora_r": 16, "lora_alpha": 32, "beta": 0.1, "loss_type": ["sigmoid", "sft"], "learning_rate": 1e-3,
                 "lr_scheduler": "constant", "max_steps": 600, "per_device_batch_size": 16}
@@ -114,37 +124,86 @@ def add_perturbed_captions(pairs_dir: Path, seed: int) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def method_overrides(name: str, explicit: frozenset[str] = frozenset()) -> dict:
-    """Row ``name``'s own settings (``METHODS``) but those given with ``--set`` (``explicit``), which win."""
-    return {key: value for key, value in METHODS[name][1].items() if key not in explicit}
+def swap_side(key: str) -> str:
+    """``score_chosen`` <-> ``score_rejected`` (and every other per-side key); other keys as they are."""
+    for side, other in (("_chosen", "_rejected"), ("_rejected", "_chosen")):
+        if key.endswith(side):
+            return key.removesuffix(side) + other
+    return key
+
+
+def flip_labels(pairs_dir: Path, rate: float, seed: int) -> int:
+    """Swap the chosen and rejected image of each pair with probability ``rate`` (seeded by ``seed``), with its per-side
+    fields (scores, seeds, captions), as an annotator who flips labels at that rate would; marks those rows
+    ``label_flipped`` and returns how many were flipped."""
+    path = pairs_dir / "captions.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rng, flipped = random.Random(seed), 0
+    for i, row in enumerate(rows):
+        if rng.random() >= rate:
+            continue
+        chosen, rejected = pairs_dir / "chosen" / row["file_name"], pairs_dir / "rejected" / row["file_name"]
+        parked = chosen.with_name(chosen.name + ".swap")
+        chosen.rename(parked)
+        rejected.rename(chosen)
+        parked.rename(rejected)
+        rows[i] = {**{swap_side(key): value for key, value in row.items()}, "label_flipped": True}
+        flipped += 1
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return flipped
+
+
+def derived_pairs(pairs_dir: Path, suffix: str, build) -> Path:
+    """``pairs_dir`` copied beside itself as ``NAME-suffix`` and changed by ``build(copy)``, once: built aside, then
+    renamed, so an interrupted run leaves no half-made folder, and rows that need the same copy share it."""
+    dataset = pairs_dir.with_name(f"{pairs_dir.name}-{suffix}")
+    if not dataset.exists():
+        partial = dataset.with_name(dataset.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(pairs_dir, partial, ignore=shutil.ignore_patterns("candidates"))
+        build(partial)
+        partial.rename(dataset)
+    return dataset
+
+
+def row_pairs(name: str, pairs_dir: Path, seed: int, flip_rate: float = 0.0) -> Path:
+    """The pairs row ``name`` trains on: the shared ones, with ``flip_rate`` of their labels flipped
+    (:func:`flip_labels`, ``--flip-labels``), and for DCPO rows with DCPO-p's per-side captions
+    (:func:`add_perturbed_captions`)."""
+    if flip_rate > 0:
+        def flip(folder: Path) -> None:
+            print(f"seed {seed}: {flip_labels(folder, flip_rate, seed)} pair labels flipped", flush=True)
+        pairs_dir = derived_pairs(pairs_dir, f"flipped-{flip_rate:g}", flip)
+    if METHODS[name][0] is DCPOConfig:
+        pairs_dir = derived_pairs(pairs_dir, "dcpo", lambda folder: add_perturbed_captions(folder, seed=seed))
+    return pairs_dir
+
+
+def method_overrides(name: str, explicit: frozenset[str] = frozenset(), pair_source: str = "policy") -> dict:
+    """Row ``name``'s own settings (``METHODS``, and ``RENDERED`` on rendered pairs) but those given with ``--set``
+    (``explicit``), which win."""
+    own = {**METHODS[name][1], **(RENDERED.get(name, {}) if pair_source == "rendered" else {})}
+    return {key: value for key, value in own.items() if key not in explicit}
 
 
 def method_config(name: str, shared: OnPolicyConfig, dataset: Path, work: Path,
                   explicit: frozenset[str] = frozenset()) -> DiffusionConfig:
     """The training config of method ``name``: the shared settings, except the fields the method decides otherwise
     than Diffusion-DPO (``visalign.trainers.methods``: MaPO's loss, DCPO's per-side caption columns, InPO's inversion
-    noise), then the method's overrides (:func:`method_overrides`)."""
-    cls, overrides = METHODS[name][0], method_overrides(name, explicit)
+    noise) unless ``--set`` gave them (``explicit``), then the method's overrides (:func:`method_overrides`)."""
+    cls, overrides = METHODS[name][0], method_overrides(name, explicit, shared.pair_source)
     method, dpo = cls().method_spec, LIBRARY_METHODS["diffusion-dpo"]
-    own = {key for key, value in method.defaults.items() if dpo.defaults.get(key) != value}
+    own = {key for key, value in method.defaults.items() if dpo.defaults.get(key) != value} - explicit
     values = {k: getattr(shared, k) for k in SHARED_FIELDS - own}
     values.update(overrides, dataset=str(dataset), output_dir=str(work / name), cache_dir=str(work / "cache"))
     return cls(**values)
 
 
 def run_method(name: str, shared: OnPolicyConfig, pairs_dir: Path, base_images: Path | None, work: Path,
-               explicit: frozenset[str] = frozenset()) -> dict:
-    """Train method ``name`` on the shared pairs, evaluate against the base; the row's figures. ``explicit``: the
-    settings given with ``--set``, which win over the row's own."""
-    dataset = pairs_dir
-    if METHODS[name][0] is DCPOConfig:
-        dataset = work / f"{pairs_dir.name}-dcpo"
-        if not dataset.exists():  # built aside, then renamed: an interrupted run leaves no half-captioned folder
-            partial = dataset.with_name(dataset.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(pairs_dir, partial, ignore=shutil.ignore_patterns("candidates"))
-            add_perturbed_captions(partial, seed=shared.seed)
-            partial.rename(dataset)
+               explicit: frozenset[str] = frozenset(), flip_rate: float = 0.0) -> dict:
+    """Train method ``name`` on the shared pairs (``flip_rate`` of their labels flipped), evaluate against the base;
+    the row's figures. ``explicit``: the settings given with ``--set``, which win over the row's own."""
+    dataset = row_pairs(name, pairs_dir, shared.seed, flip_rate)
     config = method_config(name, shared, dataset, work, explicit)
     eval_dir = work / name / EVAL_DIR
     started = time.perf_counter()
@@ -260,17 +319,19 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def settings_of(name: str, shared: OnPolicyConfig, explicit: frozenset[str] = frozenset()) -> str:
-    """What a row trains with, in a few words: the method's overrides of the shared settings."""
+    """What a row trains with, in a few words: the method's overrides of the shared settings and what ``--set`` gave."""
     if name in VLM_METHODS:
         t = VLM_TRAINING
         return (f"LoRA r{t['lora_r']} on every linear layer, lr {t['learning_rate']:g}, {t['max_steps']} x "
                 f"{t['per_device_batch_size']}, β {t['beta']:g}, {' + '.join(t['loss_type'])}"
                 + (", γ 1.1" if name == "dense-dpo" else ""))
-    overrides = method_overrides(name, explicit)
-    loss = overrides.get("loss_type", METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type))
+    overrides = method_overrides(name, explicit, shared.pair_source)
+    own_loss = METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type)
+    loss = overrides.get("loss_type", shared.loss_type if "loss_type" in explicit else own_loss)
     beta = overrides.get("beta", shared.beta)
     lr = overrides.get("learning_rate", shared.learning_rate)
-    extra = {k: v for k, v in overrides.items() if k not in ("loss_type", "beta", "learning_rate")}
+    given = {k: getattr(shared, k) for k in sorted(explicit) if hasattr(shared, k)}  # --set, shown as well
+    extra = {k: v for k, v in {**overrides, **given}.items() if k not in ("loss_type", "beta", "learning_rate")}
     return ", ".join([f"{loss}", f"β {beta:g}", f"lr {lr:g}", *(f"{k} {v}" for k, v in extra.items())])
 
 
@@ -282,6 +343,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--pairs", choices=PAIR_SOURCES, default="policy",
                         help="the diffusion rows' pairs: sampled from the base model (recipe onpolicy's, default) or "
                         "rendered (the quickstart's, visalign.shapes.pairs: each prompt's scene against near misses)")
+    parser.add_argument("--flip-labels", type=float, default=0.0, metavar="RATE",
+                        help="swap chosen and rejected in this share of each seed's pairs (seeded), as annotators who "
+                        "flip labels would: the noise robust DPO is made for (default 0)")
     parser.add_argument("--quick", action="store_true", help="reduced Diffusion-DPO only (CI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the quickstart recipe for every diffusion row, over the row's own "
@@ -289,6 +353,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows and the per-method summary as JSON")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.flip_labels < 0.5:
+        parser.error(f"--flip-labels must be in [0, 0.5); got {args.flip_labels}")
     overrides = dict(QUICK if args.quick else FULL)
     overrides.update(item.split("=", 1) for item in args.set)
     explicit = frozenset(item.split("=", 1)[0] for item in args.set)
@@ -309,11 +375,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if name in VLM_METHODS:
                 row = run_vlm_method(name, Path(seeded.output_dir), seed)
             else:
-                row = run_method(name, seeded, pairs_dir, base_images, Path(seeded.output_dir), explicit)
+                row = run_method(name, seeded, pairs_dir, base_images, Path(seeded.output_dir), explicit,
+                                 args.flip_labels)
                 base_images = Path(row.pop("eval_images"))
-            rendered = args.pairs == "rendered" and name in METHODS
-            rows.append({**row, "seed": seed, "pairs": "rendered" if rendered else "policy",
-                         "settings": settings_of(name, shared, explicit) + (", rendered pairs" if rendered else "")})
+            diffusion = name in METHODS
+            rendered, flipped = args.pairs == "rendered" and diffusion, args.flip_labels if diffusion else 0.0
+            settings = settings_of(name, shared, explicit)
+            if rendered:
+                settings += ", rendered pairs"
+            if flipped:
+                settings += f", {flipped:.0%} of labels flipped"
+            rows.append({**row, "seed": seed, "pairs": "rendered" if rendered else "policy", "flipped_labels": flipped,
+                         "settings": settings})
             print(f"{name} seed {seed}: {row['reward_before']:.4f} -> {row['reward_after']:.4f} "
                   f"({row['wall_s']:.0f}s)", flush=True)
     summary = summarise_methods(rows)

@@ -12,13 +12,75 @@ from tests.helpers.scripts import load_bench
 @pytest.mark.parametrize("name", list(load_bench("alignment").METHODS))
 def test_every_diffusion_method_builds_its_config_from_the_shared_settings(name, tmp_path):
     bench = load_bench("alignment")
-    shared = bench.shared_settings({"output_dir": str(tmp_path)})
+    shared = bench.shared_settings({"output_dir": str(tmp_path), "pair_source": "policy"})
     config = bench.method_config(name, shared, tmp_path / "pairs", tmp_path)
     cls, overrides = bench.METHODS[name]
     assert type(config) is cls and config.output_dir == str(tmp_path / name)
     assert (config.lora_r, config.max_steps) == (shared.lora_r, shared.max_steps)
     assert config.learning_rate == overrides.get("learning_rate", shared.learning_rate)
     assert all(getattr(config, key) == value for key, value in overrides.items())
+
+
+def test_a_set_value_wins_over_what_the_method_decides_itself(tmp_path):
+    """MaPO's β is its own (0.1, not Diffusion-DPO's): ``--set beta=1`` must still reach its config."""
+    bench = load_bench("alignment")
+    shared = bench.shared_settings({"output_dir": str(tmp_path), "beta": "1", "learning_rate": "3e-4"})
+    config = bench.method_config("mapo", shared, tmp_path / "pairs", tmp_path,
+                                 explicit=frozenset({"beta", "learning_rate"}))
+    assert (config.beta, config.learning_rate, config.loss_type) == (1.0, 3e-4, "mapo")
+    policy = bench.shared_settings({"output_dir": str(tmp_path), "pair_source": "policy"})
+    unset = bench.method_config("mapo", policy, tmp_path / "p", tmp_path)
+    assert (unset.beta, unset.learning_rate) == (0.1, 1e-4)
+    rendered = bench.shared_settings({"output_dir": str(tmp_path), "pair_source": "rendered"})
+    assert bench.method_config("mapo", rendered, tmp_path / "p", tmp_path).learning_rate == 3e-4  # RENDERED
+    assert "lr 0.0003" in bench.settings_of("mapo", rendered)
+    smoothed = bench.shared_settings({"output_dir": str(tmp_path), "pair_source": "policy", "loss_type": "robust",
+                                      "label_smoothing": "0.05"})
+    label = bench.settings_of("diffusion-dpo", smoothed, frozenset({"loss_type", "label_smoothing"}))
+    assert label.startswith("robust, β") and "label_smoothing 0.05" in label
+
+
+def test_flipped_labels_train_on_a_seeded_copy_with_chosen_and_rejected_swapped(tmp_path):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from visalign.data.diffusion import load_preference_pairs
+
+    bench = load_bench("alignment")
+    pairs = tmp_path / "pairs"
+    for side in ("chosen", "rejected"):
+        (pairs / side).mkdir(parents=True)
+    rows = []
+    for i in range(40):
+        name = f"{i:05d}_00_01.png"
+        Image.new("RGB", (8, 8), (200, i, 0)).save(pairs / "chosen" / name)
+        Image.new("RGB", (8, 8), (0, i, 200)).save(pairs / "rejected" / name)
+        rows.append({"file_name": name, "caption": "a red circle", "score_chosen": 0.9, "score_rejected": 0.2,
+                     "depicted_rejected": f"what rejected {i} shows"})
+    (pairs / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    robust = bench.row_pairs("robust", pairs, seed=3, flip_rate=0.1)
+    assert bench.row_pairs("diffusion-dpo", pairs, seed=3, flip_rate=0.1) == robust != pairs  # one copy for both
+    assert bench.row_pairs("diffusion-dpo", pairs, seed=3) == pairs
+    dcpo = bench.row_pairs("dcpo", pairs, seed=3, flip_rate=0.1)  # DCPO-p's captions over the flipped labels
+    assert json.loads((dcpo / "captions.jsonl").read_text().splitlines()[0])["caption_chosen"] == "a red circle"
+    assert (dcpo / "rejected").is_dir() and dcpo.parent == pairs.parent
+    flipped = [json.loads(line) for line in (robust / "captions.jsonl").read_text().splitlines()]
+    swapped = [r for r in flipped if r.get("label_flipped")]
+    assert 0 < len(swapped) < 20  # a 10% rate of 40
+    for row in flipped:
+        red = Image.open(robust / ("rejected" if row.get("label_flipped") else "chosen") / row["file_name"])
+        assert red.getpixel((0, 0))[0] == 200
+        if row.get("label_flipped"):
+            assert (row["score_chosen"], row["score_rejected"]) == (0.2, 0.9)
+            assert row["depicted_chosen"].startswith("what rejected") and "depicted_rejected" not in row
+    assert all(Image.open(pairs / "chosen" / r["file_name"]).getpixel((0, 0))[0] == 200 for r in rows)  # untouched
+    assert len(load_preference_pairs(str(robust))) == 40
+    again = shutil.copytree(pairs, tmp_path / "again")
+    assert bench.flip_labels(again, 0.1, seed=3) == len(swapped)  # the same seed flips the same pairs
+    assert (again / "captions.jsonl").read_text() == (robust / "captions.jsonl").read_text()
 
 
 def test_the_vlm_rows_put_a_lora_on_every_linear_layer_but_the_output_head():
