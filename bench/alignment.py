@@ -65,6 +65,7 @@ import torch
 from reward_models.shapes import COMPONENTS
 from visalign.config_io import load_config
 from visalign.evaluation.generate import load_prompts
+from visalign.evaluation.pairs import write_captions
 from visalign.evaluation.report import ModelSpec, compare_models
 from visalign.recipes import recipe_file
 from visalign.shapes.vqa import SEQUENCE_LENGTHS
@@ -113,15 +114,19 @@ def shared_settings(overrides: dict) -> OnPolicyConfig:
         return load_config(OnPolicyConfig, path, overrides, ignore_keys=("method",))
 
 
+def read_captions(pairs_dir: Path) -> list[dict]:
+    """The rows of a pair folder's ``captions.jsonl`` (written by :func:`visalign.evaluation.pairs.write_captions`)."""
+    lines = (pairs_dir / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def add_perturbed_captions(pairs_dir: Path, seed: int) -> None:
     """Per-side captions for DCPO-p: the chosen image keeps its prompt; the rejected one is conditioned on the prompt
     with one named attribute changed (``visalign.shapes.world.perturb_prompt``, seeded by ``seed``)."""
-    path = pairs_dir / "captions.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rng = random.Random(seed)
+    rows, rng = read_captions(pairs_dir), random.Random(seed)
     for row in rows:
         row.update(caption_chosen=row["caption"], caption_rejected=perturb_prompt(row["caption"], rng))
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_captions(pairs_dir, rows)
 
 
 def swap_side(key: str) -> str:
@@ -136,9 +141,7 @@ def flip_labels(pairs_dir: Path, rate: float, seed: int) -> int:
     """Swap the chosen and rejected image of each pair with probability ``rate`` (seeded by ``seed``), with its per-side
     fields (scores, seeds, captions), as an annotator who flips labels at that rate would; marks those rows
     ``label_flipped`` and returns how many were flipped."""
-    path = pairs_dir / "captions.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rng, flipped = random.Random(seed), 0
+    rows, rng, flipped = read_captions(pairs_dir), random.Random(seed), 0
     for i, row in enumerate(rows):
         if rng.random() >= rate:
             continue
@@ -149,7 +152,7 @@ def flip_labels(pairs_dir: Path, rate: float, seed: int) -> int:
         parked.rename(rejected)
         rows[i] = {**{swap_side(key): value for key, value in row.items()}, "label_flipped": True}
         flipped += 1
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_captions(pairs_dir, rows)
     return flipped
 
 
@@ -319,20 +322,19 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def settings_of(name: str, shared: OnPolicyConfig, explicit: frozenset[str] = frozenset()) -> str:
-    """What a row trains with, in a few words: the method's overrides of the shared settings and what ``--set`` gave."""
+    """What a row trains with, in a few words, read from the config :func:`method_config` builds for it: loss, β, lr,
+    and the other settings the row or ``--set`` changes."""
     if name in VLM_METHODS:
         t = VLM_TRAINING
         return (f"LoRA r{t['lora_r']} on every linear layer, lr {t['learning_rate']:g}, {t['max_steps']} x "
                 f"{t['per_device_batch_size']}, β {t['beta']:g}, {' + '.join(t['loss_type'])}"
                 + (", γ 1.1" if name == "dense-dpo" else ""))
-    overrides = method_overrides(name, explicit, shared.pair_source)
-    own_loss = METHODS[name][0]().method_spec.defaults.get("loss_type", shared.loss_type)
-    loss = overrides.get("loss_type", shared.loss_type if "loss_type" in explicit else own_loss)
-    beta = overrides.get("beta", shared.beta)
-    lr = overrides.get("learning_rate", shared.learning_rate)
-    given = {k: getattr(shared, k) for k in sorted(explicit) if hasattr(shared, k)}  # --set, shown as well
-    extra = {k: v for k, v in {**overrides, **given}.items() if k not in ("loss_type", "beta", "learning_rate")}
-    return ", ".join([f"{loss}", f"β {beta:g}", f"lr {lr:g}", *(f"{k} {v}" for k, v in extra.items())])
+    config = method_config(name, shared, Path("pairs"), Path("."), explicit)
+    loss = config.loss_type if isinstance(config.loss_type, str) else " + ".join(config.loss_type)
+    changed = dict.fromkeys([*method_overrides(name, explicit, shared.pair_source), *sorted(explicit)])
+    extra = [f"{k} {getattr(config, k) if hasattr(config, k) else getattr(shared, k)}" for k in changed
+             if k not in ("loss_type", "beta", "learning_rate")]  # --set keys may be the shared settings' only
+    return ", ".join([loss, f"β {config.beta:g}", f"lr {config.learning_rate:g}", *extra])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
