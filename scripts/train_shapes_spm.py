@@ -4,7 +4,8 @@
     python scripts/train_shapes_spm.py --out /tmp/shapes-spm --quick          # a smoke run of about a minute
 
 Not shipped: the SPM does not beat the plain ``shapes`` reward at any timestep (figures at the end of this
-docstring), so ``spo-shapes`` judges steps with the plain reward and there is no ``builtin:shapes-spm`` yet.
+docstring; at t = 951, 0.61 against 0.68), so ``spo-shapes`` judges steps with the plain reward and there is no
+``builtin:shapes-spm`` yet.
 
 SPO (Liang et al., "Aesthetic Post-Training Diffusion Models from Generic Preferences with Step-by-step Preference
 Optimization", CVPR 2025, arXiv 2406.04314; reference ``diffusion-methods.md`` §6.3) starts its SPM from PickScore,
@@ -15,7 +16,10 @@ the frozen diffusion model. The shapes world has no such CLIP, so this script ma
    ``text_encoder`` (same word-level tokenizer) and whose vision tower (ViT, 4-px patches on 32-px images) is new,
    trained contrastively (CLIP's symmetric InfoNCE; captions equal to another of the batch share the target) on
    ``clip_images`` scenes rendered by ``visalign.shapes`` with ``sample_scene`` prompts, through the scorers' own
-   preprocessing (``reward_models.preprocess.CenterCropTransform``);
+   preprocessing (``reward_models.preprocess.CenterCropTransform``), together with an attribute readout loss
+   (``attribute_weight``): one linear head per attribute on the vision tower's pooled output, cross-entropy against
+   what the ``shapes`` reward reads from the render (``visalign.shapes.analysis``); the heads are dropped after the
+   stage. Without them the CLIP learns colour and background and hardly sees shape or position (figures below);
 2. **shapes PickScore** (PickScore is CLIP fine-tuned on preference pairs; here the preferences are the ``shapes``
    reward's): the whole CLIP trained with PickScore's loss on fresh pairs every step, each pair two renders of the
    prompt's scene with every attribute redrawn with probability ``near_miss_probability``
@@ -40,29 +44,32 @@ one torch thread sampled 4.5x faster than two; on an idle machine pass ``--threa
 and thread count train the same CLIP and SPM.
 
 Measured with the current ``builtin:shapes-sd`` (2026-12-06). Settings were compared on held-out seed 1000 (400
-prompts, 293 pairs; pairs and CLIPs of an earlier version of this script, same settings); accuracy at
-t = 0 / 251 / 501 / 701 / 951:
+prompts, 293 pairs); accuracy at t = 0 / 251 / 501 / 701 / 951.
 
-- the plain ``shapes`` reward on the same predicted x0: 0.87 / 0.93 / 0.90 / 0.80 / 0.63;
-- SPM from the stage-1 CLIP (no stage 2), 400 steps: 0.72 / 0.73 / 0.69 / 0.66 / 0.53;
-- SPM from the stage-2 CLIP (the default): 0.73 / 0.73 / 0.71 / 0.70 / 0.57;
-- the same plus 19,644 near-miss render pairs among the SPM's training pairs, 1,200 steps: 0.68 / 0.69 / 0.69 /
-  0.66 / 0.56 (clean renders do not teach it to judge shapes-sd's images), so the SPM trains on sampled pairs only.
-- a wider shapes CLIP (``--clip-hidden-size 128 --clip-layers 6``, this script, 29.9 min; held-out caption retrieval
-  0.53 instead of 0.41, imitation 0.793 -> 0.779): 0.73 / 0.72 / 0.72 / 0.70 / 0.59, no better beyond the noise.
+Why the SPM was weak, and the attribute readout. Without the readout loss (``--attribute-weight 0``, 600 CLIP steps,
+the earlier default) the contrastive CLIP reads colour and background but hardly shape or position: linear probes
+on its pooled output classify 1,024 held-out renders' colour 1.00, shape 0.52, position 0.50 (after stage 2: 0.52,
+0.54); on near-miss render pairs stage 2 ranks colour-only pairs 0.94 and background-only 0.97, but shape-only 0.64
+and position-only 0.63. The pairs sampled from shapes-sd differ almost only there (of seed 1000's 293: shape 122,
+position 71, both 59), so that SPM ranked shape pairs 0.83 and position pairs 0.69 at t = 0 where the reward does
+0.90 and 0.90. With the readout loss the vision tower reads position 1.00 and shape 0.87 (800 steps continuing from
+that CLIP), stage 2 climbs 0.815 -> 0.873 (it had plateaued at 0.78-0.80), and the SPM on seed 1000 scores 0.81 /
+0.78 / 0.79 / 0.78 / 0.66 against the reward's 0.87 / 0.92 / 0.89 / 0.81 / 0.66 on the same x0 (a fit on cached
+predicted x0, 12 draws of t per pair). Tried on seed 1000 and not kept: more sampled pairs (273 / 521 / 1,070 pairs:
+0.71 / 0.72 / 0.73 at t = 0, no trend at t = 951); distilling the readouts into the CLIP on shapes-sd's predicted x0
+of noised renders (0.76 / 0.74 / 0.73 / 0.72 / 0.58); readout heads on the SPM's own sampled images before its
+training (0.70 / 0.71 / 0.70 / 0.67 / 0.59); a wider CLIP (width 128, 6 layers) without the readout (0.73 / 0.72 /
+0.72 / 0.70 / 0.59); 19,644 near-miss render pairs among the SPM's training pairs (0.68 / 0.69 / 0.69 / 0.66 / 0.56).
 
-Stage 2 itself plateaus: on 512 held-out near-miss render pairs the CLIP ranks 0.75 as the reward does before it and
-0.76-0.78 after 1,000 steps at lr 1e-4 or 3e-4 (17% of such pairs differ only in the continuous ``aesthetic``
-component). The earlier version's figures with the first shapes-sd (blobs; no stage 2, 1,160 pairs) were 0.61 /
-0.62 / 0.60 / 0.60 / 0.51 against the reward's 0.89 / 0.90 / 0.88 / 0.81 / 0.59 on seed 2000.
-
-The default settings on the untouched seed 2000 (``--threads 2``, idle 2-core CPU, 14.8 min: CLIP 1.9 min,
-imitation 4.6 min, sampling 4.2 min, SPM training + evaluation 4.1 min; 1,070 training pairs, 256 held-out pairs):
-SPM 0.71 / 0.72 / 0.71 / 0.68 / 0.56 against the plain ``shapes`` reward's 0.93 / 0.92 / 0.91 / 0.80 / 0.68; the
-imitation ranked 0.775 -> 0.791 of its held-out render pairs as the reward does. So the SPM does **not** beat the
-plain shapes reward at large t (nor at any t).
-The baseline here is the labeller itself, exact by construction on clean images; SPO's SPM competes with PickScore,
-not with the function that made its labels, and is trained on all of Pick-a-Pic v1.
+The default settings on the untouched seed 2000 (``--threads 2``, idle 2-core CPU, 20.3 min: CLIP 5.4 min, imitation
+5.2 min, sampling 5.0 min, SPM training + evaluation 4.7 min; 1,070 training pairs, 256 held-out pairs): held-out
+caption retrieval among 256 renders 0.805 (0.41 without the readout); the imitation ranks 0.871 -> 0.902 of its
+held-out render pairs as the reward does (0.775 -> 0.791 without); SPM 0.79 / 0.80 / 0.80 / 0.77 / 0.61 (without the
+readout: 0.71 / 0.72 / 0.71 / 0.68 / 0.56) against the plain ``shapes`` reward's 0.93 / 0.92 / 0.91 / 0.80 / 0.68 on
+the same noisy predicted x0. So the SPM gains 0.05-0.09 at every t and still does **not** beat the plain shapes
+reward at large t (nor at any t). The baseline is the labeller itself, exact by construction on clean images; SPO's
+SPM competes with PickScore, not with the function that made its labels, and is trained on all of Pick-a-Pic v1.
+The next lead: shape, which the readout learns last (0.87 on clean renders) and which decides most sampled pairs.
 """
 
 from __future__ import annotations
@@ -89,8 +96,9 @@ from reward_models.step_aware import step_aware_preference_loss
 from visalign.evaluation.generate import GenerationSettings, load_pipeline
 from visalign.evaluation.pairs import generate_preference_pairs
 from visalign.models.builtin import resolve_model
+from visalign.shapes import analysis
 from visalign.shapes.render import render_batch
-from visalign.shapes.world import perturb, sample_scene
+from visalign.shapes.world import ATTRIBUTES, OPTIONS, perturb, sample_scene
 from visalign.testing.clip import LOGIT_SCALE_INIT, clip_image_processor, seeded
 
 DIFFUSION_MODEL = "builtin:shapes-sd"
@@ -106,10 +114,12 @@ class TrainConfig:
     clip_layers: int = field(default=4, metadata={"help": "vision transformer layers"})
     clip_patch_size: int = field(default=4, metadata={"help": "ViT patch side in pixels"})
     clip_images: int = field(default=20000, metadata={"help": "rendered scenes the CLIP is trained on"})
-    clip_steps: int = field(default=600, metadata={"help": "CLIP optimizer steps"})
+    clip_steps: int = field(default=1500, metadata={"help": "CLIP optimizer steps"})
     clip_batch_size: int = field(default=128, metadata={"help": "image-caption pairs per contrastive batch"})
     clip_lr: float = field(default=2e-3, metadata={"help": "CLIP AdamW learning rate (linear warm-up, cosine)"})
     mention_probability: float = field(default=0.75, metadata={"help": "P(a caption names size/position/bg)"})
+    attribute_weight: float = field(default=1.0, metadata={"help": "weight of the attribute readout loss beside the "
+                                                                   "contrastive one (0: contrastive only)"})
     # stage 2: the shapes PickScore (the CLIP fitted to the shapes reward's preferences on clean near-miss renders)
     imitate_steps: int = field(default=1000, metadata={"help": "PickScore-loss steps on near-miss render pairs"})
     imitate_batch_size: int = field(default=64, metadata={"help": "render pairs per imitation step"})
@@ -171,19 +181,38 @@ def build_clip(config: TrainConfig) -> tuple[CLIPModel, object]:
     return model, tokenizer
 
 
-def render_captioned(config: TrainConfig) -> tuple[torch.Tensor, list[str]]:
-    """``clip_images`` scenes (uint8 ``[N,3,H,W]``, scene ``i`` rendered with seed ``i``) and their captions."""
+def render_captioned(config: TrainConfig) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
+    """``clip_images`` scenes (uint8 ``[N,3,H,W]``, scene ``i`` rendered with seed ``i``), their captions and what the
+    shapes reward reads from each (:func:`attribute_targets`)."""
     rng = random.Random(config.seed)
     scenes = [sample_scene(rng, mention_probability=config.mention_probability) for _ in range(config.clip_images)]
     images = render_batch([s for s, _ in scenes], list(range(config.clip_images)), resolution=config.resolution)
-    return images, [p for _, p in scenes]
+    return images, [p for _, p in scenes], attribute_targets(images)
 
 
-def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> float:
-    """CLIP's symmetric contrastive loss on rendered scenes; returns seconds per step."""
-    images, captions = render_captioned(config)
+def attribute_targets(images: torch.Tensor, chunk: int = 2048) -> dict[str, torch.Tensor]:
+    """Per uint8 image, the option index of each attribute as the ``shapes`` reward reads it
+    (:func:`visalign.shapes.analysis.analyse`: a small star read as a circle is a circle here too)."""
+    found = [analysis.analyse(part.float() / 255) for part in images.split(chunk)]
+    return {a: torch.cat([getattr(f, a) for f in found]) for a in ATTRIBUTES}
+
+
+def attribute_heads(model: CLIPModel, seed: int) -> torch.nn.ModuleDict:
+    """One linear classifier per attribute on the vision tower's pooled output (discarded after stage 1)."""
+    with seeded(seed):
+        return torch.nn.ModuleDict({a: torch.nn.Linear(model.config.vision_config.hidden_size, len(OPTIONS[a]))
+                                    for a in ATTRIBUTES})
+
+
+def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> tuple[float, torch.nn.ModuleDict]:
+    """CLIP's symmetric contrastive loss on rendered scenes plus ``attribute_weight`` x the attribute readout loss
+    (cross-entropy of :func:`attribute_heads` against :func:`attribute_targets`); returns seconds per step and the
+    heads."""
+    images, captions, targets = render_captioned(config)
+    heads = attribute_heads(model, config.seed + 4)
     transform = CenterCropTransform(config.resolution, "torch")  # the scorers' preprocessing
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.clip_lr, weight_decay=0.1)
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.clip_lr, weight_decay=0.1)
     warmup = max(1, config.clip_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + torch.cos(torch.tensor(torch.pi * min(1.0, s / config.clip_steps))).item()))
@@ -191,40 +220,49 @@ def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> float:
     model.train()
     started = time.perf_counter()
     for step in range(1, config.clip_steps + 1):
-        idx = torch.randint(len(captions), (config.clip_batch_size,), generator=g).tolist()
-        batch_captions = [captions[i] for i in idx]
+        idx = torch.randint(len(captions), (config.clip_batch_size,), generator=g)
+        batch_captions = [captions[i] for i in idx.tolist()]
         tokens = tokenizer(batch_captions, padding=True, return_tensors="pt")
-        pixels = transform.batch(images[idx].float() / 255)
-        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        vision = model.vision_model(pixel_values=transform.batch(images[idx].float() / 255)).pooler_output
+        text = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        image_embeds = F.normalize(model.visual_projection(vision), dim=-1)
+        text_embeds = F.normalize(model.text_projection(text), dim=-1)
+        logits_per_image = model.logit_scale.exp() * image_embeds @ text_embeds.T
         same = torch.tensor([[a == b for b in batch_captions] for a in batch_captions], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)  # equal captions are all positives
-        loss = 0.5 * (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target))
+        loss = 0.5 * (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_image.T, target))
+        if config.attribute_weight:
+            loss = loss + config.attribute_weight * sum(F.cross_entropy(heads[a](vision), targets[a][idx])
+                                                        for a in ATTRIBUTES)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, LOGIT_SCALE_INIT)
         log_progress("clip", step, config.clip_steps, loss.item(), started)
     model.eval()
-    return (time.perf_counter() - started) / config.clip_steps
+    return (time.perf_counter() - started) / config.clip_steps, heads.eval()
 
 
 @torch.no_grad()
-def clip_retrieval_accuracy(model: CLIPModel, tokenizer, config: TrainConfig, n: int = 256) -> float:
-    """Held-out check of stage 1: the fraction of ``n`` new scenes whose own caption is the most similar among the
-    ``n`` captions (a caption equal to the right one counts as right)."""
+def clip_held_out(model: CLIPModel, heads: torch.nn.ModuleDict, tokenizer, config: TrainConfig, n: int = 256
+                  ) -> dict[str, float]:
+    """Held-out check of stage 1 on ``n`` new scenes: ``caption_retrieval``, the fraction whose own caption is the
+    most similar among the ``n`` captions (a caption equal to the right one counts as right), and per attribute the
+    accuracy of its readout head against the shapes reward's reading."""
     rng = random.Random(config.seed + 777)
     scenes = [sample_scene(rng, mention_probability=config.mention_probability) for _ in range(n)]
     images = render_batch([s for s, _ in scenes], [10**6 + i for i in range(n)], resolution=config.resolution)
     captions = [p for _, p in scenes]
     tokens = tokenizer(captions, padding=True, return_tensors="pt")
     pixels = CenterCropTransform(config.resolution, "torch").batch(images.float() / 255)
-    logits = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                   pixel_values=pixels).logits_per_image
-    best = logits.argmax(1).tolist()
-    return sum(captions[b] == captions[i] for i, b in enumerate(best)) / n
+    best = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                 pixel_values=pixels).logits_per_image.argmax(1).tolist()
+    pooled, targets = model.vision_model(pixel_values=pixels).pooler_output, attribute_targets(images)
+    return {"caption_retrieval": sum(captions[b] == captions[i] for i, b in enumerate(best)) / n,
+            **{f"{a}_readout": (heads[a](pooled).argmax(1) == targets[a]).float().mean().item() for a in ATTRIBUTES}}
 
 
 def near_miss_pairs(rng: random.Random, n: int, scorer, config: TrainConfig
@@ -349,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_shapes_spm: {json.dumps(asdict(config))}", flush=True)
         # 1. the shapes CLIP
         model, tokenizer = build_clip(config)
-        timings["clip_s_per_step"] = train_clip(model, tokenizer, config)
-        retrieval = clip_retrieval_accuracy(model, tokenizer, config)
-        print(f"[clip] held-out caption retrieval among 256: {retrieval:.3f}", flush=True)
+        timings["clip_s_per_step"], heads = train_clip(model, tokenizer, config)
+        clip_check = clip_held_out(model, heads, tokenizer, config)
+        print("[clip] held-out renders: " + ", ".join(f"{k} {v:.3f}" for k, v in clip_check.items()), flush=True)
         clip_dir = work / "shapes-clip"
         model.save_pretrained(clip_dir)
         CLIPProcessor(image_processor=clip_image_processor(config.resolution), tokenizer=tokenizer
@@ -392,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "shapes_baseline": result.get(f"eval_baseline_accuracy/t={t}")} for t in spm_steps},
         "eval_loss": {f"t={t}": result.get(f"eval_loss/t={t}") for t in spm_steps},
         "train_pairs": train_summary["pairs"], "train_loss": result.get("train_loss"),
-        "clip_retrieval_accuracy": retrieval, "imitation": imitation, "timings": timings,
+        "clip_held_out": clip_check, "imitation": imitation, "timings": timings,
     }
     run_dir = work / "spm"
     if args.out.exists():
