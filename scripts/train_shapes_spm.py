@@ -204,10 +204,20 @@ def attribute_heads(model: CLIPModel, seed: int) -> torch.nn.ModuleDict:
                                     for a in ATTRIBUTES})
 
 
-def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> tuple[float, torch.nn.ModuleDict]:
+def clip_forward(model: CLIPModel, pixels: torch.Tensor, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vision tower's pooled output (what the readout heads see) and the image-to-caption logits, from one
+    forward of each tower (transformers' ``CLIPModel`` output keeps only the projected image embedding)."""
+    vision = model.vision_model(pixel_values=pixels).pooler_output
+    text = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+    image_embeds = F.normalize(model.visual_projection(vision), dim=-1)
+    text_embeds = F.normalize(model.text_projection(text), dim=-1)
+    return vision, model.logit_scale.exp() * image_embeds @ text_embeds.T
+
+
+def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> tuple[float, torch.nn.ModuleDict | None]:
     """CLIP's symmetric contrastive loss on rendered scenes plus ``attribute_weight`` x the attribute readout loss
     (cross-entropy of :func:`attribute_heads` against :func:`attribute_targets`); returns seconds per step and the
-    heads."""
+    trained heads (None with ``attribute_weight`` 0)."""
     images, captions, targets = render_captioned(config)
     heads = attribute_heads(model, config.seed + 4)
     transform = CenterCropTransform(config.resolution, "torch")  # the scorers' preprocessing
@@ -223,11 +233,7 @@ def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> tuple[float,
         idx = torch.randint(len(captions), (config.clip_batch_size,), generator=g)
         batch_captions = [captions[i] for i in idx.tolist()]
         tokens = tokenizer(batch_captions, padding=True, return_tensors="pt")
-        vision = model.vision_model(pixel_values=transform.batch(images[idx].float() / 255)).pooler_output
-        text = model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
-        image_embeds = F.normalize(model.visual_projection(vision), dim=-1)
-        text_embeds = F.normalize(model.text_projection(text), dim=-1)
-        logits_per_image = model.logit_scale.exp() * image_embeds @ text_embeds.T
+        vision, logits_per_image = clip_forward(model, transform.batch(images[idx].float() / 255), tokens)
         same = torch.tensor([[a == b for b in batch_captions] for a in batch_captions], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)  # equal captions are all positives
         loss = 0.5 * (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_image.T, target))
@@ -243,26 +249,29 @@ def train_clip(model: CLIPModel, tokenizer, config: TrainConfig) -> tuple[float,
             model.logit_scale.clamp_(0, LOGIT_SCALE_INIT)
         log_progress("clip", step, config.clip_steps, loss.item(), started)
     model.eval()
-    return (time.perf_counter() - started) / config.clip_steps, heads.eval()
+    return (time.perf_counter() - started) / config.clip_steps, heads.eval() if config.attribute_weight else None
 
 
 @torch.no_grad()
-def clip_held_out(model: CLIPModel, heads: torch.nn.ModuleDict, tokenizer, config: TrainConfig, n: int = 256
+def clip_held_out(model: CLIPModel, heads: torch.nn.ModuleDict | None, tokenizer, config: TrainConfig, n: int = 256
                   ) -> dict[str, float]:
     """Held-out check of stage 1 on ``n`` new scenes: ``caption_retrieval``, the fraction whose own caption is the
-    most similar among the ``n`` captions (a caption equal to the right one counts as right), and per attribute the
-    accuracy of its readout head against the shapes reward's reading."""
+    most similar among the ``n`` captions (a caption equal to the right one counts as right), and, with ``heads``,
+    per attribute the accuracy of its readout head against the shapes reward's reading."""
     rng = random.Random(config.seed + 777)
     scenes = [sample_scene(rng, mention_probability=config.mention_probability) for _ in range(n)]
     images = render_batch([s for s, _ in scenes], [10**6 + i for i in range(n)], resolution=config.resolution)
     captions = [p for _, p in scenes]
     tokens = tokenizer(captions, padding=True, return_tensors="pt")
     pixels = CenterCropTransform(config.resolution, "torch").batch(images.float() / 255)
-    best = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                 pixel_values=pixels).logits_per_image.argmax(1).tolist()
-    pooled, targets = model.vision_model(pixel_values=pixels).pooler_output, attribute_targets(images)
-    return {"caption_retrieval": sum(captions[b] == captions[i] for i, b in enumerate(best)) / n,
-            **{f"{a}_readout": (heads[a](pooled).argmax(1) == targets[a]).float().mean().item() for a in ATTRIBUTES}}
+    pooled, logits = clip_forward(model, pixels, tokens)
+    best = logits.argmax(1).tolist()
+    check = {"caption_retrieval": sum(captions[b] == captions[i] for i, b in enumerate(best)) / n}
+    if heads is not None:
+        targets = attribute_targets(images)
+        check.update({f"{a}_readout": (heads[a](pooled).argmax(1) == targets[a]).float().mean().item()
+                      for a in ATTRIBUTES})
+    return check
 
 
 def near_miss_pairs(rng: random.Random, n: int, scorer, config: TrainConfig
