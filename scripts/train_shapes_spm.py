@@ -69,7 +69,25 @@ readout: 0.71 / 0.72 / 0.71 / 0.68 / 0.56) against the plain ``shapes`` reward's
 the same noisy predicted x0. So the SPM gains 0.05-0.09 at every t and still does **not** beat the plain shapes
 reward at large t (nor at any t). The baseline is the labeller itself, exact by construction on clean images; SPO's
 SPM competes with PickScore, not with the function that made its labels, and is trained on all of Pick-a-Pic v1.
-The next lead: shape, which the readout learns last (0.87 on clean renders) and which decides most sampled pairs.
+
+Checked again with 4 noise draws per pair and t (2026-12-07; one draw moves 256 pairs' accuracy by up to ~0.05, so
+the SPM recipe now evaluates with ``eval_noise_draws: 4``; here on cached 8-bit predicted x0), paired bootstrap 95%
+intervals of SPM minus reward over the pairs: the run above on seed 2000 scores 0.79 / 0.81 / 0.79 / 0.77 / 0.61
+against the reward's 0.93 / 0.93 / 0.90 / 0.83 / 0.66, below it at every t with every interval below zero (-0.135
+[-0.181, -0.081] at t = 0, -0.050 [-0.087, -0.009] at t = 951); on seed 1000 it is level from t = 501 on (t = 951:
++0.025 [-0.015, +0.061]).
+Tried on seed 1000 that day and not kept (fits on cached predicted x0 unless said): 4x the pairs (4,376 from 2,000
+prompts: 0.81 / 0.80 / 0.80 / 0.76 / 0.69 after 2,400 steps against 0.84 / 0.82 / 0.83 / 0.81 / 0.67 from 1,070
+pairs at 400 steps; fewer pairs do hurt: 270 and 535 pairs reach 0.58 and 0.60 at t = 951); more SPM steps (1,070
+pairs overfit: t = 701 falls from 0.81 at 400 steps to 0.72 at 1,600); the plain reward's preference on the noisy x0
+as a soft target beside the labels (half each: 0.83 / 0.81 / 0.80 / 0.78 / 0.66; 80% at t >= 500: 0.82 / 0.84 / 0.79
+/ 0.74 / 0.60); a frozen text tower, or 10x the learning rate on the step modules (within 0.02 of the default); the
+shapes-sd samples of the training prompts in stage 1 (readout and contrastive loss, repeated 5x among the renders):
+the shape readout rises to 0.945 and the untrained SPM to 0.84 / 0.84 / 0.82 / 0.76 / 0.61 (4 draws; 0.77 / 0.79 /
+0.79 / 0.74 / 0.60 before), but the full run on seed 2000 trained an SPM no better (0.78 / 0.78 / 0.77 / 0.73 /
+0.60, 4 draws). The SPM stage is where accuracy at small t is lost (that untrained SPM's 0.84 at t = 251 ends at
+0.81): the next lead is holding it near its start there (fewer steps or the imitation loss beside it), judged over
+several CLIP seeds, as single runs differ by more than the settings do.
 """
 
 from __future__ import annotations

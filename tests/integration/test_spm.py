@@ -18,7 +18,7 @@ from visalign.data.sources import load_source
 from visalign.likelihood.diffusion import pair_noise_seed
 from visalign.models.diffusion import decode_latents, encode_images
 from visalign.testing.clip import save_tiny_clip
-from visalign.trainers.spm import SPMConfig, SPMTrainer
+from visalign.trainers.spm import EVAL_NOISE_KEY, SPMConfig, SPMTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +106,33 @@ def test_pickapic_ties_train_towards_one_half_and_weigh_nothing_in_the_accuracy(
     assert trainer.num_examples(batch) == 2
 
 
+def test_evaluation_averages_its_noise_draws_each_keyed_apart(tmp_path, sd15, clip, pairs):
+    """With ``eval_noise_draws`` 3 the loss and each accuracy (the SPM's and the baseline's) are the means of the three
+    draws under keys ``EVAL_NOISE_KEY - d``, and draw 0 is the single-draw evaluation's noise."""
+    trainer = SPMTrainer(_config(tmp_path / "run", sd15, clip, pairs, eval_noise_draws=3,
+                                 eval_baseline_scorer="shapes", eval_timesteps=[951]))
+    trainer.baseline_scorer = load_scorer("pickscore", model=clip)  # judges the test captions, unlike shapes
+    batch = trainer.collator([trainer.train_dataset[i] for i in range(4)])
+    batch["label_0"] = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    trainer._evaluating = True
+    _, metrics = trainer._evaluation_loss(batch)
+    losses, spm, baseline, noises = [], [], [], []
+    for draw in range(3):
+        pixels, noised = trainer.predicted_x0(batch, EVAL_NOISE_KEY - draw, 951)
+        loss, accuracy = trainer.spm_loss(batch, pixels, noised.timesteps, decided_only=True)
+        losses.append(loss.item())
+        spm.append(accuracy.item())
+        p0 = trainer.baseline_scorer.preference(batch["captions_chosen"], *pixels.chunk(2)).probs
+        baseline.append(torch.where(batch["label_0"] > 0.5, p0 > 0.5, p0 < 0.5).float().mean().item())
+        noises.append(noised.noise)
+    assert not torch.equal(noises[0], noises[1]) and not torch.equal(noises[1], noises[2])
+    assert len(set(losses)) == 3 and metrics["loss/t=951"] == pytest.approx(sum(losses) / 3)
+    assert metrics["accuracy/t=951"] == pytest.approx(sum(spm) / 3)
+    assert metrics["baseline_accuracy/t=951"] == pytest.approx(sum(baseline) / 3)
+    single = SPMTrainer(_config(tmp_path / "single", sd15, clip, pairs, eval_timesteps=[951]))
+    torch.testing.assert_close(single.predicted_x0(batch, EVAL_NOISE_KEY, 951)[1].noise, noises[0])
+
+
 @pytest.mark.parametrize("recipe", ["spm-sd15", "spm-sdxl", "spm-shapes"])
 def test_recipes_run_two_steps_on_tiny_components(recipe, tmp_path, sd15, sdxl, clip, capsys):
     """The recipes' settings flow into the run; the model (a tiny one of the recipe's family), the CLIP, the pickscore
@@ -140,6 +167,7 @@ def test_recipes_run_two_steps_on_tiny_components(recipe, tmp_path, sd15, sdxl, 
     (dict(label_scorer="pickscroe"), "SPMConfig.label_scorer must be one of"),
     (dict(eval_baseline_scorer="shape"), "SPMConfig.eval_baseline_scorer must be one of"),
     (dict(eval_timesteps=[]), "SPMConfig.eval_timesteps must be a non-empty list"),
+    (dict(eval_noise_draws=0), r"SPMConfig.eval_noise_draws must be in \[1, 1000\]"),
     (dict(use_lora=True), "SPMConfig.use_lora must be false"),
 ])
 def test_bad_keys_fail_before_any_model_loads(overrides, message):

@@ -16,9 +16,10 @@ Per micro-batch of B preference pairs (rows ``[chosen; rejected]``):
 Labels: the data's (chosen first; Pick-a-Pic ties kept as 0.5 with ``keep_ties``), or, with ``label_scorer``, that
 scorer's preference between the two clean images, a tie when ``|p0 − p1| <= tie_margin`` (SPO's SDXL SPM: PickScore,
 0.1). Evaluation: the accuracy (and loss) over the non-tie pairs of ``eval_dataset`` at each of ``eval_timesteps``
-(SPO: 0, 251, 501, 701, 951), every pair noised with one keyed ``ε`` at all of them (``eval_accuracy/t=T``);
-with ``eval_baseline_scorer``, a plain scorer's accuracy on the same ``x̂0`` beside it
-(``eval_baseline_accuracy/t=T``).
+(SPO: 0, 251, 501, 701, 951), every pair noised with the same ``eval_noise_draws`` keyed ``ε`` at all of them and
+the accuracy averaged over those draws (``eval_accuracy/t=T``; SPO reports one draw, which on a few hundred pairs
+moves the accuracy by several points); with ``eval_baseline_scorer``, a plain scorer's accuracy on the same ``x̂0``
+beside it (``eval_baseline_accuracy/t=T``).
 One process only: the scorer runs the SPM's modules directly, so a DDP wrapper would not synchronise gradients.
 
 The final folder is the SPM's ``save_pretrained`` (``load_scorer("step-aware", model=output_dir)``), the resolved
@@ -52,8 +53,9 @@ from visalign.trainers._loop import Trainer
 from visalign.trainers.config import TrainingConfig, _help
 from visalign.trainers.diffusion import _IndexedPairs, collate_indexed_pairs
 
-#: The step key of the evaluation noise (training steps are keys 0, 1, ...).
+#: The step key of the evaluation noise, draw 0 (draw d: ``EVAL_NOISE_KEY - d``; training steps are keys 0, 1, ...).
 EVAL_NOISE_KEY = 2**32 - 1
+MAX_EVAL_NOISE_DRAWS = 1000
 
 
 @dataclass
@@ -96,6 +98,9 @@ class SPMConfig(TrainingConfig):
         "with label_scorer: a tie (0.5/0.5) when |p0 - p1| <= tie_margin (SPO: 0.1)"))
     eval_timesteps: list[int] = field(default_factory=lambda: list(EVAL_TIMESTEPS), metadata=_help(
         "timesteps the eval_dataset accuracy is reported at (SPO: 0, 251, 501, 701, 951)"))
+    eval_noise_draws: int = field(default=1, metadata=_help(
+        "noise draws (t fixed, ε keyed per pair and draw) each eval pair is judged under at each eval timestep; the "
+        "accuracies are their mean (SPO: 1)"))
     eval_baseline_scorer: str | None = field(default=None, metadata=_help(
         "a plain reward_models scorer judged on the same predicted x0 in evaluation (eval_baseline_accuracy/t=T), "
         "the step-unaware baseline the SPM must beat at large t; none = off"))
@@ -118,6 +123,8 @@ class SPMConfig(TrainingConfig):
             (bool(self.eval_timesteps) and all(isinstance(t, int) and t >= 0 for t in self.eval_timesteps),
              "eval_timesteps", "a non-empty list of integers >= 0", self.eval_timesteps),
             (self.vae_encode_batch_size >= 1, "vae_encode_batch_size", ">= 1", self.vae_encode_batch_size),
+            (1 <= self.eval_noise_draws <= MAX_EVAL_NOISE_DRAWS, "eval_noise_draws",
+             f"in [1, {MAX_EVAL_NOISE_DRAWS}]", self.eval_noise_draws),
         ]
         for ok, key, expected, value in checks:
             if not ok:
@@ -308,24 +315,27 @@ class SPMTrainer(Trainer):
         return loss, metrics
 
     def _evaluation_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss and accuracy over the non-tie pairs at each evaluation timestep (their means as ``loss`` and
-        ``accuracy``); a batch of ties only weighs 0 (:meth:`num_examples`)."""
+        """Loss and accuracy over the non-tie pairs at each evaluation timestep, each the mean over
+        ``eval_noise_draws`` noise draws (their means over the timesteps as ``loss`` and ``accuracy``); a batch of
+        ties only weighs 0 (:meth:`num_examples`)."""
         names = ("loss", "accuracy") + (("baseline_accuracy",) if self.baseline_scorer is not None else ())
         labels = self.labels(batch)
+        metrics = {f"{name}/t={t}": 0.0 for t in self.args.eval_timesteps for name in names}
         if not (labels != 0.5).any():
-            return torch.zeros(()), {**{f"{name}/t={t}": 0.0 for t in self.args.eval_timesteps for name in names},
-                                     "accuracy": 0.0}
-        metrics = {}
+            return torch.zeros(()), {**metrics, "accuracy": 0.0}
+        draws = self.args.eval_noise_draws
         for t in self.args.eval_timesteps:
-            pixels, noised = self.predicted_x0(batch, EVAL_NOISE_KEY, t)
-            loss, accuracy = self.spm_loss(batch, pixels, noised.timesteps, decided_only=True)
-            metrics[f"loss/t={t}"], metrics[f"accuracy/t={t}"] = loss.item(), accuracy.item()
-            if self.baseline_scorer is not None:
-                chosen, rejected = pixels.chunk(2)
-                p0 = self.baseline_scorer.preference(batch["captions_chosen"], chosen, rejected).probs.cpu()
-                decided = labels != 0.5
-                correct = torch.where(labels[decided] > 0.5, p0[decided] > 0.5, p0[decided] < 0.5)
-                metrics[f"baseline_accuracy/t={t}"] = correct.float().mean().item()
+            for draw in range(draws):
+                pixels, noised = self.predicted_x0(batch, EVAL_NOISE_KEY - draw, t)
+                loss, accuracy = self.spm_loss(batch, pixels, noised.timesteps, decided_only=True)
+                metrics[f"loss/t={t}"] += loss.item() / draws
+                metrics[f"accuracy/t={t}"] += accuracy.item() / draws
+                if self.baseline_scorer is not None:
+                    chosen, rejected = pixels.chunk(2)
+                    p0 = self.baseline_scorer.preference(batch["captions_chosen"], chosen, rejected).probs.cpu()
+                    decided = labels != 0.5
+                    correct = torch.where(labels[decided] > 0.5, p0[decided] > 0.5, p0[decided] < 0.5)
+                    metrics[f"baseline_accuracy/t={t}"] += correct.float().mean().item() / draws
         n = len(self.args.eval_timesteps)
         metrics["accuracy"] = sum(metrics[f"accuracy/t={t}"] for t in self.args.eval_timesteps) / n
         return torch.tensor(sum(metrics[f"loss/t={t}"] for t in self.args.eval_timesteps) / n), metrics
