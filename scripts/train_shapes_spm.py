@@ -85,9 +85,12 @@ as a soft target beside the labels (half each: 0.83 / 0.81 / 0.80 / 0.78 / 0.66;
 shapes-sd samples of the training prompts in stage 1 (readout and contrastive loss, repeated 5x among the renders):
 the shape readout rises to 0.945 and the untrained SPM to 0.84 / 0.84 / 0.82 / 0.76 / 0.61 (4 draws; 0.77 / 0.79 /
 0.79 / 0.74 / 0.60 before), but the full run on seed 2000 trained an SPM no better (0.78 / 0.78 / 0.77 / 0.73 /
-0.60, 4 draws). The SPM stage is where accuracy at small t is lost (that untrained SPM's 0.84 at t = 251 ends at
-0.81): the next lead is holding it near its start there (fewer steps or the imitation loss beside it), judged over
-several CLIP seeds, as single runs differ by more than the settings do.
+0.60, 4 draws). The SPM stage loses some of that start at small t (0.84 at t = 251 ends at 0.81; an L2 pull of the
+weights towards the start, L2-SP with weight 0.1 or 1, moves every t by at most 0.02, as it does from the default
+start). Where it stands, 4 draws on seed 1000: the SPMs of these runs trail the reward by 0.00-0.11 at t <= 701 and
+lead it by 0.02-0.04 at t = 951 (the run checked with intervals: +0.025 [-0.015, +0.061]); on seed 2000 they trail
+it everywhere. Single runs differ by more than these settings do; the next comparison should span several CLIP
+seeds.
 """
 
 from __future__ import annotations
