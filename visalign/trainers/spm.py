@@ -261,15 +261,21 @@ class SPMTrainer(Trainer):
         return batch["label_0"]
 
     @torch.no_grad()
-    def predicted_x0(self, batch: dict, noise_key: int, timesteps: int | None = None
-                     ) -> tuple[torch.Tensor, NoisedLatents]:
+    def latents(self, batch: dict) -> torch.Tensor:
+        """The VAE latents (posterior mean) of the batch's images, ``[chosen; rejected]``."""
+        return encode_images(self.components.vae, batch["pixel_values"], batch_size=self.args.vae_encode_batch_size,
+                             sample=False).to(self.accelerator.device)
+
+    @torch.no_grad()
+    def predicted_x0(self, batch: dict, noise_key: int, timesteps: int | None = None, *,
+                     latents: torch.Tensor | None = None) -> tuple[torch.Tensor, NoisedLatents]:
         """The decoded guided ``x̂0`` ``[2B, 3, res, res]`` in [0, 1] the SPM judges, and the noised latents it came
         from: per pair one ``(t, ε)`` shared by both images, keyed by ``(seed, noise_key, pair index)``; ``t`` drawn
-        from the training range, or ``timesteps`` for every pair."""
+        from the training range, or ``timesteps`` for every pair. ``latents`` (:meth:`latents`) saves re-encoding a
+        batch judged several times."""
         args, comp = self.args, self.components
         device = self.accelerator.device
-        latents = encode_images(comp.vae, batch["pixel_values"], batch_size=args.vae_encode_batch_size,
-                                sample=False).to(device)
+        latents = self.latents(batch) if latents is None else latents
         b = batch["num_pairs"]
         parts = []
         for i, index in enumerate(batch["indices"]):
@@ -323,17 +329,16 @@ class SPMTrainer(Trainer):
         metrics = {f"{name}/t={t}": 0.0 for t in self.args.eval_timesteps for name in names}
         if not (labels != 0.5).any():
             return torch.zeros(()), {**metrics, "accuracy": 0.0}
-        draws = self.args.eval_noise_draws
+        draws, latents, decided = self.args.eval_noise_draws, self.latents(batch), labels != 0.5
         for t in self.args.eval_timesteps:
             for draw in range(draws):
-                pixels, noised = self.predicted_x0(batch, EVAL_NOISE_KEY - draw, t)
+                pixels, noised = self.predicted_x0(batch, EVAL_NOISE_KEY - draw, t, latents=latents)
                 loss, accuracy = self.spm_loss(batch, pixels, noised.timesteps, decided_only=True)
                 metrics[f"loss/t={t}"] += loss.item() / draws
                 metrics[f"accuracy/t={t}"] += accuracy.item() / draws
                 if self.baseline_scorer is not None:
                     chosen, rejected = pixels.chunk(2)
                     p0 = self.baseline_scorer.preference(batch["captions_chosen"], chosen, rejected).probs.cpu()
-                    decided = labels != 0.5
                     correct = torch.where(labels[decided] > 0.5, p0[decided] > 0.5, p0[decided] < 0.5)
                     metrics[f"baseline_accuracy/t={t}"] += correct.float().mean().item() / draws
         n = len(self.args.eval_timesteps)
