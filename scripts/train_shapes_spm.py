@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["imitate_s"] = time.perf_counter() - t0
         # 3. pairs from shapes-sd, labelled by the shapes reward
         t0 = time.perf_counter()
-        pipeline = load_pipeline(DIFFUSION_MODEL, dtype="bfloat16")  # as the quickstart
+        pipeline = load_pipeline(DIFFUSION_MODEL, dtype="auto")  # as the quickstart: bf16 where the CPU has it natively
         train_summary = sample_pairs(pipeline, scorer, work / "pairs-train", prompts=config.train_prompts,
                                      samples=config.samples_per_prompt, seed=config.seed, pairing="all",
                                      config=config)

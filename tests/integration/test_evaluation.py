@@ -73,6 +73,21 @@ def test_load_pipeline_with_a_lora_shows_no_noise(models, capfd):
     assert hf_logging.is_progress_bar_enabled() and pipe.get_list_adapters() == {"unet": ["default_0"]}
 
 
+@pytest.mark.parametrize("features, dtype, expected, warned", [
+    ({"avx2": True}, "auto", torch.float32, False),  # auto: float32 on a CPU without native bf16
+    ({"avx512_bf16": True}, "auto", torch.bfloat16, False),
+    ({"avx2": True}, "bfloat16", torch.bfloat16, True),  # kept as asked, with a warning: emulated bf16 is slow
+    ({"amx_bf16": True}, "bfloat16", torch.bfloat16, False),
+])
+def test_load_pipeline_picks_auto_dtype_from_the_cpu_and_warns_on_emulated_bf16(models, monkeypatch, caplog, features,
+                                                                               dtype, expected, warned):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    with caplog.at_level("WARNING", logger="visalign.evaluation.generate"):
+        pipe = load_pipeline(models["base"], dtype=dtype)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == expected
+    assert ("runs many times slower than float32" in caplog.text) == warned, caplog.text
+
+
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 

@@ -67,6 +67,9 @@ def test_onpolicy_config_rejects_full_fine_tuning_and_single_samples():
         OnPolicyConfig(model="m", samples_per_prompt=1)
     with pytest.raises(ValueError, match=r"pair_source must be one of \('policy', 'rendered'\); got 'renders'"):
         OnPolicyConfig(model="m", pair_source="renders")
+    with pytest.raises(ValueError, match=r"OnPolicyConfig.sample_dtype: unknown dtype 'bf8'"):
+        OnPolicyConfig(model="m", sample_dtype="bf8")
+    assert OnPolicyConfig(model="m", sample_dtype="auto").sample_dtype == "auto"  # resolved on the device at load
 
 
 def test_onpolicy_recipe_samples_its_pairs_from_the_model(tmp_path, capsys):

@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from reward_models import resolve_dtype
 from visalign.evaluation.pairs import SUMMARY, check_pair_options
 from visalign.models.card import write_card_results
 from visalign.trainers._common import prepare_output_dir
@@ -111,8 +112,9 @@ class OnPolicyConfig(DiffusionConfig):
     sample_scheduler: str | None = field(
         default=None, metadata=_help("sampler for pairs and evaluation in place of the checkpoint's own: ddim | euler "
                                      "| dpmsolver; none = the checkpoint's"))
-    sample_dtype: str = field(default="float32",
-                              metadata=_help("pipeline dtype for pairs and evaluation: float32 | bfloat16 | float16"))
+    sample_dtype: str = field(default="float32", metadata=_help(
+        "pipeline dtype for pairs and evaluation: float32 | bfloat16 | float16 | auto (bfloat16 where the device "
+        "computes it natively: CUDA, CPUs with AVX512-BF16, AMX or Arm BF16; else float32)"))
     eval_prompts: str = field(default="builtin:shapes-prompts", metadata=_help("held-out prompts of stage 3"))
     eval_prompts_split: str = field(default="test", metadata=_help("split of `eval_prompts`"))
     num_eval_prompts: int = field(default=32, metadata=_help("use the first N held-out prompts"))
@@ -160,6 +162,10 @@ class OnPolicyConfig(DiffusionConfig):
             check_pair_options(self.samples_per_prompt, self.min_gap, self.pairing)
         except ValueError as err:
             raise ValueError(f"{c}.{err}") from None
+        try:
+            resolve_dtype(self.sample_dtype, "cpu")  # the name only: "auto" resolves against the device at load
+        except ValueError as err:
+            raise ValueError(f"{c}.sample_dtype: {err}") from None
         try:
             self.generation_settings()
         except ValueError as err:
