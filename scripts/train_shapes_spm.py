@@ -93,6 +93,18 @@ it everywhere. A second CLIP seed with the default settings (seed 1) reads shape
 yet its SPM (cached fit, 4 draws on seed 1000) scores 0.81 / 0.81 / 0.82 / 0.77 / 0.63 against seed 0's 0.84 / 0.83
 / 0.82 / 0.79 / 0.64: the readout on renders does not predict the SPM, and the CLIP's seed moves it by up to 0.03,
 as much as the settings above; the next comparison should span several CLIP seeds.
+
+Re-run 2026-12-07 on an AVX2-only 2-core CPU, where ``dtype="auto"`` samples in float32 (1,050 training pairs, 259
+held-out seed-2000 pairs, 34 min): the CLI's 4-draw figures are SPM 0.795 / 0.813 / 0.802 / 0.769 / 0.601 against the
+reward's 0.921 / 0.923 / 0.897 / 0.829 / 0.637 (the untrained shapes PickScore: 0.76 / 0.74 / 0.76 / 0.72 / 0.59).
+Where it loses, by what the two images of a held-out pair differ in (the reward's reading of their t = 0 x0; a fit on
+cached x0 with the default settings, 4 draws): on the 60 pairs that differ only in position the SPM is within 0.05 of
+the reward at every t (0.87 / 0.90 / 0.91 / 0.86 / 0.69 against 0.92 / 0.90 / 0.87 / 0.85 / 0.70); on the 99 that
+differ in shape and position (size too in 33) it trails by 0.14-0.16 at t = 0 and 0.06-0.17 at t = 951, and on the 9
+whose background differs too it ranks 0.56 where the reward ranks 1.00. So the deficit points at the CLIP's reading of
+the shape on shapes-sd's images (it is there at t = 0 already), not at the step conditioning. Training on t >= 500
+only (``timestep_min: 500``) is level with the reward at t = 951 (+0.007 [-0.033, +0.047]) and no better at t = 701
+(-0.066 [-0.104, -0.030]).
 """
 
 from __future__ import annotations
