@@ -104,7 +104,7 @@ differ in shape and position (size too in 33) it trails by 0.14-0.16 at t = 0 an
 whose background differs too it ranks 0.56 where the reward ranks 1.00. So the deficit points at the CLIP's reading of
 the shape on shapes-sd's images (it is there at t = 0 already), not at the step conditioning. Training on t >= 500
 only (``timestep_min: 500``) is level with the reward at t = 951 (+0.007 [-0.033, +0.047]) and no better at t = 701
-(-0.066 [-0.104, -0.030]). None of these beats the default fit by more than 0.02 at any t (same cached fits): the SPM
+(-0.066 [-0.104, -0.030]). None of these beats the default fit by more than 0.03 at any t (same cached fits): the SPM
 started from the stage-1 CLIP instead of the shapes PickScore (0.76 / 0.79 / 0.79 / 0.77 / 0.60); lr 3e-5 for 800
 steps (0.80 / 0.82 / 0.81 / 0.77 / 0.63); 64 pairs per step for 400 steps (0.78 / 0.78 / 0.77 / 0.73 / 0.59,
 overfitted).
