@@ -24,6 +24,7 @@ from visalign.evaluation.generate import (
     load_pipeline,
     load_prompts,
     read_manifest,
+    _warn_emulated_dtype,
     sample_seed,
 )
 from visalign.evaluation.report import GRID_PROMPT_WIDTH
@@ -82,6 +83,7 @@ def test_load_pipeline_with_a_lora_shows_no_noise(models, capfd):
 def test_load_pipeline_picks_auto_dtype_from_the_cpu_and_warns_on_emulated_bf16(models, monkeypatch, caplog, features,
                                                                                dtype, expected, warned):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
+    _warn_emulated_dtype.cache_clear()  # warned once per process: an earlier load in this worker may have warned
     with caplog.at_level("WARNING", logger="visalign.evaluation.generate"):
         pipe = load_pipeline(models["base"], dtype=dtype)
     assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == expected

@@ -32,7 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_argument("--model-b", required=True, help="diffusers pipeline of model B (usually the base model)")
     models.add_argument("--lora-b", help="diffusers LoRA folder loaded into model B")
     models.add_argument("--device", default="cpu", help="torch device for the pipelines and scorers, e.g. cuda")
-    models.add_argument("--dtype", default="float32", help="pipeline dtype: float32, float16, bfloat16, or auto (bf16 where the device has it natively, else fp32)")
+    models.add_argument("--dtype", default="float32", help="pipeline dtype: float32, float16, bfloat16, or auto "
+                        "(bf16 where the device has it natively, else fp32)")
     prompts = parser.add_argument_group("prompts and sampling")
     prompts.add_argument("--prompts", required=True,
                          help="a .txt file (one prompt per line) or a dataset spec (.jsonl/.csv/.parquet, hub id)")
