@@ -1,11 +1,12 @@
 """Train a step-aware preference model (SPO's SPM) for the shapes world, seeded and reproducible.
 
-    python scripts/train_shapes_spm.py --out /tmp/shapes-spm --threads 2     # the measured run below (~15 min)
+    python scripts/train_shapes_spm.py --out /tmp/shapes-spm --threads 2     # 20-34 min on a 2-core CPU
     python scripts/train_shapes_spm.py --out /tmp/shapes-spm --quick          # a smoke run of about a minute
 
-Not shipped: the SPM does not beat the plain ``shapes`` reward at any timestep (figures at the end of this
-docstring; at t = 951, 0.61 against 0.68), so ``spo-shapes`` judges steps with the plain reward and there is no
-``builtin:shapes-spm`` yet.
+Not shipped: the SPM does not beat the plain ``shapes`` reward on the same noisy predicted x0 (on held-out seed 2000
+at t = 951, 0.60 against 0.64; below it at every smaller t), so ``spo-shapes`` judges steps with the plain reward
+and there is no ``builtin:shapes-spm``. docs/shapes-spm.md has the figures, why it does not win, and every setting
+tried.
 
 SPO (Liang et al., "Aesthetic Post-Training Diffusion Models from Generic Preferences with Step-by-step Preference
 Optimization", CVPR 2025, arXiv 2406.04314; reference ``diffusion-methods.md`` §6.3) starts its SPM from PickScore,
@@ -19,7 +20,7 @@ the frozen diffusion model. The shapes world has no such CLIP, so this script ma
    preprocessing (``reward_models.preprocess.CenterCropTransform``), together with an attribute readout loss
    (``attribute_weight``): one linear head per attribute on the vision tower's pooled output, cross-entropy against
    what the ``shapes`` reward reads from the render (``visalign.shapes.analysis``); the heads are dropped after the
-   stage. Without them the CLIP learns colour and background and hardly sees shape or position (figures below);
+   stage. Without them the CLIP learns colour and background and hardly sees shape or position (docs/shapes-spm.md);
 2. **shapes PickScore** (PickScore is CLIP fine-tuned on preference pairs; here the preferences are the ``shapes``
    reward's): the whole CLIP trained with PickScore's loss on fresh pairs every step, each pair two renders of the
    prompt's scene with every attribute redrawn with probability ``near_miss_probability``
@@ -42,72 +43,6 @@ the imitation's accuracy, pair counts, timings) and ``train.log`` beside it; loa
 ``load_scorer("step-aware", model=OUT)``. ``--threads 1`` is the default: on a 2-core machine shared with another job,
 one torch thread sampled 4.5x faster than two; on an idle machine pass ``--threads 2``. Two runs with the same seed
 and thread count train the same CLIP and SPM.
-
-Measured with the current ``builtin:shapes-sd`` (2026-12-06). Settings were compared on held-out seed 1000 (400
-prompts, 293 pairs); accuracy at t = 0 / 251 / 501 / 701 / 951.
-
-Why the SPM was weak, and the attribute readout. Without the readout loss (``--attribute-weight 0``, 600 CLIP steps,
-the earlier default) the contrastive CLIP reads colour and background but hardly shape or position: linear probes
-on its pooled output classify 1,024 held-out renders' colour 1.00, shape 0.52, position 0.50 (after stage 2: 0.52,
-0.54); on near-miss render pairs stage 2 ranks colour-only pairs 0.94 and background-only 0.97, but shape-only 0.64
-and position-only 0.63. The pairs sampled from shapes-sd differ almost only there (of seed 1000's 293: shape 122,
-position 71, both 59), so that SPM ranked shape pairs 0.83 and position pairs 0.69 at t = 0 where the reward does
-0.90 and 0.90. With the readout loss the vision tower reads position 1.00 and shape 0.87 (800 steps continuing from
-that CLIP), stage 2 climbs 0.815 -> 0.873 (it had plateaued at 0.78-0.80), and the SPM on seed 1000 scores 0.81 /
-0.78 / 0.79 / 0.78 / 0.66 against the reward's 0.87 / 0.92 / 0.89 / 0.81 / 0.66 on the same x0 (a fit on cached
-predicted x0, 12 draws of t per pair). Tried on seed 1000 and not kept: more sampled pairs (273 / 521 / 1,070 pairs:
-0.71 / 0.72 / 0.73 at t = 0, no trend at t = 951); distilling the readouts into the CLIP on shapes-sd's predicted x0
-of noised renders (0.76 / 0.74 / 0.73 / 0.72 / 0.58); readout heads on the SPM's own sampled images before its
-training (0.70 / 0.71 / 0.70 / 0.67 / 0.59); a wider CLIP (width 128, 6 layers) without the readout (0.73 / 0.72 /
-0.72 / 0.70 / 0.59); 19,644 near-miss render pairs among the SPM's training pairs (0.68 / 0.69 / 0.69 / 0.66 / 0.56).
-
-The default settings on the untouched seed 2000 (``--threads 2``, idle 2-core CPU, 20.3 min: CLIP 5.4 min, imitation
-5.2 min, sampling 5.0 min, SPM training + evaluation 4.7 min; 1,070 training pairs, 256 held-out pairs): held-out
-caption retrieval among 256 renders 0.805 (0.41 without the readout); the imitation ranks 0.871 -> 0.902 of its
-held-out render pairs as the reward does (0.775 -> 0.791 without); SPM 0.79 / 0.80 / 0.80 / 0.77 / 0.61 (without the
-readout: 0.71 / 0.72 / 0.71 / 0.68 / 0.56) against the plain ``shapes`` reward's 0.93 / 0.92 / 0.91 / 0.80 / 0.68 on
-the same noisy predicted x0. So the SPM gains 0.05-0.09 at every t and still does **not** beat the plain shapes
-reward at large t (nor at any t). The baseline is the labeller itself, exact by construction on clean images; SPO's
-SPM competes with PickScore, not with the function that made its labels, and is trained on all of Pick-a-Pic v1.
-
-Checked again with 4 noise draws per pair and t (2026-12-07; one draw moves 256 pairs' accuracy by up to ~0.05, so
-the SPM recipe now evaluates with ``eval_noise_draws: 4``; here on cached 8-bit predicted x0), paired bootstrap 95%
-intervals of SPM minus reward over the pairs: the run above on seed 2000 scores 0.79 / 0.81 / 0.79 / 0.77 / 0.61
-against the reward's 0.93 / 0.93 / 0.90 / 0.83 / 0.66, below it at every t with every interval below zero (-0.135
-[-0.181, -0.081] at t = 0, -0.050 [-0.087, -0.009] at t = 951); on seed 1000 it is level from t = 501 on (t = 951:
-+0.025 [-0.015, +0.061]).
-Tried on seed 1000 that day and not kept (fits on cached predicted x0 unless said): 4x the pairs (4,376 from 2,000
-prompts: 0.81 / 0.80 / 0.80 / 0.76 / 0.69 after 2,400 steps against 0.84 / 0.82 / 0.83 / 0.81 / 0.67 from 1,070
-pairs at 400 steps; fewer pairs do hurt: 270 and 535 pairs reach 0.58 and 0.60 at t = 951); more SPM steps (1,070
-pairs overfit: t = 701 falls from 0.81 at 400 steps to 0.72 at 1,600); the plain reward's preference on the noisy x0
-as a soft target beside the labels (half each: 0.83 / 0.81 / 0.80 / 0.78 / 0.66; 80% at t >= 500: 0.82 / 0.84 / 0.79
-/ 0.74 / 0.60); a frozen text tower, or 10x the learning rate on the step modules (within 0.02 of the default); the
-shapes-sd samples of the training prompts in stage 1 (readout and contrastive loss, repeated 5x among the renders):
-the shape readout rises to 0.945 and the untrained SPM to 0.84 / 0.84 / 0.82 / 0.76 / 0.61 (4 draws; 0.77 / 0.79 /
-0.79 / 0.74 / 0.60 before), but the full run on seed 2000 trained an SPM no better (0.78 / 0.78 / 0.77 / 0.73 /
-0.60, 4 draws). The SPM stage loses some of that start at small t (0.84 at t = 251 ends at 0.81; an L2 pull of the
-weights towards the start, L2-SP with weight 0.1 or 1, moves every t by at most 0.02, as it does from the default
-start). Where it stands, 4 draws on seed 1000: the SPMs of these runs trail the reward by 0.00-0.11 at t <= 701 and
-lead it by 0.02-0.04 at t = 951 (the run checked with intervals: +0.025 [-0.015, +0.061]); on seed 2000 they trail
-it everywhere. A second CLIP seed with the default settings (seed 1) reads shape on renders at 0.977 (seed 0: 0.87),
-yet its SPM (cached fit, 4 draws on seed 1000) scores 0.81 / 0.81 / 0.82 / 0.77 / 0.63 against seed 0's 0.84 / 0.83
-/ 0.82 / 0.79 / 0.64: the readout on renders does not predict the SPM, and the CLIP's seed moves it by up to 0.03,
-as much as the settings above; the next comparison should span several CLIP seeds.
-
-Re-run 2026-12-07 on an AVX2-only 2-core CPU, where ``dtype="auto"`` samples in float32 (1,050 training pairs, 259
-held-out seed-2000 pairs, 34 min): the CLI's 4-draw figures are SPM 0.795 / 0.813 / 0.802 / 0.769 / 0.601 against the
-reward's 0.921 / 0.923 / 0.897 / 0.829 / 0.637 (the untrained shapes PickScore: 0.76 / 0.74 / 0.76 / 0.72 / 0.59).
-Where it loses, by what the two images of a held-out pair differ in (the reward's reading of their t = 0 x0; a fit on
-cached x0 with the default settings, 4 draws): on the 60 pairs that differ only in position the SPM is within 0.05 of
-the reward at every t (0.87 / 0.90 / 0.91 / 0.86 / 0.69 against 0.92 / 0.90 / 0.87 / 0.85 / 0.70); on the 99 that
-differ in shape and position (size too in 33) it trails by 0.14-0.16 at t = 0 and 0.06-0.17 at t = 951, and on the 9
-whose background differs too it ranks 0.56 where the reward ranks 1.00. So the deficit points at the CLIP's reading of
-the shape on shapes-sd's images (it is there at t = 0 already), not at the step conditioning. Training on t >= 500
-only (``timestep_min: 500``) is level with the reward at t = 951 (+0.007 [-0.033, +0.047]) and no better at t = 701
-(-0.066 [-0.104, -0.030]). None of these beats the default fit by more than 0.03 at any t (same cached fits): the SPM
-started from the stage-1 CLIP instead of the shapes PickScore (0.76 / 0.79 / 0.79 / 0.77 / 0.60); lr 3e-5 for 800
-steps (0.80 / 0.82 / 0.81 / 0.77 / 0.63); 64 pairs per step for 400 steps (0.78 / 0.78 / 0.77 / 0.73 / 0.59,
-overfitted).
 """
 
 from __future__ import annotations
@@ -170,8 +105,9 @@ class TrainConfig:
     min_gap: float = field(default=0.1, metadata={"help": "shapes-reward gap a pair needs (as the quickstart)"})
     eval_prompts: int = field(default=400, metadata={"help": "held-out prompts, one best-vs-worst pair each"})
     eval_samples_per_prompt: int = field(default=4, metadata={"help": "samples per held-out prompt"})
-    eval_seed: int = field(default=2000, metadata={"help": "seeds the held-out prompts and their samples (the "
-                                                             "settings were chosen on seed 1000; 2000 is untouched)"})
+    eval_seed: int = field(default=2000, metadata={"help": "seeds the held-out prompts and their samples (settings "
+                                                             "were chosen on seeds 1000 and 2000: confirm a new one "
+                                                             "on another)"})
     sample_steps: int = field(default=10, metadata={"help": "DDIM steps of the sampled images"})
     sample_guidance: float = field(default=3.0, metadata={"help": "CFG scale of the sampled images"})
     # stage 4: the SPM (visalign train --config spm-shapes with these overrides)
