@@ -3,8 +3,8 @@
     python scripts/train_shapes_spm.py --out /tmp/shapes-spm --threads 2     # 20-34 min on a 2-core CPU
     python scripts/train_shapes_spm.py --out /tmp/shapes-spm --quick          # a smoke run of about a minute
 
-Not shipped: the SPM does not beat the plain ``shapes`` reward on the same noisy predicted x0 (on held-out seed 2000
-at t = 951, 0.60 against 0.64; below it at every smaller t), so ``spo-shapes`` judges steps with the plain reward
+Not shipped: the SPM does not beat the plain ``shapes`` reward on the same noisy predicted x0 (at t = 951 level with
+it on held-out seeds 2000 and 3000, 0.60 against 0.64 and 0.62 against 0.59; below it at every smaller t), so ``spo-shapes`` judges steps with the plain reward
 and there is no ``builtin:shapes-spm``. docs/shapes-spm.md has the figures, why it does not win, and every setting
 tried.
 
