@@ -4,9 +4,9 @@
     python scripts/train_shapes_spm.py --out /tmp/shapes-spm --quick          # a smoke run of about a minute
 
 Not shipped: the SPM does not beat the plain ``shapes`` reward on the same noisy predicted x0 (at t = 951 level with
-it on held-out seeds 2000 and 3000, 0.60 against 0.64 and 0.62 against 0.59; below it at every smaller t), so ``spo-shapes`` judges steps with the plain reward
-and there is no ``builtin:shapes-spm``. docs/shapes-spm.md has the figures, why it does not win, and every setting
-tried.
+it on held-out seeds 2000 and 3000, 0.60 against 0.64 and 0.62 against 0.59; below it at every smaller t), so
+``spo-shapes`` judges steps with the plain reward and there is no ``builtin:shapes-spm``. docs/shapes-spm.md has the
+figures, why it does not win, and every setting tried.
 
 SPO (Liang et al., "Aesthetic Post-Training Diffusion Models from Generic Preferences with Step-by-step Preference
 Optimization", CVPR 2025, arXiv 2406.04314; reference ``diffusion-methods.md`` §6.3) starts its SPM from PickScore,

@@ -20,11 +20,11 @@ from visalign.cli.main import main as visalign_main
 from visalign.evaluation.generate import (
     MANIFEST,
     GenerationSettings,
+    _warn_emulated_dtype,
     generate_images,
     load_pipeline,
     load_prompts,
     read_manifest,
-    _warn_emulated_dtype,
     sample_seed,
 )
 from visalign.evaluation.report import GRID_PROMPT_WIDTH
